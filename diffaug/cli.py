@@ -1,0 +1,151 @@
+"""The `diffaug` command: argument parsing and progress output; the work is done by the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import DiffaugError
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="built-in name (digits, fashion-mnist), .npz file, image folder, or saved HF dataset")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"], help="split of a built-in or HF dataset")
+    p.add_argument("--root", help="folder with the Fashion-MNIST IDX files (default: the Debian package's)")
+    p.add_argument("--image-column", default="image", help="HF datasets: the image column")
+    p.add_argument("--label-column", default="label", help="HF datasets: the label column")
+
+
+def _load(args):
+    from .data import load_data
+    return load_data(args.data, args.split, image_column=args.image_column, label_column=args.label_column,
+                     root=args.root)
+
+
+def _gen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--sampler", default="dpmpp_2m", choices=["dpmpp_2m", "ddim", "ddpm"])
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=500, help="images per network call")
+
+
+def cmd_fit(args) -> None:
+    from .generator import fit
+    from .io import check_writable
+
+    out = check_writable(args.out, args.overwrite)   # fail now, not after an hour of training
+    data = _load(args)
+    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
+    print(f"fitting a {args.preset} generator on {data}; checkpoints in {ckpt}", file=sys.stderr)
+    options = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
+                                     compile=args.compile, hflip=args.hflip).items() if v is not None}
+    gen = fit(data, args.preset, args.steps, minutes=args.minutes, device=args.device, seed=args.seed,
+              out_dir=ckpt, resume=args.resume, progress=not args.quiet, **options)
+    gen.save(out, overwrite=True)   # `out` was checked above; it may have appeared only if --overwrite
+    train = gen.config["train"]
+    print(f"wrote {out}: {train['steps']} steps, {train['seconds']:.0f} s this run, "
+          f"{train['images_per_second']:.0f} img/s", file=sys.stderr)
+
+
+def cmd_sample(args) -> None:
+    from .generator import Generator
+    from .io import check_writable
+    from .grid import save_grid
+
+    out = check_writable(args.out, args.overwrite)
+    if out.suffix.lower() not in (".png", ".npz"):
+        raise DiffaugError(f"--out must end in .png (a grid, one row per class) or .npz, got {out.name}")
+    if args.per_class < 1:
+        raise DiffaugError(f"--per-class must be at least 1, got {args.per_class}")
+    gen = Generator.load(args.gen, device=args.device)
+    images = gen.sample(per_class=args.per_class, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                        seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    if out.suffix.lower() == ".png":
+        save_grid(images, args.per_class, out)
+    else:
+        from .data import ImageData
+        import torch
+        labels = torch.arange(gen.num_classes).repeat_interleave(args.per_class)
+        ImageData(images, labels, gen.class_names).to_npz(out)
+    print(f"wrote {out}: {len(images)} images", file=sys.stderr)
+
+
+def cmd_info(args) -> None:
+    from .generator import Generator
+
+    gen = Generator.load(args.gen)
+    if args.json:
+        print(json.dumps(gen.config, indent=2))
+        return
+    c, t = gen.config, gen.config["train"]
+    h, w = gen.image_size
+    print(f"{args.gen}: diffaug generator (written by diffaug {c['diffaug_version']})\n"
+          f"  images     {gen.channels}x{h}x{w} (CxHxW), {gen.num_classes} classes: {', '.join(gen.class_names[:12])}"
+          f"{' ...' if gen.num_classes > 12 else ''}\n"
+          f"  network    preset {c['preset']}, {sum(v.numel() for v in gen.model.state_dict().values()):,} weights\n"
+          f"  diffusion  {c['schedule']} schedule, {c['prediction']}-prediction\n"
+          f"  training   {t['steps']} steps at batch {t['batch_size']}, lr {t['lr']}, EMA {t['ema_decay']}, "
+          f"seed {t['seed']}\n"
+          f"  data       {c['data_size']} images, fingerprint {c['data_fingerprint']}\n"
+          f"  weights    fingerprint {gen.fingerprint}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffaug", description="Diffusion generators as data augmentation.")
+    parser.add_argument("--version", action="version", version=f"diffaug {__import__('diffaug').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit a class-conditional diffusion generator to labelled images")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="generator file to write (.safetensors)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
+    p.add_argument("--minutes", type=float, help="wall-clock budget; stops at whichever budget ends first")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", help="where checkpoints go (default: OUT with suffix .ckpt)")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
+    p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips (not for digits/text)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("sample", help="generate images per class: a PNG grid or an .npz")
+    p.add_argument("gen", help="generator file")
+    p.add_argument("--per-class", type=int, required=True)
+    p.add_argument("--out", required=True, help="grid.png (one row per class) or samples.npz")
+    _gen_args(p)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("info", help="describe a generator file")
+    p.add_argument("gen")
+    p.add_argument("--json", action="store_true", help="print the whole config as JSON")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DiffaugError, FileNotFoundError, ImportError) as e:
+        print(f"diffaug: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffaug: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":   # python -m diffaug.cli
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""One in-memory form for labelled images (`ImageData`) and the loaders that build it from every source."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import DataError, require_extra
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+BUILTINS = ("digits", "fashion-mnist")
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Labelled images: uint8 `images` (N,C,H,W), int64 `labels` (N,) in 0..C-1, and `class_names`."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        images, labels = self.images, self.labels
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+            raise DataError("ImageData.images must be a uint8 tensor of shape (N, C, H, W); "
+                            "use ImageData.from_arrays to convert other layouts")
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
+            raise DataError("ImageData.labels must be an int64 tensor of shape (N,)")
+        if len(images) == 0:
+            raise DataError("the dataset is empty: no images")
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
+        names = list(self.class_names) or [str(i) for i in range(int(labels.max()) + 1)]
+        object.__setattr__(self, "class_names", [str(n) for n in names])
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= len(names):
+            raise DataError(f"labels must lie in 0..{len(names) - 1} (one per class name); found {low}..{high}")
+        counts = torch.bincount(labels, minlength=len(names))
+        empty = [names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        if empty:
+            raise DataError(f"class(es) with no images: {', '.join(empty[:10])}; "
+                            "drop the class name or add images")
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of every image."""
+        return tuple(self.images.shape[2:])
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+    def fingerprint(self) -> str:
+        """A short hash of pixels, labels and class names: names the data a generator was fitted on."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images.numpy()).tobytes())
+        h.update(self.labels.numpy().tobytes())
+        h.update("\x00".join(self.class_names).encode())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        c, h, w = self.images.shape[1:]
+        return (f"ImageData({len(self)} images, {c}x{h}x{w}, {self.num_classes} classes, "
+                f"per class {min(self.class_counts())}..{max(self.class_counts())})")
+
+    # --- selection --------------------------------------------------------------------------------
+
+    def select(self, index) -> "ImageData":
+        """The rows at `index` (keeps all class names; every class must keep an image)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageData(self.images[index], self.labels[index], self.class_names)
+
+    def subset(self, per_class: int, seed: int = 0) -> "ImageData":
+        """A stratified random subset with `per_class` images of every class (all of a smaller class)."""
+        if per_class < 1:
+            raise DataError(f"per_class must be at least 1, got {per_class}")
+        rng = np.random.default_rng(seed)
+        labels = self.labels.numpy()
+        keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(self.num_classes)]
+        return self.select(np.sort(np.concatenate(keep)))
+
+    def split(self, fraction: float = 0.5, seed: int = 0) -> tuple["ImageData", "ImageData"]:
+        """A stratified split into (first, second), `fraction` of each class going to the first part."""
+        if not 0.0 < fraction < 1.0:
+            raise DataError(f"fraction must lie strictly between 0 and 1, got {fraction}")
+        rng = np.random.default_rng(seed)
+        labels = self.labels.numpy()
+        first, second = [], []
+        for c in range(self.num_classes):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            if len(idx) < 2:
+                raise DataError(f"class {self.class_names[c]!r} has {len(idx)} image; a split needs 2 per class")
+            cut = min(max(1, round(fraction * len(idx))), len(idx) - 1)
+            first.append(idx[:cut])
+            second.append(idx[cut:])
+        return self.select(np.sort(np.concatenate(first))), self.select(np.sort(np.concatenate(second)))
+
+    # --- constructors -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_arrays(cls, images, labels, class_names: Sequence[str] | None = None) -> "ImageData":
+        """From array-likes: images (N,H,W), (N,H,W,C) or (N,C,H,W), uint8 0..255 or float 0..1."""
+        return cls(_to_uint8_nchw(images), _to_labels(labels, len(images) if hasattr(images, "__len__") else None),
+                   list(class_names) if class_names is not None else [])
+
+    @classmethod
+    def from_npz(cls, path) -> "ImageData":
+        """From an `.npz` with `images`, `labels` and optional `class_names`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"no such file: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise DataError(f"{path} is not a readable .npz file ({e})") from None
+        missing = {"images", "labels"} - arrays.keys()
+        if missing:
+            raise DataError(f"{path} lacks the array(s) {sorted(missing)}; it has {sorted(arrays)}")
+        names = arrays.get("class_names")
+        return cls.from_arrays(arrays["images"], arrays["labels"], None if names is None else names.tolist())
+
+    def to_npz(self, path) -> None:
+        """Write images (N,H,W,C), labels and class_names to `path` atomically."""
+        from .io import atomic_path
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, images=self.images.permute(0, 2, 3, 1).numpy(),
+                                    labels=self.labels.numpy(), class_names=np.array(self.class_names))
+
+    @classmethod
+    def from_folder(cls, path) -> "ImageData":
+        """From an ImageFolder layout: one sub-folder per class (sorted names), images inside."""
+        from PIL import Image, UnidentifiedImageError
+
+        root = Path(path)
+        if not root.is_dir():
+            raise DataError(f"no such folder: {root}")
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not classes:
+            raise DataError(f"{root} has no class sub-folders (expected one folder per class)")
+        images, labels = [], []
+        for label, name in enumerate(classes):
+            files = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise DataError(f"class folder {root / name} has no images")
+            for f in files:
+                try:
+                    with Image.open(f) as im:
+                        images.append(np.asarray(_pil_mode(im)))
+                except (UnidentifiedImageError, OSError) as e:
+                    raise DataError(f"cannot read image {f}: {e}") from None
+                labels.append(label)
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise DataError(f"images in {root} have mixed sizes {sorted(shapes)[:4]}; resize them to one size first")
+        return cls.from_arrays(np.stack(images), np.array(labels), classes)
+
+    @classmethod
+    def from_hf(cls, ds, image_column: str = "image", label_column: str = "label") -> "ImageData":
+        """From a Hugging Face `datasets.Dataset` (an `Image` or array column and an int/ClassLabel column)."""
+        for col in (image_column, label_column):
+            if col not in ds.column_names:
+                raise DataError(f"the dataset has no column {col!r}; its columns are {ds.column_names} "
+                                "(pass image_column=/label_column=)")
+        feature = ds.features[label_column]
+        names = list(getattr(feature, "names", None) or [])
+        fmt = ds.with_format("numpy")
+        images = [_pil_or_array(x) for x in _column(ds, image_column)]
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise DataError(f"column {image_column!r} holds images of mixed sizes {sorted(shapes)[:4]}")
+        return cls.from_arrays(np.stack(images), np.asarray(fmt[label_column]), names or None)
+
+    @classmethod
+    def from_torchvision(cls, dataset, class_names: Sequence[str] | None = None) -> "ImageData":
+        """From a torchvision-style dataset yielding (PIL image or array, int label), e.g. `MNIST(...)`."""
+        data = getattr(dataset, "data", None)
+        targets = getattr(dataset, "targets", None)
+        names = class_names or getattr(dataset, "classes", None)
+        if data is not None and targets is not None and getattr(dataset, "transform", None) is None:
+            return cls.from_arrays(np.asarray(data), np.asarray(targets), names)
+        pairs = [dataset[i] for i in range(len(dataset))]
+        return cls.from_arrays(np.stack([_pil_or_array(x) for x, _ in pairs]),
+                               np.array([int(y) for _, y in pairs]), names)
+
+
+def _column(ds, name):
+    # Rows one at a time keep memory flat for Image columns (decoded lazily to PIL).
+    for row in ds.select_columns([name]):
+        yield row[name]
+
+
+def _pil_mode(im):
+    return im.convert("RGB") if im.mode not in ("L", "RGB") else im
+
+
+def _pil_or_array(x) -> np.ndarray:
+    if hasattr(x, "convert"):
+        return np.asarray(_pil_mode(x))
+    if isinstance(x, torch.Tensor):
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _to_labels(labels, n: int | None) -> torch.Tensor:
+    arr = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr.ndim != 1:
+        raise DataError(f"labels must be one-dimensional, got shape {arr.shape}")
+    if n is not None and len(arr) != n:
+        raise DataError(f"{n} images but {len(arr)} labels")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise DataError("labels must be whole numbers (class indices)")
+    elif arr.dtype.kind not in "iub":
+        raise DataError(f"labels must be integer class indices, got dtype {arr.dtype}")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _to_uint8_nchw(images) -> torch.Tensor:
+    """Any common image array layout and range -> uint8 (N,C,H,W)."""
+    arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arr.dtype == object or arr.dtype.kind not in "uifb":
+        raise DataError(f"images must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4:
+        if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+            arr = arr.transpose(0, 3, 1, 2)   # NHWC -> NCHW
+    else:
+        raise DataError(f"images must have shape (N,H,W), (N,H,W,C) or (N,C,H,W); got {arr.shape}")
+    if arr.shape[0] == 0:
+        raise DataError("the dataset is empty: no images")
+    if min(arr.shape[2:]) < 2:
+        raise DataError(f"images of size {arr.shape[2]}x{arr.shape[3]} are too small to be images")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise DataError("images contain NaN or infinite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < 0.0 or high > 255.0:
+            raise DataError(f"float images must lie in 0..1 (or 0..255); found {low:.3g}..{high:.3g}")
+        scale = 255.0 if high <= 1.0 else 1.0
+        arr = np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high > 255:
+            raise DataError(f"integer images must lie in 0..255; found {low}..{high}")
+        arr = arr.astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+# --- built-in data ---------------------------------------------------------------------------------
+
+def load_data(source="digits", split: str = "train", *, image_column: str = "image",
+              label_column: str = "label", root=None) -> ImageData:
+    """Load a built-in dataset by name, or a path: `.npz`, image folder, or a `save_to_disk` HF dataset.
+
+    Built-ins have a train and a test split: `digits` is scikit-learn's 8x8 digits split 50/50
+    (stratified, seed 0); `fashion-mnist` is the official 60k/10k split. `split="all"` joins them.
+    """
+    if isinstance(source, ImageData):
+        return source
+    if split not in ("train", "test", "all"):
+        raise DataError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    name = str(source)
+    if name == "digits":
+        return _digits(split)
+    if name in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        return _fashion_mnist(split, root)
+    path = Path(name)
+    if not path.exists():
+        raise DataError(f"unknown data {name!r}: not a built-in ({', '.join(BUILTINS)}) and no such path")
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise DataError(f"{path} is a file but not an .npz; give an .npz, an image folder or a saved HF dataset")
+        return ImageData.from_npz(path)
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        return _hf_from_disk(path, split, image_column, label_column)
+    return ImageData.from_folder(path)
+
+
+def _digits(split: str) -> ImageData:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # scikit-learn's digits are 0..16 intensities; 255/16 maps them onto the full uint8 range.
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    data = ImageData.from_arrays(images, d.target, [str(n) for n in d.target_names])
+    if split == "all":
+        return data
+    train, test = data.split(0.5, seed=0)
+    return train if split == "train" else test
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for folder in (root, root / "raw", root / "FashionMNIST" / "raw"):
+        for suffix in ("", ".gz"):
+            f = folder / (stem + suffix)
+            if f.is_file():
+                return f
+    return None
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (MNIST's format), gzipped or not."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+
+
+def _fashion_mnist(split: str, root=None) -> ImageData:
+    roots = [Path(root)] if root else [Path(os.environ["DIFFAUG_FASHION_MNIST"])] \
+        if os.environ.get("DIFFAUG_FASHION_MNIST") else [Path(d) for d in FASHION_MNIST_DIRS]
+    parts = []
+    for prefix in (["train", "t10k"] if split == "all" else ["train" if split == "train" else "t10k"]):
+        for r in roots:
+            images = _find_idx(r, f"{prefix}-images-idx3-ubyte")
+            labels = _find_idx(r, f"{prefix}-labels-idx1-ubyte")
+            if images and labels:
+                parts.append((read_idx(images), read_idx(labels)))
+                break
+        else:
+            raise DataError(
+                "Fashion-MNIST files not found in " + ", ".join(map(str, roots)) +
+                ". Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or pass "
+                "root= (CLI: --root) / set DIFFAUG_FASHION_MNIST to a folder holding the four IDX files "
+                "(a torchvision FashionMNIST root works too)")
+    return ImageData.from_arrays(np.concatenate([p[0] for p in parts]),
+                                 np.concatenate([p[1] for p in parts]), FASHION_MNIST_CLASSES)
+
+
+def _hf_from_disk(path: Path, split: str, image_column: str, label_column: str) -> ImageData:
+    datasets = require_extra("datasets", "hf")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise DataError(f"cannot load the Hugging Face dataset at {path}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split == "all":
+            ds = datasets.concatenate_datasets(list(ds.values()))
+        elif split in ds:
+            ds = ds[split]
+        else:
+            raise DataError(f"{path} has splits {list(ds)}; no {split!r} split")
+    return ImageData.from_hf(ds, image_column=image_column, label_column=label_column)

@@ -1,0 +1,231 @@
+"""The fit loop: AdamW with warm-up, gradient clipping, EMA, mixed precision, atomic checkpoints and resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import ImageData
+from ..errors import DiffaugError
+from ..io import atomic_path
+from .objectives import DiffusionLoss, check_prediction, drop_labels
+from .schedules import get_schedule
+from .unet import UNet, get_preset
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(DiffaugError):
+    """Training cannot go on (diverged loss, unusable checkpoint)."""
+
+
+@dataclass
+class TrainConfig:
+    """What `train` does; every field is recorded in the generator it produces."""
+
+    preset: str = "tiny"
+    steps: int | None = None          # optimizer steps; None: the preset's default (unless `minutes` is set)
+    minutes: float | None = None      # wall-clock budget; training stops at whichever budget ends first
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 200                 # linear LR warm-up steps; then cosine decay to 10% when `steps` is known
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1        # share of labels replaced by the null class (CFG, Ho & Salimans 2022)
+    schedule: str = "cosine"
+    prediction: str = "v"
+    min_snr_gamma: float | None = 5.0
+    hflip: bool = False               # off by default: a flipped digit is another symbol
+    seed: int = 0
+    checkpoint_every: int = 500
+    compile: bool = False
+
+    def __post_init__(self):
+        get_preset(self.preset)
+        get_schedule(self.schedule)
+        check_prediction(self.prediction)
+        for name in ("batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise DiffaugError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise DiffaugError(f"steps must be at least 1, got {self.steps}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise DiffaugError(f"minutes must be positive, got {self.minutes}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise DiffaugError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+
+
+DEFAULT_STEPS = {"tiny": 2000, "small": 20000, "base": 50000}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffaugError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move to `device`; channels_last on CUDA, where cuDNN's convolutions are fastest in NHWC."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for eb, b in zip(ema.buffers(), model.buffers()):
+        eb.copy_(b)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float -1..1, the range the network sees."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+class Trainer:
+    """Fits a class-conditional UNet to `ImageData`; `run()` returns the EMA model."""
+
+    def __init__(self, data: ImageData, config: TrainConfig, device="auto", out_dir=None, progress: bool = True):
+        self.data, self.cfg, self.progress = data, config, progress
+        self.device = resolve_device(device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        torch.manual_seed(config.seed)   # weight init only; every later draw uses self.rng
+        net = UNet(data.channels, data.num_classes, get_preset(config.preset))
+        self.model = prepare_model(net, self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        fused = self.device.type == "cuda"   # fused AdamW: one kernel for all parameters
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                     betas=(0.9, 0.99), fused=fused or None)
+        self.loss_fn = DiffusionLoss(get_schedule(config.schedule), config.prediction, config.min_snr_gamma)
+        self.rng = torch.Generator(self.device).manual_seed(config.seed)
+        self.images = data.images.to(self.device)   # uint8 on the device: 4x smaller than float
+        self.labels = data.labels.to(self.device)
+        self.step = 0
+        self.steps = config.steps if config.steps is not None or config.minutes else DEFAULT_STEPS[config.preset]
+        self.forward = torch.compile(self.model) if config.compile else self.model
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / CHECKPOINT if self.out_dir is not None else None
+
+    def save_checkpoint(self) -> None:
+        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                 "step": self.step, "rng": self.rng.get_state(), "config": asdict(self.cfg),
+                 "fingerprint": self.data.fingerprint()}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.checkpoint_path) as tmp:   # a kill mid-write leaves the previous checkpoint intact
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> bool:
+        """Resume from the checkpoint in out_dir if there is one; True if it did."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)   # never unpickles code
+        except Exception as e:
+            raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
+        if state["fingerprint"] != self.data.fingerprint():
+            raise TrainingError(f"checkpoint {path} was made on other data; use another --checkpoint-dir "
+                                "or delete it to start afresh")
+        if state["config"]["preset"] != self.cfg.preset:
+            raise TrainingError(f"checkpoint {path} is of preset {state['config']['preset']!r}, not {self.cfg.preset!r}")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.rng.set_state(state["rng"].cpu())   # generator states are CPU byte tensors, whatever the device
+        self.step = int(state["step"])
+        return True
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        if self.steps is None:
+            return cfg.lr
+        frac = min(1.0, (step - cfg.warmup) / max(1, self.steps - cfg.warmup))
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def batch(self):
+        idx = torch.randint(len(self.images), (self.cfg.batch_size,), generator=self.rng, device=self.device)
+        x = to_unit(self.images[idx])
+        if self.cfg.hflip:
+            flip = torch.rand(len(x), generator=self.rng, device=self.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = drop_labels(self.labels[idx], self.data.num_classes, self.cfg.label_dropout, self.rng)
+        return x, y
+
+    def train_step(self) -> torch.Tensor:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        x, y = self.batch()
+        with autocast(self.device):
+            loss = self.loss_fn(self.forward, x, y, self.rng)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        ema_update(self.ema, self.model, min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step)))
+        return loss.detach()
+
+    def run(self) -> dict:
+        """Train until the step or time budget ends; returns a summary of the run."""
+        cfg = self.cfg
+        start_step, t0 = self.step, time.perf_counter()
+        deadline = t0 + 60 * cfg.minutes if cfg.minutes else math.inf
+        total = self.steps if self.steps is not None else None
+        self.model.train()
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc="fit", unit="step",
+                   dynamic_ncols=True)
+        loss_sum, seen = torch.zeros((), device=self.device), 0
+        last_step, last_time = self.step, t0
+        with bar:
+            while (self.steps is None or self.step < self.steps) and time.perf_counter() < deadline:
+                loss_sum += self.train_step()
+                seen += 1
+                bar.update(1)
+                if self.step % 25 == 0 or self.step % cfg.checkpoint_every == 0:
+                    mean = (loss_sum / max(1, seen)).item()
+                    if not math.isfinite(mean):
+                        where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else ""
+                        raise TrainingError(f"the loss became {mean} by step {self.step} (try a lower lr){where}")
+                    now = time.perf_counter()
+                    rate = (self.step - last_step) * cfg.batch_size / max(1e-9, now - last_time)
+                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
+                    loss_sum.zero_()
+                    seen, last_step, last_time = 0, self.step, now
+                if self.out_dir is not None and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        if self.out_dir is not None and self.step > start_step:
+            self.save_checkpoint()
+        seconds = time.perf_counter() - t0
+        return {"steps": self.step, "steps_this_run": self.step - start_step, "seconds": round(seconds, 2),
+                "images_per_second": round((self.step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1)}

@@ -1,0 +1,28 @@
+"""The exceptions diffaug raises for problems a user can cause (bad data, bad files, bad options)."""
+
+
+class DiffaugError(ValueError):
+    """A problem with the user's input, stated in one clear sentence; the CLI prints it without a traceback."""
+
+
+class DataError(DiffaugError):
+    """The images or labels are not usable as they are (shape, range, empty class, ...)."""
+
+
+class GeneratorFileError(DiffaugError):
+    """A file is not a readable diffaug generator (wrong format, truncated, not ours)."""
+
+
+class MismatchError(DiffaugError):
+    """A generator, bank and data disagree (image size, channels, classes, fingerprint)."""
+
+
+def require_extra(module: str, extra: str):
+    """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"{module} is needed for this feature: pip install \"diffaug[{extra}]\"") from e

@@ -1,0 +1,65 @@
+"""Shared fixtures: real small data (scikit-learn's digits, procedurally drawn shapes) and one fitted generator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import diffaug
+
+torch.set_num_threads(2)
+
+
+def draw_shapes(n_per_class, size=(28, 28), channels=1, num_classes=4, seed=0) -> diffaug.ImageData:
+    """Procedurally drawn images: class k is a filled shape (disc, square, cross, ring, bars, ...) of
+    random position, scale and colour on a dark background. `n_per_class` may be a list (unbalanced)."""
+    rng = np.random.default_rng(seed)
+    counts = n_per_class if isinstance(n_per_class, (list, tuple)) else [n_per_class] * num_classes
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    images, labels = [], []
+    for k, count in enumerate(counts):
+        for _ in range(count):
+            cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
+            r = rng.uniform(0.18, 0.3) * min(h, w)
+            dy, dx = (yy - cy) / r, (xx - cx) / r
+            kind, angle = k % 6, (k // 6) * np.pi / 7
+            ry, rx = dy * np.cos(angle) - dx * np.sin(angle), dy * np.sin(angle) + dx * np.cos(angle)
+            mask = [ry ** 2 + rx ** 2 < 1,                                         # disc
+                    np.maximum(abs(ry), abs(rx)) < 0.8,                              # square
+                    (np.minimum(abs(ry), abs(rx)) < 0.25) & (np.maximum(abs(ry), abs(rx)) < 1),   # cross
+                    abs(np.sqrt(ry ** 2 + rx ** 2) - 0.75) < 0.25,                   # ring
+                    (np.sin(ry * 5) > 0) & (abs(rx) < 1) & (abs(ry) < 1),            # bars
+                    (ry > -0.8) & (abs(rx) < (ry + 0.8) * 0.6) & (ry < 1)][kind]     # triangle
+            colour = rng.uniform(0.6, 1.0, size=channels) * 255
+            img = np.zeros((h, w, channels))
+            img[mask] = colour
+            img += rng.normal(0, 6, img.shape)
+            images.append(np.clip(img, 0, 255).astype(np.uint8))
+            labels.append(k)
+    return diffaug.ImageData.from_arrays(np.stack(images), np.array(labels),
+                                         [f"shape{k}" for k in range(len(counts))])
+
+
+@pytest.fixture(scope="session")
+def digits_train():
+    return diffaug.load_data("digits", "train")
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    return diffaug.load_data("digits", "test")
+
+
+@pytest.fixture(scope="session")
+def digits_gen(digits_train):
+    """A generator fitted briefly on the digits training half; good enough for class-correct samples."""
+    return diffaug.fit(digits_train, steps=700, progress=False, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_gen_file(digits_gen, tmp_path_factory):
+    path = tmp_path_factory.mktemp("gen") / "digits.safetensors"
+    digits_gen.save(path)
+    return path
