@@ -276,6 +276,7 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
         "data_fingerprint": data.fingerprint(), "data_size": len(data), "class_counts": data.class_counts(),
         "train": {**asdict(cfg), **summary},
     }
+    config = json.loads(json.dumps(config))   # exactly what save/load will give back (tuples become lists)
     config["fingerprint"] = _weights_fingerprint(ema, config)
     return Generator(ema, config)   # stays on the training device, ready to sample
 

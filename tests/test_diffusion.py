@@ -86,7 +86,7 @@ def test_sdedit_from_a_partial_start_keeps_the_point():
     alpha, sigma = (float(a) for a in schedules.alpha_sigma(schedule(torch.tensor([t0], dtype=torch.float64))))
     z = alpha * point + sigma * torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
     out = samplers.sample_dpmpp_2m(lambda z, t: point, z, schedules.timesteps(8, t0), schedule)
-    assert torch.allclose(out, point, atol=1e-3)
+    assert torch.allclose(out, point, atol=4e-3)   # sigma(t=0) ~ 5e-4 of noise remains: well under one uint8 level
 
 
 def test_unknown_names_are_refused():

@@ -122,6 +122,7 @@ class Trainer:
         self.images = data.images.to(self.device)   # uint8 on the device: 4x smaller than float
         self.labels = data.labels.to(self.device)
         self.step = 0
+        self.loss_curve: list[tuple[int, float]] = []   # (step, mean loss since the previous entry)
         self.steps = config.steps if config.steps is not None or config.minutes else DEFAULT_STEPS[config.preset]
         self.forward = torch.compile(self.model) if config.compile else self.model
 
@@ -134,7 +135,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                  "step": self.step, "rng": self.rng.get_state(), "config": asdict(self.cfg),
-                 "fingerprint": self.data.fingerprint()}
+                 "fingerprint": self.data.fingerprint(), "loss_curve": self.loss_curve}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.checkpoint_path) as tmp:   # a kill mid-write leaves the previous checkpoint intact
             torch.save(state, tmp)
@@ -158,6 +159,7 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.rng.set_state(state["rng"].cpu())   # generator states are CPU byte tensors, whatever the device
         self.step = int(state["step"])
+        self.loss_curve = [tuple(p) for p in state["loss_curve"]]
         return True
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -220,6 +222,7 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (self.step - last_step) * cfg.batch_size / max(1e-9, now - last_time)
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
+                    self.loss_curve.append((self.step, round(mean, 5)))
                     loss_sum.zero_()
                     seen, last_step, last_time = 0, self.step, now
                 if self.out_dir is not None and self.step % cfg.checkpoint_every == 0:
@@ -228,4 +231,5 @@ class Trainer:
             self.save_checkpoint()
         seconds = time.perf_counter() - t0
         return {"steps": self.step, "steps_this_run": self.step - start_step, "seconds": round(seconds, 2),
-                "images_per_second": round((self.step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1)}
+                "images_per_second": round((self.step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
+                "loss_curve": self.loss_curve}

@@ -1,0 +1,83 @@
+"""The `diffaug` command: fit / sample / info, clear one-line errors, no clobbering, kill-and-resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from diffaug.cli import main
+from diffaug.generator import Generator
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "diffaug.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_fit_sample_info(tmp_path, capsys):
+    gen = tmp_path / "g.safetensors"
+    assert main(["fit", "digits", "--out", str(gen), "--steps", "30", "--batch-size", "16", "--quiet"]) == 0
+    assert Generator.load(gen).config["train"]["steps"] == 30
+    assert (tmp_path / "g.ckpt" / "checkpoint.pt").exists()
+    assert main(["sample", str(gen), "--per-class", "3", "--out", str(tmp_path / "grid.png"), "--steps", "4"]) == 0
+    from PIL import Image
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.size == (3 * 34 + 2, 10 * 34 + 2)   # 3 columns, one row per class, 32px cells + 2px gaps
+    assert main(["sample", str(gen), "--per-class", "2", "--out", str(tmp_path / "s.npz"), "--steps", "4"]) == 0
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["images"].shape == (20, 8, 8, 1) and list(z["labels"][:3]) == [0, 0, 1]
+    capsys.readouterr()
+    assert main(["info", str(gen)]) == 0
+    assert "1x8x8" in capsys.readouterr().out
+
+
+def test_outputs_are_not_clobbered(tmp_path, capsys):
+    out = tmp_path / "g.safetensors"
+    out.write_bytes(b"precious")
+    assert main(["fit", "digits", "--out", str(out), "--steps", "2", "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "nonexistent-data", "--out", "x.safetensors"], "unknown data 'nonexistent-data'"),
+    (["info", "missing.safetensors"], "no such generator file"),
+    (["sample", "pyproject.toml", "--per-class", "2", "--out", "o.png"], "not a readable safetensors"),
+])
+def test_user_errors_print_one_line_and_exit_nonzero(tmp_path, args, message):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_killed_training_resumes_to_the_requested_step(tmp_path):
+    """SIGKILL a real fit mid-run; the checkpoint stays readable throughout; --resume finishes the job."""
+    out, ckpt = tmp_path / "g.safetensors", tmp_path / "ck"
+    cmd = [sys.executable, "-m", "diffaug.cli", "fit", "digits", "--out", str(out), "--steps", "160",
+           "--batch-size", "16", "--checkpoint-every", "5", "--checkpoint-dir", str(ckpt), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen_steps = []
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        path = ckpt / "checkpoint.pt"
+        if path.exists():
+            state = torch.load(path, weights_only=True)   # must always be a complete checkpoint
+            seen_steps.append(state["step"])
+            if state["step"] >= 40:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed: " + proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    killed_at = torch.load(ckpt / "checkpoint.pt", weights_only=True)["step"]
+    assert 40 <= killed_at < 160 and seen_steps == sorted(seen_steps)
+
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    train = Generator.load(out).config["train"]
+    assert train["steps"] == 160 and train["steps_this_run"] == 160 - killed_at

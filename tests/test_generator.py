@@ -1,0 +1,116 @@
+"""The Generator artifact: sampling, perturbing, and safe save/load."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import diffaug
+from diffaug import DataError, Generator, GeneratorFileError, MismatchError
+
+
+def flat(x):
+    return x.reshape(len(x), -1).float().numpy() / 255.0
+
+
+@pytest.fixture(scope="module")
+def real_classifier(digits_train):
+    return LogisticRegression(max_iter=3000).fit(flat(digits_train.images), digits_train.labels.numpy())
+
+
+def test_samples_are_uint8_of_the_data_size_and_the_asked_class(digits_gen, real_classifier):
+    x = digits_gen.sample(per_class=30, seed=0)
+    assert x.dtype == torch.uint8 and x.shape == (300, 1, 8, 8)
+    labels = np.repeat(np.arange(10), 30)
+    assert (real_classifier.predict(flat(x)) == labels).mean() >= 0.85
+
+
+def test_sampling_is_seeded(digits_gen):
+    a = digits_gen.sample([3, 4, 5], seed=7, steps=8)
+    assert torch.equal(a, digits_gen.sample([3, 4, 5], seed=7, steps=8))
+    assert not torch.equal(a, digits_gen.sample([3, 4, 5], seed=8, steps=8))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_other_samplers_make_digits(digits_gen, real_classifier, sampler):
+    x = digits_gen.sample(per_class=10, sampler=sampler, steps=30, seed=1)
+    assert (real_classifier.predict(flat(x)) == np.repeat(np.arange(10), 10)).mean() >= 0.75
+
+
+def test_class_names_work_as_labels(digits_gen):
+    assert torch.equal(digits_gen.sample(["7", "1"], steps=5), digits_gen.sample([7, 1], steps=5))
+
+
+def test_bad_labels_are_refused(digits_gen):
+    with pytest.raises(MismatchError, match="label 10 is not a class"):
+        digits_gen.sample([10])
+    with pytest.raises(MismatchError, match="unknown class name 'cat'"):
+        digits_gen.sample(["cat"])
+    with pytest.raises(DataError, match="either labels or per_class"):
+        digits_gen.sample()
+
+
+def test_perturb_keeps_the_image_at_low_strength_and_changes_it_at_high(digits_gen, digits_test):
+    x, y = digits_test.images[:100], digits_test.labels[:100]
+    weak = digits_gen.perturb(x, y, strength=0.1, seed=0)
+    strong = digits_gen.perturb(x, y, strength=0.9, seed=0)
+    assert weak.dtype == torch.uint8 and weak.shape == x.shape
+    d_weak = (weak.float() - x.float()).abs().mean()
+    d_strong = (strong.float() - x.float()).abs().mean()
+    assert d_weak < 20 and d_strong > 2 * d_weak
+    unconditional = digits_gen.perturb(x, strength=0.3, seed=0)   # no labels: the null class
+    assert unconditional.shape == x.shape and not torch.equal(unconditional, x)
+
+
+def test_perturb_checks_size_and_labels(digits_gen):
+    with pytest.raises(MismatchError, match=r"images are 1x9x9 .* makes 1x8x8; resize"):
+        digits_gen.perturb(torch.zeros(2, 1, 9, 9, dtype=torch.uint8))
+    with pytest.raises(DataError, match="2 images but 3 labels"):
+        digits_gen.perturb(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), [1, 2, 3])
+    with pytest.raises(DataError, match="strength must lie in"):
+        digits_gen.perturb(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), strength=1.5)
+
+
+def test_save_load_gives_bit_identical_samples(digits_gen, digits_gen_file):
+    loaded = Generator.load(digits_gen_file)
+    assert loaded.config == digits_gen.config
+    assert torch.equal(loaded.sample(per_class=3, seed=5), digits_gen.sample(per_class=3, seed=5))
+    assert loaded.fingerprint == digits_gen.fingerprint
+
+
+def test_save_refuses_to_overwrite(digits_gen, digits_gen_file):
+    before = digits_gen_file.read_bytes()
+    with pytest.raises(diffaug.DiffaugError, match="already exists"):
+        digits_gen.save(digits_gen_file)
+    assert digits_gen_file.read_bytes() == before
+
+
+def test_foreign_truncated_and_pickle_files_are_refused(tmp_path, digits_gen_file):
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(GeneratorFileError, match="not a diffaug generator"):
+        Generator.load(tmp_path / "other.safetensors")
+
+    data = digits_gen_file.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(GeneratorFileError, match="not a readable safetensors"):
+        Generator.load(tmp_path / "cut.safetensors")
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled!')",))
+    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(Boom()))
+    torch.save({"w": torch.zeros(3)}, tmp_path / "torch.pt")
+    for name in ("evil.safetensors", "torch.pt"):
+        with pytest.raises(GeneratorFileError, match="not a readable safetensors"):
+            Generator.load(tmp_path / name)
+    with pytest.raises(GeneratorFileError, match="no such generator file"):
+        Generator.load(tmp_path / "missing.safetensors")
+
+
+def test_training_lowers_the_loss(digits_gen):
+    curve = digits_gen.config["train"]["loss_curve"]
+    first, last = curve[0][1], np.mean([loss for _, loss in curve[-4:]])
+    assert last < 0.7 * first
