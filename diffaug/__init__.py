@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .adapters import (AugmentedDataset, DiffusionAugment, DiffusionBatchAugment, SampleBank,
+                       augment_dataset)
 from .data import ImageData, load_data
 from .diffusion.trainer import TrainConfig
 from .errors import DataError, DiffaugError, GeneratorFileError, MismatchError
@@ -9,5 +11,18 @@ from .generator import Generator, fit
 
 __all__ = [
     "__version__", "ImageData", "load_data", "fit", "Generator", "TrainConfig",
+    "DiffusionAugment", "DiffusionBatchAugment", "SampleBank", "augment_dataset", "AugmentedDataset",
+    "expand_dataset", "perturb_dataset", "evaluate",
     "DiffaugError", "DataError", "GeneratorFileError", "MismatchError",
 ]
+
+
+def __getattr__(name):
+    # Extras load on first use: `diffaug.expand_dataset` needs `datasets`, `diffaug.evaluate` the evaluation stack.
+    if name in ("expand_dataset", "perturb_dataset"):
+        from . import hf
+        return getattr(hf, name)
+    if name == "evaluate":
+        from .evaluate import evaluate
+        return evaluate
+    raise AttributeError(f"module 'diffaug' has no attribute {name!r}")

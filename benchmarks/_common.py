@@ -1,0 +1,31 @@
+"""Helpers shared by the benchmark scripts: machine description and result files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.date.today().isoformat()}
+
+
+def write_results(name: str, payload: dict, table: str) -> None:
+    """results/NAME.json (machine-readable) and results/NAME.md (the table), side by side."""
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"machine": machine(), **payload}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    m = payload["machine"]
+    where = m["gpu"] or f"{m['cpu_cores']} CPU cores"
+    (RESULTS / f"{name}.md").write_text(f"{table}\n\nMachine: {where}, torch {m['torch']}, {m['date']}.\n")
+    print(table)

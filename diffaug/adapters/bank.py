@@ -1,0 +1,170 @@
+"""SampleBank: pre-generated synthetic images per class and M perturbations per real image, on disk.
+
+Generating inside a DataLoader worker costs a network call per sample. A bank moves that work to one
+batched pass on the best device (as DA-Fusion caches its variants); afterwards an augmentation is an
+O(1) lookup into memory-mapped arrays, which fork- and spawn-started workers share through the page cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import ImageData
+from ..errors import DataError, MismatchError
+from ..generator import Generator
+from ..io import atomic_path
+
+BANK_FORMAT = "diffaug.bank"
+META = "bank.json"
+
+
+def image_key(image: torch.Tensor | np.ndarray) -> bytes:
+    """A short hash of one uint8 (C,H,W) image's pixels: finds a real image's perturbations."""
+    arr = image.numpy() if isinstance(image, torch.Tensor) else image
+    return hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=8).digest()
+
+
+class SampleBank:
+    """Synthetic images by class and perturbed copies of real images, stored as .npy files in a folder.
+
+    `SampleBank(path)` opens a bank lazily (memory-mapped on first lookup); `SampleBank(path, generator=gen)`
+    also checks that `gen` is the generator that built it."""
+
+    def __init__(self, path, generator: Generator | None = None):
+        self.path = Path(path)
+        meta_file = self.path / META
+        if not meta_file.is_file():
+            raise DataError(f"{self.path} is not a sample bank (no {META}); build one with SampleBank.build")
+        self.meta = json.loads(meta_file.read_text())
+        if self.meta.get("format") != BANK_FORMAT:
+            raise DataError(f"{meta_file} is not a diffaug sample bank")
+        self._arrays: dict | None = None
+        if generator is not None:
+            self.check_generator(generator)
+
+    # Pickling (spawn-started workers) sends only the path; each process maps the files itself.
+    def __getstate__(self):
+        return {"path": self.path, "meta": self.meta, "_arrays": None}
+
+    def _load(self) -> dict:
+        if self._arrays is None:
+            a = {name: np.load(self.path / f"{name}.npy", mmap_mode="r")
+                 for name in ("synthetic", "synthetic_labels", "perturbed", "perturbed_labels", "real_keys")}
+            labels = np.asarray(a["synthetic_labels"])
+            a["by_class"] = [np.flatnonzero(labels == c) for c in range(len(self.class_names))]
+            a["key_index"] = {bytes(k): i for i, k in enumerate(np.asarray(a["real_keys"]))}
+            self._arrays = a
+        return self._arrays
+
+    # --- what it holds ----------------------------------------------------------------------------
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta["class_names"])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.meta["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return self.meta["channels"]
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the generator that made this bank."""
+        return self.meta["generator_fingerprint"]
+
+    @property
+    def copies(self) -> int:
+        return self.meta["copies"]
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (f"SampleBank({self.path}, {m['synthetic_count']} synthetic, {m['real_count']} real x {m['copies']} "
+                f"perturbed, generator {self.fingerprint})")
+
+    def check_generator(self, gen: Generator) -> None:
+        if gen.fingerprint != self.fingerprint:
+            raise MismatchError(f"the bank {self.path} was built from generator {self.fingerprint}, "
+                                f"not from this one ({gen.fingerprint}); rebuild the bank")
+
+    # --- lookups (O(1)) ---------------------------------------------------------------------------
+
+    def synthetic(self, label: int, choice: float) -> torch.Tensor:
+        """A synthetic image of class `label`; `choice` in [0, 1) picks which one."""
+        a = self._load()
+        if not 0 <= label < self.num_classes:
+            raise MismatchError(f"label {label} is not a class of this bank (classes 0..{self.num_classes - 1})")
+        rows = a["by_class"][label]
+        if len(rows) == 0:
+            raise DataError(f"the bank has no synthetic images of class {self.class_names[label]!r}; "
+                            "build it with per_class > 0")
+        return torch.from_numpy(np.array(a["synthetic"][rows[int(choice * len(rows))]]))
+
+    def find(self, image: torch.Tensor) -> int | None:
+        """The row of a real image in the bank (by pixel hash), or None."""
+        return self._load()["key_index"].get(image_key(image))
+
+    def perturbed(self, row: int, choice: float) -> torch.Tensor:
+        """One of the stored perturbations of real image `row`; `choice` in [0, 1) picks which."""
+        a = self._load()
+        if self.copies == 0:
+            raise DataError("the bank holds no perturbations; build it with data= and copies > 0")
+        return torch.from_numpy(np.array(a["perturbed"][row, int(choice * self.copies)]))
+
+    # --- building ---------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, gen: Generator, path, *, per_class: int = 200, data: ImageData | None = None, copies: int = 0,
+              strength: float | tuple[float, float] = 0.4, steps: int = 20, sampler: str = "dpmpp_2m",
+              guidance: float = 2.0, seed: int = 0, batch_size: int = 500, device=None, progress: bool = True,
+              overwrite: bool = False) -> "SampleBank":
+        """Generate `per_class` synthetic images of every class and `copies` perturbations of each image of
+        `data`, in large batches, and write them to the folder `path` atomically.
+
+        `strength` may be a (low, high) range: each copy then gets its own strength, spread evenly over it.
+        """
+        if per_class < 0 or copies < 0:
+            raise DataError("per_class and copies must be >= 0")
+        if copies and data is None:
+            raise DataError("perturbations need the real images: pass data= (an ImageData)")
+        kw = dict(steps=steps, sampler=sampler, guidance=guidance, batch_size=batch_size, device=device,
+                  progress=progress)
+        c, (h, w) = gen.channels, gen.image_size
+        labels = torch.arange(gen.num_classes).repeat_interleave(per_class)
+        synthetic = gen.sample(labels, seed=seed, **kw) if per_class else torch.empty((0, c, h, w), dtype=torch.uint8)
+        lo, hi = (strength, strength) if np.isscalar(strength) else strength
+        strengths = [float(lo + (hi - lo) * (m + 0.5) / copies) for m in range(copies)] if copies else []
+        if data is not None:
+            real = gen.check_images(data.images)
+            perturbed = torch.stack([gen.perturb(real, data.labels, strength=s, seed=seed + 1 + m, **kw)
+                                     for m, s in enumerate(strengths)], dim=1) if copies else \
+                torch.empty((len(real), 0, c, h, w), dtype=torch.uint8)
+            real_labels, keys = data.labels.numpy(), np.array([np.frombuffer(image_key(x), np.uint8) for x in real])
+        else:
+            perturbed = torch.empty((0, 0, c, h, w), dtype=torch.uint8)
+            real_labels, keys = np.zeros(0, np.int64), np.zeros((0, 8), np.uint8)
+        meta = {"format": BANK_FORMAT, "generator_fingerprint": gen.fingerprint, "class_names": gen.class_names,
+                "image_size": list(gen.image_size), "channels": c, "synthetic_count": len(synthetic),
+                "per_class": per_class, "real_count": len(perturbed), "copies": copies, "strengths": strengths,
+                "steps": steps, "sampler": sampler, "guidance": guidance, "seed": seed,
+                "data_fingerprint": data.fingerprint() if data is not None else None}
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tmp.mkdir()
+            np.save(tmp / "synthetic.npy", synthetic.numpy())
+            np.save(tmp / "synthetic_labels.npy", labels.numpy())
+            np.save(tmp / "perturbed.npy", perturbed.numpy())
+            np.save(tmp / "perturbed_labels.npy", real_labels)
+            np.save(tmp / "real_keys.npy", keys)
+            (tmp / META).write_text(json.dumps(meta, indent=2))
+        return cls(path)

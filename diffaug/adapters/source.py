@@ -1,0 +1,88 @@
+"""Where augmented images come from: a Generator (on the fly) or a SampleBank (O(1) lookups).
+
+The ecosystem adapters draw their randomness in their own way and hand the draws to `AugmentSource`,
+which turns them into images; so torchvision, albumentations and the batch augmenter share one behaviour.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import DataError, MismatchError
+from ..generator import Generator
+from .bank import SampleBank
+
+MODES = ("synthesize", "perturb", "mix")
+
+
+def check_mode(mode: str, mix: float) -> str:
+    if mode not in MODES:
+        raise DataError(f"mode must be one of {MODES}, got {mode!r}")
+    if not 0.0 <= mix <= 1.0:
+        raise DataError(f"mix (the share of 'synthesize' in mode='mix') must lie in [0, 1], got {mix}")
+    return mode
+
+
+def strength_range(strength) -> tuple[float, float]:
+    lo, hi = (strength, strength) if np.isscalar(strength) else tuple(strength)
+    if not 0.0 < lo <= hi <= 1.0:
+        raise DataError(f"strength must be a float or a (low, high) range within (0, 1], got {strength}")
+    return float(lo), float(hi)
+
+
+class AugmentSource:
+    """Turns random draws into images: synthetic ones of a class, or perturbations of a given image."""
+
+    def __init__(self, source: Generator | SampleBank, *, steps: int = 20, sampler: str = "dpmpp_2m",
+                 guidance: float = 2.0):
+        if not isinstance(source, (Generator, SampleBank)):
+            raise DataError(f"the augmentation source must be a diffaug Generator or SampleBank, "
+                            f"got {type(source).__name__}")
+        self.source = source
+        self.options = dict(steps=steps, sampler=sampler, guidance=guidance, progress=False)
+
+    @property
+    def is_bank(self) -> bool:
+        return isinstance(self.source, SampleBank)
+
+    def check_image(self, x: torch.Tensor) -> None:
+        """x: uint8 (C,H,W) or (N,C,H,W); same channels and size as the source, or a clear error."""
+        c, (h, w) = self.source.channels, self.source.image_size
+        if x.shape[-3] != c or tuple(x.shape[-2:]) != (h, w):
+            raise MismatchError(
+                f"the pipeline's images are {x.shape[-3]}x{x.shape[-2]}x{x.shape[-1]} (CxHxW) but the "
+                f"{'bank' if self.is_bank else 'generator'} makes {c}x{h}x{w}: put v2.Resize(({h}, {w})) "
+                f"(and a grayscale/RGB conversion) before DiffusionAugment, or fit a generator at this size")
+
+    def check_label(self, label: int) -> int:
+        if not 0 <= label < self.source.num_classes:
+            raise MismatchError(f"label {label} is not a class of the generator (classes 0..{self.source.num_classes - 1}: "
+                                f"{', '.join(self.source.class_names[:10])}{' ...' if self.source.num_classes > 10 else ''})")
+        return label
+
+    def synthesize(self, labels: list[int], choices: list[float], seed: int, device=None) -> torch.Tensor:
+        """Synthetic images (N,C,H,W) uint8 of the given classes."""
+        labels = [self.check_label(int(y)) for y in labels]
+        if self.is_bank:
+            return torch.stack([self.source.synthetic(y, u) for y, u in zip(labels, choices)])
+        return self.source.sample(labels, seed=seed, device=device, **self.options)
+
+    def perturb(self, images: torch.Tensor, labels: list[int] | None, strength: float, choices: list[float],
+                seed: int, device=None) -> torch.Tensor:
+        """Perturbations (N,C,H,W) uint8 of uint8 images; labels None means the null class.
+
+        From a bank, `choices` pick among the stored copies (made at the bank's strengths);
+        from a generator, `strength` is used and `seed` drives the noise."""
+        if labels is not None:
+            labels = [self.check_label(int(y)) for y in labels]
+        if self.is_bank:
+            rows = [self.source.find(x) for x in images]
+            if any(r is None for r in rows):
+                raise DataError(
+                    "an image is not in the sample bank, so it has no stored perturbations: put DiffusionAugment "
+                    "first in the pipeline (before crops, flips, colour changes) and build the bank from this "
+                    "dataset's images (SampleBank.build(gen, path, data=...)), or pass the Generator to perturb "
+                    "on the fly")
+            return torch.stack([self.source.perturbed(r, u) for r, u in zip(rows, choices)])
+        return self.source.perturb(images, labels, strength=strength, seed=seed, device=device, **self.options)

@@ -1,0 +1,214 @@
+"""torchvision adapters: `DiffusionAugment` (a transforms.v2 Transform), `augment_dataset`, `DiffusionBatchAugment`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2._utils import is_pure_tensor
+
+from ..errors import DataError
+from ..generator import Generator
+from .bank import SampleBank
+from .source import AugmentSource, check_mode, strength_range
+
+
+def _find_label(inputs: tuple, label_key: str) -> int | None:
+    """The class label in a v2 call: tf(img, label), tf((img, label)) or tf({"image": .., label_key: ..})."""
+    sample = inputs[0] if len(inputs) == 1 else inputs
+    if isinstance(sample, dict):
+        sample = (None, sample.get(label_key))
+    if isinstance(sample, (tuple, list)) and len(sample) >= 2:
+        y = sample[1]
+        if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
+            return int(y)
+        if isinstance(y, torch.Tensor) and y.numel() == 1 and not y.is_floating_point():
+            return int(y)
+    return None
+
+
+def to_uint8_chw(inpt) -> tuple[torch.Tensor, dict]:
+    """A PIL image or (C,H,W) tensor as uint8 (C,H,W), plus what is needed to convert the result back."""
+    if isinstance(inpt, PIL.Image.Image):
+        if inpt.mode not in ("L", "RGB"):
+            raise DataError(f"PIL images of mode {inpt.mode!r} are not supported; convert to 'L' or 'RGB' first")
+        arr = np.array(inpt)   # a writable copy
+        x = torch.from_numpy(arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return x, {"kind": "pil", "mode": inpt.mode}
+    if inpt.ndim != 3:
+        raise DataError(f"DiffusionAugment takes one image (C,H,W); got shape {tuple(inpt.shape)} "
+                        "(use DiffusionBatchAugment for batches)")
+    meta = {"kind": "image" if isinstance(inpt, tv_tensors.Image) else "tensor", "dtype": inpt.dtype,
+            "device": inpt.device}
+    x = inpt.as_subclass(torch.Tensor).detach().cpu()
+    if x.is_floating_point():   # v2's convention: float images lie in [0, 1]
+        x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    elif x.dtype != torch.uint8:
+        raise DataError(f"integer image tensors must be uint8, got {x.dtype}")
+    return x, meta
+
+
+def from_uint8_chw(x: torch.Tensor, meta: dict):
+    """Back to the caller's type, dtype, value range and device."""
+    if meta["kind"] == "pil":
+        arr = x.numpy()
+        return PIL.Image.fromarray(arr[0] if meta["mode"] == "L" else arr.transpose(1, 2, 0))
+    out = x.to(meta["dtype"]) / 255.0 if meta["dtype"].is_floating_point else x
+    out = out.to(meta["device"])
+    return tv_tensors.Image(out) if meta["kind"] == "image" else out
+
+
+class DiffusionAugment(v2.Transform):
+    """Replace an image, with probability p, by a synthetic image of its class or by its perturbation.
+
+    source: a `SampleBank` (O(1) per sample; the default to use in DataLoader workers) or a `Generator`
+        (one network call per augmented sample; fine in the main process or on a GPU).
+    mode: "synthesize" (needs the label), "perturb" (noise to `strength`, denoise given the class; the null
+        class when no label is passed) or "mix" (synthesize with probability `mix`, else perturb).
+    strength: a float or a (low, high) range sampled per call (generator source; a bank uses its own).
+
+    Call it as `tf(img, label)` (class-aware), `tf(img)`, or on a dict with the label under `label_key`.
+    Randomness comes from torch's RNG in `make_params`, so `torch.manual_seed` and DataLoader worker seeding
+    make pipelines reproducible.
+    """
+
+    _transformed_types = (PIL.Image.Image, tv_tensors.Image, is_pure_tensor)
+
+    def __init__(self, source: Generator | SampleBank, p: float = 0.5, mode: str = "synthesize", *,
+                 mix: float = 0.5, strength: float | tuple[float, float] = 0.4, steps: int = 20,
+                 sampler: str = "dpmpp_2m", guidance: float = 2.0, label_key: str = "label"):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise DataError(f"p must lie in [0, 1], got {p}")
+        self.p, self.mode, self.mix = p, check_mode(mode, mix), mix
+        self.strength = strength_range(strength)
+        self.label_key = label_key
+        self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)
+        self._label: int | None = None
+
+    def forward(self, *inputs: Any) -> Any:
+        # v2 hands make_params only the images; the label rides along on self for the duration of the call.
+        self._label = _find_label(inputs, self.label_key)
+        try:
+            return super().forward(*inputs)
+        finally:
+            self._label = None
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if torch.rand(()) >= self.p:
+            return {"apply": False}
+        mode = self.mode
+        if mode == "mix":
+            mode = "synthesize" if torch.rand(()) < self.mix else "perturb"
+        if mode == "synthesize" and self._label is None:
+            raise DataError(
+                "mode='synthesize' needs the class label: call the transform as tf(image, label) (e.g. "
+                "v2.Compose([...])(img, label)), or wrap the dataset with diffaug.augment_dataset(ds, aug) when "
+                "its transform= only sees images; mode='perturb' works without labels")
+        lo, hi = self.strength
+        return {"apply": True, "mode": mode, "label": self._label,
+                "strength": lo + (hi - lo) * float(torch.rand(())), "choice": float(torch.rand(())),
+                "seed": int(torch.randint(2 ** 31 - 1, ()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"]:
+            return inpt
+        x, meta = to_uint8_chw(inpt)
+        self._source.check_image(x)
+        label = params["label"]
+        if params["mode"] == "synthesize":
+            out = self._source.synthesize([label], [params["choice"]], params["seed"])[0]
+        else:
+            out = self._source.perturb(x[None], None if label is None else [label], params["strength"],
+                                       [params["choice"]], params["seed"])[0]
+        return from_uint8_chw(out, meta)
+
+
+class AugmentedDataset(Dataset):
+    """`dataset[i] = (image, label)` with `image, label = aug(image, label)` applied, then `transform` (e.g. ToImage)."""
+
+    def __init__(self, dataset, aug, transform=None):
+        self.dataset, self.aug, self.transform = dataset, aug, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, label = self.dataset[i]
+        image, label = self.aug(image, label)   # v2 convention: a class-aware call returns (image, label)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+def augment_dataset(dataset, aug, transform=None) -> AugmentedDataset:
+    """Apply a class-aware augmentation to a map-style (image, label) dataset whose transform= sees no labels."""
+    return AugmentedDataset(dataset, aug, transform)
+
+
+class DiffusionBatchAugment:
+    """`x, y = aug(x, y)`: replace a fraction `p` of a batch with synthetic or perturbed images, in one call.
+
+    x: (N,C,H,W) uint8 (0..255) or float in `value_range` (default 0..1), on any device; generation runs on
+    x's device in one batched network call. Randomness comes from torch's global RNG.
+    """
+
+    def __init__(self, source: Generator | SampleBank, p: float = 0.25, mode: str = "synthesize", *,
+                 mix: float = 0.5, strength: float | tuple[float, float] = 0.4, steps: int = 20,
+                 sampler: str = "dpmpp_2m", guidance: float = 2.0, value_range: tuple[float, float] = (0.0, 1.0)):
+        if not 0.0 <= p <= 1.0:
+            raise DataError(f"p must lie in [0, 1], got {p}")
+        self.p, self.mode, self.mix = p, check_mode(mode, mix), mix
+        self.strength = strength_range(strength)
+        self.value_range = value_range
+        self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)
+
+    def _to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            return x
+        lo, hi = self.value_range
+        return ((x.float() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+    def _from_uint8(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if not like.is_floating_point():
+            return x.to(like.device)
+        lo, hi = self.value_range
+        return (x.to(like.device).float() / 255 * (hi - lo) + lo).to(like.dtype)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim != 4 or len(x) != len(y):
+            raise DataError(f"expected images (N,C,H,W) and N labels; got {tuple(x.shape)} and {tuple(y.shape)}")
+        self._source.check_image(x)
+        n = len(x)
+        k = int(round(self.p * n))
+        if k == 0:
+            return x, y
+        chosen = torch.randperm(n)[:k]
+        if self.mode == "mix":
+            synth = torch.rand(k) < self.mix
+        else:
+            synth = torch.full((k,), self.mode == "synthesize")
+        lo, hi = self.strength
+        strength = lo + (hi - lo) * float(torch.rand(()))
+        choices = torch.rand(k).tolist()
+        seed = int(torch.randint(2 ** 31 - 1, ()))
+        out = x.clone()
+        labels = y.detach().cpu().tolist()
+        for mask, mode in ((synth, "synthesize"), (~synth, "perturb")):
+            rows = chosen[mask]
+            if len(rows) == 0:
+                continue
+            picked = [choices[i] for i in torch.nonzero(mask).flatten().tolist()]
+            if mode == "synthesize":
+                new = self._source.synthesize([labels[r] for r in rows], picked, seed, device=x.device)
+            else:
+                new = self._source.perturb(self._to_uint8(x[rows.to(x.device)]).cpu(), [labels[r] for r in rows],
+                                           strength, picked, seed, device=x.device)
+            out[rows.to(x.device)] = self._from_uint8(new, x)
+        return out, y

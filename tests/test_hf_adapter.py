@@ -1,0 +1,91 @@
+"""Hugging Face datasets expansion: features kept, provenance recorded, labels right, shards join exactly."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.svm import SVC
+
+datasets = pytest.importorskip("datasets")
+
+from diffaug import DataError, ImageData, MismatchError  # noqa: E402
+from diffaug.hf import PROVENANCE, concatenate_shards, expand_dataset, perturb_dataset, to_hf_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ds(digits_train):
+    return to_hf_dataset(digits_train.subset(per_class=6, seed=0))
+
+
+def pixels(rows):
+    return np.stack([np.asarray(im, dtype=np.float32).reshape(-1) / 255 for im in rows])
+
+
+def test_round_trip_keeps_features_and_synthetic_labels_are_right(ds, digits_gen, digits_train, tmp_path):
+    out = expand_dataset(ds, digits_gen, per_class=30, seed=0, progress=False)
+    assert len(out) == len(ds) + 300
+    assert isinstance(out.features["image"], datasets.Image) and out.features["label"] == ds.features["label"]
+    out.save_to_disk(tmp_path / "expanded")
+    back = datasets.load_from_disk(str(tmp_path / "expanded"))
+    assert back.features == out.features == datasets.Features({**ds.features, **PROVENANCE})
+    synth = back.filter(lambda r: r["diffaug_synthetic"])
+    assert len(synth) == 300 and set(synth["diffaug_mode"]) == {"synthesize"}
+    assert set(synth["diffaug_generator"]) == {digits_gen.fingerprint}
+    real = back.filter(lambda r: not r["diffaug_synthetic"])
+    assert real["label"] == ds["label"] and set(real["diffaug_mode"]) == {"real"}
+    clf = SVC().fit(digits_train.images.reshape(len(digits_train), -1).float().numpy() / 255, digits_train.labels)
+    assert clf.score(pixels(synth["image"]), synth["label"]) >= 0.9
+
+
+def test_per_class_dict_and_ratio(ds, digits_gen):
+    out = expand_dataset(ds, digits_gen, per_class={"3": 7, 5: 2}, progress=False)
+    assert sorted(out.filter(lambda r: r["diffaug_synthetic"])["label"]) == [3] * 7 + [5] * 2
+    out = expand_dataset(ds, digits_gen, ratio=0.5, progress=False)
+    assert len(out) == len(ds) + 30
+
+
+def test_shards_concatenate_to_the_unsharded_result(ds, digits_gen):
+    whole = expand_dataset(ds, digits_gen, per_class=5, batch_size=8, progress=False)
+    parts = [expand_dataset(ds, digits_gen, per_class=5, batch_size=8, num_shards=3, shard_index=i, progress=False)
+             for i in range(3)]
+    joined = concatenate_shards(parts)
+    assert len(joined) == len(whole) and joined["label"] == whole["label"]
+    assert pixels(joined["image"]).tobytes() == pixels(whole["image"]).tobytes()
+
+
+def test_dataset_dict_expands_train_only(ds, digits_gen):
+    dd = datasets.DatasetDict({"train": ds, "test": ds.select(range(5))})
+    out = expand_dataset(dd, digits_gen, per_class=1, progress=False)
+    assert len(out["train"]) == len(ds) + 10 and len(out["test"]) == 5
+
+
+def test_perturb_dataset_adds_copies_that_point_at_their_source(ds, digits_gen):
+    ds2 = ds.add_column("note", [f"row{i}" for i in range(len(ds))])
+    out = perturb_dataset(ds2, digits_gen, copies=2, strength=0.3, batch_size=16, progress=False)
+    assert len(out) == 3 * len(ds)
+    copies = out.filter(lambda r: r["diffaug_synthetic"])
+    src = copies["diffaug_source_index"]
+    assert sorted(src) == sorted(list(range(len(ds))) * 2)
+    assert [copies["note"][i] for i in range(4)] == [f"row{j}" for j in src[:4]]
+    assert [copies["label"][i] for i in range(len(copies))] == [ds["label"][j] for j in src]
+
+
+def test_array_columns_keep_their_layout(digits_gen, digits_train):
+    sub = digits_train.subset(per_class=2)
+    ds = datasets.Dataset.from_dict({"pixels": sub.images[:, 0].numpy().tolist(), "y": sub.labels.tolist()},
+                                    features=datasets.Features({"pixels": datasets.Array2D((8, 8), "uint8"),
+                                                                "y": datasets.Value("int64")}))
+    out = expand_dataset(ds, digits_gen, per_class=1, image_column="pixels", label_column="y", progress=False)
+    assert out.features["pixels"] == ds.features["pixels"] and np.asarray(out[-1]["pixels"]).shape == (8, 8)
+
+
+def test_clear_errors(ds, digits_gen):
+    with pytest.raises(DataError, match=r"no image column 'img'; its columns are \['image', 'label'\]"):
+        expand_dataset(ds, digits_gen, per_class=1, image_column="img")
+    with pytest.raises(DataError, match="exactly one of per_class"):
+        expand_dataset(ds, digits_gen)
+    renamed = ds.cast_column("label", datasets.ClassLabel(names=[f"c{i}" for i in range(10)]))
+    with pytest.raises(MismatchError, match="differ from the generator"):
+        expand_dataset(renamed, digits_gen, per_class=1)
+    big = to_hf_dataset(ImageData.from_arrays(np.zeros((10, 9, 9), np.uint8), np.arange(10)))
+    with pytest.raises(MismatchError, match="resize them first"):
+        expand_dataset(big, digits_gen, per_class=1)
