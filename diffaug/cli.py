@@ -74,6 +74,35 @@ def cmd_sample(args) -> None:
     print(f"wrote {out}: {len(images)} images", file=sys.stderr)
 
 
+def cmd_expand(args) -> None:
+    from .generator import Generator
+    from .io import atomic_path, check_writable
+
+    check_writable(args.out, args.overwrite)
+    from . import hf
+    import datasets
+
+    gen = Generator.load(args.gen, device=args.device)
+    path = Path(args.data)
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        ds = datasets.load_from_disk(str(path))   # keep the dataset's own features and columns
+    else:
+        ds = hf.to_hf_dataset(_load(args))
+    common = dict(image_column=args.image_column, label_column=args.label_column, seed=args.seed,
+                  batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                  num_shards=args.num_shards, shard_index=args.shard_index, splits=(args.split,),
+                  progress=not args.quiet)
+    if args.mode == "perturb":
+        out = hf.perturb_dataset(ds, gen, args.copies, strength=args.strength, **common)
+    else:
+        if (args.per_class is None) == (args.ratio is None):
+            raise DiffaugError("give --per-class N or --ratio R")
+        out = hf.expand_dataset(ds, gen, args.per_class, ratio=args.ratio, **common)
+    with atomic_path(args.out, overwrite=args.overwrite) as tmp:
+        out.save_to_disk(str(tmp))
+    print(f"wrote {args.out}: {out}", file=sys.stderr)
+
+
 def cmd_info(args) -> None:
     from .generator import Generator
 
@@ -126,6 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("expand", help="expand a dataset with synthetic (or perturbed) rows; writes an HF dataset")
+    _data_args(p)
+    p.add_argument("--gen", required=True, help="generator file")
+    p.add_argument("--out", required=True, help="folder for datasets.Dataset.save_to_disk")
+    p.add_argument("--per-class", type=int, help="synthetic images per class")
+    p.add_argument("--ratio", type=float, help="synthetic images per class = ratio x the class's real count")
+    p.add_argument("--mode", default="synthesize", choices=["synthesize", "perturb"])
+    p.add_argument("--copies", type=int, default=1, help="perturb: copies per real image")
+    p.add_argument("--strength", type=float, default=0.4, help="perturb: noise level in (0, 1]")
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard-index", type=int, default=0)
+    _gen_args(p)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_expand)
 
     p = sub.add_parser("info", help="describe a generator file")
     p.add_argument("gen")

@@ -81,3 +81,16 @@ def test_killed_training_resumes_to_the_requested_step(tmp_path):
     assert r.returncode == 0, r.stderr
     train = Generator.load(out).config["train"]
     assert train["steps"] == 160 and train["steps_this_run"] == 160 - killed_at
+
+
+def test_expand_writes_a_loadable_hf_dataset(tmp_path, digits_gen_file):
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "expanded"
+    assert main(["expand", "digits", "--gen", str(digits_gen_file), "--per-class", "3", "--out", str(out),
+                 "--steps", "4", "--quiet"]) == 0
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == 898 + 30 and sum(ds["diffaug_synthetic"]) == 30
+    assert main(["expand", str(out), "--gen", str(digits_gen_file), "--mode", "perturb", "--copies", "1",
+                 "--out", str(tmp_path / "p"), "--steps", "4", "--quiet"]) == 0
+    assert len(datasets.load_from_disk(str(tmp_path / "p"))) == 2 * len(ds)
+    assert main(["expand", "digits", "--gen", str(digits_gen_file), "--per-class", "1", "--out", str(out)]) == 2

@@ -92,6 +92,9 @@ class _ImageCodec:
 
 
 def _real_rows(ds):
+    """The input rows with provenance columns (kept as they are if an earlier expansion added them)."""
+    if set(PROVENANCE).issubset(ds.column_names):
+        return ds
     n = len(ds)
     return (ds.add_column("diffaug_synthetic", [False] * n).add_column("diffaug_mode", ["real"] * n)
             .add_column("diffaug_strength", [None] * n).add_column("diffaug_guidance", [None] * n)
