@@ -23,6 +23,6 @@ def __getattr__(name):
         from . import hf
         return getattr(hf, name)
     if name == "evaluate":
-        from .evaluate import evaluate
+        from .evaluation import evaluate
         return evaluate
     raise AttributeError(f"module 'diffaug' has no attribute {name!r}")

@@ -103,6 +103,52 @@ def cmd_expand(args) -> None:
     print(f"wrote {args.out}: {out}", file=sys.stderr)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(0 if t.strip() == "all" else int(t) for t in text.split(","))
+    except ValueError:
+        raise DiffaugError(f"expected comma-separated whole numbers (or 'all'), got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise DiffaugError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluation import evaluate
+    from .generator import Generator
+
+    out = Path(args.out)
+    if out.exists() and not (args.resume or args.overwrite):
+        raise DiffaugError(f"{out} already exists; pass --resume to continue it (finished runs are reused) "
+                           "or --overwrite to start again")
+    gen = Generator.load(args.gen) if args.gen else None
+    test = None
+    if args.test:
+        from .data import load_data
+        test = load_data(args.test, "test", root=args.root)
+    options = dict(per_class=_ints(args.per_class), seeds=args.seeds, classical=args.classical,
+                   classifier_steps=args.classifier_steps, batch_size=args.batch_size,
+                   synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
+                   perturb_copies=args.perturb_copies, strength=_floats(args.strength), guidance=args.guidance,
+                   sample_steps=args.sample_steps, filter_confidence=args.filter_confidence, preset=args.preset,
+                   gen_steps=args.gen_steps, metrics=not args.no_metrics)
+    if args.arms:
+        options["arms"] = tuple(args.arms.split(","))
+    result = evaluate(_load(args), test, gen=gen, out_dir=out, n_jobs=args.n_jobs, device=args.device,
+                      progress=not args.quiet, resume=not args.overwrite, **options)
+    print(result.table())
+    print(f"\nreport: {out}/results.md, results.json and plots", file=sys.stderr)
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+    run_demo(Path(args.out), overwrite=args.overwrite, progress=not args.quiet)
+
+
 def cmd_info(args) -> None:
     from .generator import Generator
 
@@ -171,6 +217,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_expand)
+
+    p = sub.add_parser("evaluate", help="measure the downstream gain over classical augmentation, with CIs")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="report folder (results.json, results.md, plots, runs/)")
+    p.add_argument("--gen", help="use this generator in every run (only fair if it saw only training data); "
+                                 "default: fit one per regime and seed on that regime's images only")
+    p.add_argument("--test", help="test data (default: the built-in's test split, else a 50/50 split of DATA)")
+    p.add_argument("--per-class", default="10,50,100", help="real images per class, comma-separated ('all' ok)")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--arms", help="comma-separated subset of real,classical,synthesize,perturb,classical+synthesize")
+    p.add_argument("--classical", default="trivialaugment",
+                   choices=["crop", "trivialaugment", "randaugment", "autoaugment", "albumentations"])
+    p.add_argument("--classifier-steps", type=int, default=800)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--synthetic-share", type=float, default=0.5, help="share of each batch that is synthetic")
+    p.add_argument("--synthetic-per-class", type=int, default=500)
+    p.add_argument("--perturb-copies", type=int, default=4)
+    p.add_argument("--strength", default="0.3,0.6", help="perturb strength, or low,high")
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--filter-confidence", type=float, help="keep synthetic images a real-trained classifier "
+                                                           "gives at least this probability of their class")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
+    p.add_argument("--gen-steps", type=int, help="generator steps per run (default: the preset's)")
+    p.add_argument("--no-metrics", action="store_true", help="skip CAS/FID/KID/precision/recall/memorization")
+    p.add_argument("--n-jobs", type=int, default=1, help="runs in parallel (joblib)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true", help="continue in an existing --out, reusing finished runs")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole story on the built-in digits, in minutes: fit, sample, expand, evaluate")
+    p.add_argument("--out", default="diffaug-demo", help="folder for everything the demo writes")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="describe a generator file")
     p.add_argument("gen")

@@ -26,8 +26,8 @@ def _to_uint8_chw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def _like(x: torch.Tensor, img: np.ndarray) -> np.ndarray:
-    arr = x.numpy().transpose(1, 2, 0)
+def _like(x: np.ndarray, img: np.ndarray) -> np.ndarray:
+    arr = x.transpose(1, 2, 0)
     arr = arr[:, :, 0] if img.ndim == 2 else arr
     return (arr.astype(np.float32) / 255.0) if img.dtype == np.float32 else np.ascontiguousarray(arr)
 
@@ -81,11 +81,11 @@ class DiffusionAugment(ImageOnlyTransform):
     def apply(self, img: np.ndarray, mode: str, label: int | None, strength: float, choice: float, seed: int,
               **params: Any) -> np.ndarray:
         x = _to_uint8_chw(img)
-        self._source.check_image(x)
+        self._source.check_shape(x.shape)
         if mode == "synthesize":
-            out = self._source.synthesize([label], [choice], seed)[0]
+            out = self._source.synthesize_one(label, choice, seed)
         else:
-            out = self._source.perturb(x[None], None if label is None else [label], strength, [choice], seed)[0]
+            out = self._source.perturb_one(x, label, strength, choice, seed)
         return _like(out, img)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:

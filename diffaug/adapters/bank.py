@@ -53,7 +53,8 @@ class SampleBank:
 
     def _load(self) -> dict:
         if self._arrays is None:
-            a = {name: np.load(self.path / f"{name}.npy", mmap_mode="r")
+            # np.asarray drops the np.memmap subclass (same pages, no copy): indexing a plain view is ~10x cheaper.
+            a = {name: np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r"))
                  for name in ("synthetic", "synthetic_labels", "perturbed", "perturbed_labels", "real_keys")}
             labels = np.asarray(a["synthetic_labels"])
             a["by_class"] = [np.flatnonzero(labels == c) for c in range(len(self.class_names))]
@@ -100,8 +101,8 @@ class SampleBank:
 
     # --- lookups (O(1)) ---------------------------------------------------------------------------
 
-    def synthetic(self, label: int, choice: float) -> torch.Tensor:
-        """A synthetic image of class `label`; `choice` in [0, 1) picks which one."""
+    def synthetic(self, label: int, choice: float) -> np.ndarray:
+        """A synthetic uint8 (C,H,W) image of class `label` (a read-only view); `choice` in [0, 1) picks which."""
         a = self._load()
         if not 0 <= label < self.num_classes:
             raise MismatchError(f"label {label} is not a class of this bank (classes 0..{self.num_classes - 1})")
@@ -109,18 +110,19 @@ class SampleBank:
         if len(rows) == 0:
             raise DataError(f"the bank has no synthetic images of class {self.class_names[label]!r}; "
                             "build it with per_class > 0")
-        return torch.from_numpy(np.array(a["synthetic"][rows[int(choice * len(rows))]]))
+        return a["synthetic"][rows[int(choice * len(rows))]]
 
-    def find(self, image: torch.Tensor) -> int | None:
-        """The row of a real image in the bank (by pixel hash), or None."""
+    def find(self, image) -> int | None:
+        """The row of a real uint8 (C,H,W) image in the bank (by pixel hash), or None."""
         return self._load()["key_index"].get(image_key(image))
 
-    def perturbed(self, row: int, choice: float) -> torch.Tensor:
-        """One of the stored perturbations of real image `row`; `choice` in [0, 1) picks which."""
+    def perturbed(self, row: int, choice: float) -> np.ndarray:
+        """One of the stored perturbations of real image `row` (a read-only uint8 (C,H,W) view);
+        `choice` in [0, 1) picks which."""
         a = self._load()
         if self.copies == 0:
             raise DataError("the bank holds no perturbations; build it with data= and copies > 0")
-        return torch.from_numpy(np.array(a["perturbed"][row, int(choice * self.copies)]))
+        return a["perturbed"][row, int(choice * self.copies)]
 
     # --- building ---------------------------------------------------------------------------------
 

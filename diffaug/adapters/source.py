@@ -46,12 +46,12 @@ class AugmentSource:
     def is_bank(self) -> bool:
         return isinstance(self.source, SampleBank)
 
-    def check_image(self, x: torch.Tensor) -> None:
-        """x: uint8 (C,H,W) or (N,C,H,W); same channels and size as the source, or a clear error."""
+    def check_shape(self, shape) -> None:
+        """shape: (C,H,W) or (N,C,H,W); same channels and size as the source, or a clear error."""
         c, (h, w) = self.source.channels, self.source.image_size
-        if x.shape[-3] != c or tuple(x.shape[-2:]) != (h, w):
+        if shape[-3] != c or tuple(shape[-2:]) != (h, w):
             raise MismatchError(
-                f"the pipeline's images are {x.shape[-3]}x{x.shape[-2]}x{x.shape[-1]} (CxHxW) but the "
+                f"the pipeline's images are {shape[-3]}x{shape[-2]}x{shape[-1]} (CxHxW) but the "
                 f"{'bank' if self.is_bank else 'generator'} makes {c}x{h}x{w}: put v2.Resize(({h}, {w})) "
                 f"(and a grayscale/RGB conversion) before DiffusionAugment, or fit a generator at this size")
 
@@ -61,11 +61,34 @@ class AugmentSource:
                                 f"{', '.join(self.source.class_names[:10])}{' ...' if self.source.num_classes > 10 else ''})")
         return label
 
+    def synthesize_one(self, label: int, choice: float, seed: int) -> np.ndarray:
+        """One synthetic uint8 (C,H,W) image of class `label` (read-only when it comes from a bank)."""
+        if self.is_bank:
+            return self.source.synthetic(self.check_label(label), choice)
+        return self.synthesize([label], [choice], seed)[0].numpy()
+
+    def perturb_one(self, image: torch.Tensor, label: int | None, strength: float, choice: float,
+                    seed: int) -> np.ndarray:
+        """One perturbation (C,H,W) uint8 of a uint8 (C,H,W) image (read-only when it comes from a bank)."""
+        if self.is_bank:
+            return self.source.perturbed(self._bank_row(image), choice)
+        return self.perturb(image[None], None if label is None else [label], strength, [choice], seed)[0].numpy()
+
+    def _bank_row(self, image) -> int:
+        row = self.source.find(image)
+        if row is None:
+            raise DataError(
+                "an image is not in the sample bank, so it has no stored perturbations: put DiffusionAugment "
+                "first in the pipeline (before crops, flips, colour changes) and build the bank from this "
+                "dataset's images (SampleBank.build(gen, path, data=...)), or pass the Generator to perturb "
+                "on the fly")
+        return row
+
     def synthesize(self, labels: list[int], choices: list[float], seed: int, device=None) -> torch.Tensor:
         """Synthetic images (N,C,H,W) uint8 of the given classes."""
         labels = [self.check_label(int(y)) for y in labels]
         if self.is_bank:
-            return torch.stack([self.source.synthetic(y, u) for y, u in zip(labels, choices)])
+            return torch.from_numpy(np.stack([self.source.synthetic(y, u) for y, u in zip(labels, choices)]))
         return self.source.sample(labels, seed=seed, device=device, **self.options)
 
     def perturb(self, images: torch.Tensor, labels: list[int] | None, strength: float, choices: list[float],
@@ -77,12 +100,6 @@ class AugmentSource:
         if labels is not None:
             labels = [self.check_label(int(y)) for y in labels]
         if self.is_bank:
-            rows = [self.source.find(x) for x in images]
-            if any(r is None for r in rows):
-                raise DataError(
-                    "an image is not in the sample bank, so it has no stored perturbations: put DiffusionAugment "
-                    "first in the pipeline (before crops, flips, colour changes) and build the bank from this "
-                    "dataset's images (SampleBank.build(gen, path, data=...)), or pass the Generator to perturb "
-                    "on the fly")
-            return torch.stack([self.source.perturbed(r, u) for r, u in zip(rows, choices)])
+            return torch.from_numpy(np.stack([self.source.perturbed(self._bank_row(x), u)
+                                              for x, u in zip(images, choices)]))
         return self.source.perturb(images, labels, strength=strength, seed=seed, device=device, **self.options)

@@ -32,33 +32,39 @@ def _find_label(inputs: tuple, label_key: str) -> int | None:
     return None
 
 
-def to_uint8_chw(inpt) -> tuple[torch.Tensor, dict]:
-    """A PIL image or (C,H,W) tensor as uint8 (C,H,W), plus what is needed to convert the result back."""
+def describe(inpt) -> dict:
+    """What converting an image back needs: its kind, mode or dtype and device, and its (C,H,W) shape."""
     if isinstance(inpt, PIL.Image.Image):
         if inpt.mode not in ("L", "RGB"):
             raise DataError(f"PIL images of mode {inpt.mode!r} are not supported; convert to 'L' or 'RGB' first")
-        arr = np.array(inpt)   # a writable copy
-        x = torch.from_numpy(arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1)))
-        return x, {"kind": "pil", "mode": inpt.mode}
+        w, h = inpt.size
+        return {"kind": "pil", "mode": inpt.mode, "shape": (1 if inpt.mode == "L" else 3, h, w)}
     if inpt.ndim != 3:
         raise DataError(f"DiffusionAugment takes one image (C,H,W); got shape {tuple(inpt.shape)} "
                         "(use DiffusionBatchAugment for batches)")
-    meta = {"kind": "image" if isinstance(inpt, tv_tensors.Image) else "tensor", "dtype": inpt.dtype,
-            "device": inpt.device}
+    if not inpt.is_floating_point() and inpt.dtype != torch.uint8:
+        raise DataError(f"integer image tensors must be uint8, got {inpt.dtype}")
+    return {"kind": "image" if isinstance(inpt, tv_tensors.Image) else "tensor", "dtype": inpt.dtype,
+            "device": inpt.device, "shape": tuple(inpt.shape)}
+
+
+def to_uint8_chw(inpt) -> torch.Tensor:
+    """A PIL image or (C,H,W) uint8/float tensor as a uint8 (C,H,W) CPU tensor."""
+    if isinstance(inpt, PIL.Image.Image):
+        arr = np.array(inpt)   # a writable copy
+        return torch.from_numpy(arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1)))
     x = inpt.as_subclass(torch.Tensor).detach().cpu()
     if x.is_floating_point():   # v2's convention: float images lie in [0, 1]
         x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    elif x.dtype != torch.uint8:
-        raise DataError(f"integer image tensors must be uint8, got {x.dtype}")
-    return x, meta
+    return x
 
 
-def from_uint8_chw(x: torch.Tensor, meta: dict):
-    """Back to the caller's type, dtype, value range and device."""
+def from_uint8_chw(x: np.ndarray, meta: dict):
+    """A uint8 (C,H,W) array back to the caller's type, dtype, value range and device."""
     if meta["kind"] == "pil":
-        arr = x.numpy()
-        return PIL.Image.fromarray(arr[0] if meta["mode"] == "L" else arr.transpose(1, 2, 0))
-    out = x.to(meta["dtype"]) / 255.0 if meta["dtype"].is_floating_point else x
+        return PIL.Image.fromarray(x[0] if meta["mode"] == "L" else np.ascontiguousarray(x.transpose(1, 2, 0)))
+    out = torch.from_numpy(np.array(x))   # a writable copy: bank arrays are read-only views
+    out = out.to(meta["dtype"]) / 255.0 if meta["dtype"].is_floating_point else out
     out = out.to(meta["device"])
     return tv_tensors.Image(out) if meta["kind"] == "image" else out
 
@@ -95,37 +101,42 @@ class DiffusionAugment(v2.Transform):
         # v2 hands make_params only the images; the label rides along on self for the duration of the call.
         self._label = _find_label(inputs, self.label_key)
         try:
+            if len(inputs) == 2 and self._label is not None and isinstance(inputs[0], (PIL.Image.Image, torch.Tensor)):
+                # The common dataset call tf(img, label): exactly what v2's forward does for it, without the
+                # pytree round trip that costs more than a bank lookup.
+                return self.transform(inputs[0], self.make_params([inputs[0]])), inputs[1]
             return super().forward(*inputs)
         finally:
             self._label = None
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        if torch.rand(()) >= self.p:
+        u_apply, u_mode, u_strength, choice = torch.rand(4).tolist()   # one RNG call: per-sample cost matters here
+        if u_apply >= self.p:
             return {"apply": False}
         mode = self.mode
         if mode == "mix":
-            mode = "synthesize" if torch.rand(()) < self.mix else "perturb"
+            mode = "synthesize" if u_mode < self.mix else "perturb"
         if mode == "synthesize" and self._label is None:
             raise DataError(
                 "mode='synthesize' needs the class label: call the transform as tf(image, label) (e.g. "
                 "v2.Compose([...])(img, label)), or wrap the dataset with diffaug.augment_dataset(ds, aug) when "
                 "its transform= only sees images; mode='perturb' works without labels")
         lo, hi = self.strength
-        return {"apply": True, "mode": mode, "label": self._label,
-                "strength": lo + (hi - lo) * float(torch.rand(())), "choice": float(torch.rand(())),
-                "seed": int(torch.randint(2 ** 31 - 1, ()))}
+        seed = 0 if self._source.is_bank else int(torch.randint(2 ** 31 - 1, ()))   # only generation needs one
+        return {"apply": True, "mode": mode, "label": self._label, "strength": lo + (hi - lo) * u_strength,
+                "choice": choice, "seed": seed}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not params["apply"]:
             return inpt
-        x, meta = to_uint8_chw(inpt)
-        self._source.check_image(x)
+        meta = describe(inpt)
+        self._source.check_shape(meta["shape"])
         label = params["label"]
-        if params["mode"] == "synthesize":
-            out = self._source.synthesize([label], [params["choice"]], params["seed"])[0]
+        if params["mode"] == "synthesize":   # the input's pixels are not needed: skip converting them
+            out = self._source.synthesize_one(label, params["choice"], params["seed"])
         else:
-            out = self._source.perturb(x[None], None if label is None else [label], params["strength"],
-                                       [params["choice"]], params["seed"])[0]
+            out = self._source.perturb_one(to_uint8_chw(inpt), label, params["strength"], params["choice"],
+                                           params["seed"])
         return from_uint8_chw(out, meta)
 
 
@@ -184,7 +195,7 @@ class DiffusionBatchAugment:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.ndim != 4 or len(x) != len(y):
             raise DataError(f"expected images (N,C,H,W) and N labels; got {tuple(x.shape)} and {tuple(y.shape)}")
-        self._source.check_image(x)
+        self._source.check_shape(x.shape)
         n = len(x)
         k = int(round(self.p * n))
         if k == 0:

@@ -1,0 +1,10 @@
+"""Measuring downstream gains: the protocol (regimes x seeds x arms), the reference classifier, classical
+baselines, generator-quality metrics and the report."""
+
+from .classical import CLASSICAL, classical_augment
+from .classifier import SmallCNN, train_classifier
+from .metrics import cas, fid_own, kid_own, memorization, paired_ci, precision_recall
+from .protocol import ARMS, EvalConfig, EvalResult, evaluate
+
+__all__ = ["evaluate", "EvalConfig", "EvalResult", "ARMS", "CLASSICAL", "classical_augment", "SmallCNN",
+           "train_classifier", "cas", "fid_own", "kid_own", "precision_recall", "memorization", "paired_ci"]

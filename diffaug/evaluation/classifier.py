@@ -1,0 +1,90 @@
+"""The fixed downstream classifier: a small BatchNorm CNN and its short one-cycle training loop.
+
+Ideas from fast small-data training (e.g. Keller Jordan's CIFAR-10 speedruns): BatchNorm, label smoothing,
+SGD with Nesterov momentum and a one-cycle LR, augmentation applied to whole batches on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..diffusion.trainer import to_unit
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU x4 with two poolings, global average pooling, a linear head; any input size >= 8x8."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+        w = width
+        self.features = nn.Sequential(block(in_channels, w), block(w, 2 * w), nn.MaxPool2d(2),
+                                      block(2 * w, 4 * w), nn.MaxPool2d(2), block(4 * w, 4 * w),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4 * w, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: what own-feature FID/KID and precision/recall are computed on."""
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def default_classifier(in_channels: int, num_classes: int) -> nn.Module:
+    return SmallCNN(in_channels, num_classes)
+
+
+BatchFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def train_classifier(next_batch: BatchFn, in_channels: int, num_classes: int, *, steps: int = 800,
+                     lr: float = 0.05, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
+                     device="cpu", factory: Callable[[int, int], nn.Module] | None = None) -> nn.Module:
+    """Train a fresh classifier for exactly `steps` optimizer steps on batches from `next_batch(step_seed)`.
+
+    `next_batch` returns (uint8 images (B,C,H,W), labels (B,)); images are scaled to [-1, 1] on the device.
+    """
+    torch.manual_seed(seed)   # weight init: every arm of one seed starts from the same weights
+    model = (factory or default_classifier)(in_channels, num_classes).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    # One-cycle: linear warm-up over the first 20% of steps, then linear decay to zero.
+    warm = max(1, steps // 5)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / (steps - warm)))
+    model.train()
+    for step in range(steps):
+        x, y = next_batch(step)
+        x, y = to_unit(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int = 1000) -> torch.Tensor:
+    """Class probabilities (N, classes) for uint8 images."""
+    out = [F.softmax(model(to_unit(images[i:i + batch_size].to(device))), dim=1).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def embed(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int = 1000) -> torch.Tensor:
+    """Penultimate features (N, D) of uint8 images; needs a model with an `embed` method (e.g. SmallCNN)."""
+    return torch.cat([model.embed(to_unit(images[i:i + batch_size].to(device))).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="cpu") -> float:
+    return (predict_proba(model, images, device).argmax(1) == labels).float().mean().item()

@@ -1,0 +1,328 @@
+"""The evaluation protocol (../../BENCHMARKS.md section 1): regimes x seeds x arms, fairly, with paired statistics.
+
+One *unit* is a (real images per class k, seed) pair: draw the stratified subset, fit a generator on that
+subset only, build the synthetic pools, then train the same classifier for every arm with the same
+optimizer steps, batch size and seed. Units are independent: they run in parallel (joblib) and each
+finished unit is cached as JSON in `out_dir/runs/`, so an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data import ImageData, load_data
+from ..diffusion.trainer import resolve_device
+from ..errors import DataError
+from ..generator import Generator, fit
+from ..io import atomic_path
+from .classical import CLASSICAL, augment_batch, classical_augment
+from .classifier import accuracy, embed, predict_proba, train_classifier
+from .metrics import cas, fid_own, kid_own, memorization, paired_ci, precision_recall
+
+ARMS = ("real", "classical", "synthesize", "perturb", "classical+synthesize")
+BASELINE = "classical"
+
+
+@dataclass
+class EvalConfig:
+    """Everything that decides an evaluation's numbers; recorded in results.json."""
+
+    per_class: tuple = (10, 50, 100)       # real images per class; 0 means all
+    seeds: int = 5
+    arms: tuple = ARMS
+    classical: str = "trivialaugment"      # see classical.CLASSICAL
+    hflip: bool = False
+    classifier_steps: int = 800            # optimizer steps, identical for every arm
+    batch_size: int = 128
+    synthetic_share: float = 0.5           # share of each batch drawn from the synthetic pool (diffusion arms)
+    synthetic_per_class: int = 500
+    perturb_copies: int = 4
+    strength: tuple = (0.3, 0.6)           # perturb: copies spread evenly over this range
+    guidance: float = 2.0
+    sample_steps: int = 20
+    filter_confidence: float | None = None  # keep synthetic images a real-trained classifier gives >= this
+    preset: str = "tiny"
+    gen_steps: int | None = None           # generator fit steps per unit (None: the preset's default)
+    gen_batch_size: int = 128
+    metrics: bool = True                   # CAS, own-feature FID/KID, precision/recall, memorization
+    cas_steps: int = 400
+
+    def __post_init__(self):
+        self.per_class = tuple(int(k) for k in self.per_class)
+        self.arms = tuple(self.arms)
+        self.strength = tuple(self.strength) if not np.isscalar(self.strength) else (self.strength, self.strength)
+        unknown = set(self.arms) - set(ARMS)
+        if unknown:
+            raise DataError(f"unknown arm(s) {sorted(unknown)}; choose from {ARMS}")
+        if BASELINE not in self.arms:
+            raise DataError(f"the arms must include {BASELINE!r}: every gain is measured against it")
+        if self.classical not in CLASSICAL:
+            raise DataError(f"unknown classical augmentation {self.classical!r}; choose one of {CLASSICAL}")
+        if self.seeds < 1 or any(k < 0 for k in self.per_class):
+            raise DataError("seeds must be >= 1 and per_class values >= 0 (0 = all)")
+        if not 0.0 <= self.synthetic_share < 1.0:
+            raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share}")
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device) -> dict:
+    """Synthetic images by class and perturbed copies of the subset, made once per unit in big batches."""
+    pools = {}
+    arms = set(cfg.arms)
+    if arms & {"synthesize", "classical+synthesize"}:
+        labels = torch.arange(subset.num_classes).repeat_interleave(cfg.synthetic_per_class)
+        pools["synthesize"] = (gen.sample(labels, steps=cfg.sample_steps, guidance=cfg.guidance, seed=seed,
+                                          device=device, progress=False), labels)
+    if "perturb" in arms:
+        lo, hi = cfg.strength
+        copies = [gen.perturb(subset.images, subset.labels, strength=lo + (hi - lo) * (m + 0.5) / cfg.perturb_copies,
+                              steps=cfg.sample_steps, guidance=cfg.guidance, seed=seed + 1 + m, device=device,
+                              progress=False) for m in range(cfg.perturb_copies)]
+        pools["perturb"] = (torch.cat(copies), subset.labels.repeat(cfg.perturb_copies))
+    return pools
+
+
+def _filter(pool, model, threshold, device):
+    images, labels = pool
+    p = predict_proba(model, images, device)[torch.arange(len(labels)), labels]
+    keep = p >= threshold
+    if keep.sum() == 0:
+        return pool, 0.0
+    return (images[keep], labels[keep]), keep.float().mean().item()
+
+
+def _batches(real: ImageData, pool, share: float, batch_size: int, aug, seed: int):
+    """Batch maker for one arm: (1 - share) real images (+ optional classical aug on the whole batch)."""
+    g = torch.Generator().manual_seed(seed)
+    n_syn = int(round(share * batch_size)) if pool is not None else 0
+
+    def next_batch(step):
+        idx = torch.randint(len(real), (batch_size - n_syn,), generator=g)
+        x, y = real.images[idx], real.labels[idx]
+        if n_syn:
+            j = torch.randint(len(pool[0]), (n_syn,), generator=g)
+            x, y = torch.cat([x, pool[0][j]]), torch.cat([y, pool[1][j]])
+        if aug is not None:
+            x = augment_batch(aug, x)
+        return x, y
+    return next_batch
+
+
+def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConfig, gen: Generator | None = None,
+             device="cpu", factory: Callable | None = None, threads: int | None = None) -> dict:
+    """One (k, seed) unit: subset, generator (fitted on the subset only), pools, every arm, metrics."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(device)
+    subset = train.subset(per_class=k, seed=seed) if k else train
+    t0 = time.perf_counter()
+    given = gen is not None
+    if gen is None:
+        gen = fit(subset, cfg.preset, cfg.gen_steps, seed=seed, device=device, progress=False,
+                  batch_size=cfg.gen_batch_size)
+    fit_s = time.perf_counter() - t0
+    pools = _pools(gen, subset, cfg, seed, device) if set(cfg.arms) - {"real", "classical"} else {}
+
+    common = dict(in_channels=train.channels, num_classes=train.num_classes, steps=cfg.classifier_steps,
+                  seed=seed, device=device, factory=factory)
+    classical = classical_augment(cfg.classical, train.size, cfg.hflip)
+    plan = {"real": (None, None), "classical": (None, classical), "synthesize": ("synthesize", None),
+            "perturb": ("perturb", None), "classical+synthesize": ("synthesize", classical)}
+    arms, models, kept = {}, {}, {}
+    order = sorted(cfg.arms, key=lambda a: a != "real")   # the real-only model filters the pools
+    for arm in order:
+        pool_name, aug = plan[arm]
+        pool = pools.get(pool_name)
+        if pool is not None and cfg.filter_confidence is not None:
+            if "real" not in models:
+                raise DataError("filter_confidence needs the 'real' arm (its classifier does the filtering)")
+            pool, kept[arm] = _filter(pool, models["real"], cfg.filter_confidence, device)
+        torch.manual_seed(seed)   # classical augmentation draws from torch's RNG: same stream for every arm
+        t1 = time.perf_counter()
+        model = train_classifier(_batches(subset, pool, cfg.synthetic_share if pool else 0.0, cfg.batch_size, aug,
+                                          seed), **common)
+        models[arm] = model
+        arms[arm] = {"accuracy": accuracy(model, test.images, test.labels, device),
+                     "optimizer_steps": cfg.classifier_steps, "batch_size": cfg.batch_size, "seed": seed,
+                     "synthetic_share": cfg.synthetic_share if pool else 0.0,
+                     "seconds": round(time.perf_counter() - t1, 2)}
+    unit = {"k": k, "seed": seed, "arms": arms, "kept_after_filter": kept,
+            "subset_size": len(subset), "subset_fingerprint": subset.fingerprint(),
+            "generator": {"given": given, "fingerprint": gen.fingerprint,
+                          "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
+                          "steps": gen.config["train"]["steps"]}}
+    if "synthesize" in pools:   # a preview grid for the report: the first 8 synthetic images of every class
+        images, labels = pools["synthesize"]
+        unit["_arrays"] = {"samples": torch.cat([images[labels == c][:8] for c in range(train.num_classes)])}
+    if cfg.metrics and "synthesize" in pools and "real" in models:
+        unit["quality"] = _quality(pools["synthesize"], subset, test, models["real"], cfg, seed, device)
+        worst = [w["synthetic"] for w in unit["quality"]["memorization_worst"]]
+        nearest = [w["nearest_train"] for w in unit["quality"]["memorization_worst"]]
+        unit["_arrays"].update(memorized=pools["synthesize"][0][worst], nearest_train=subset.images[nearest])
+    return unit
+
+
+def _quality(pool, subset: ImageData, test: ImageData, real_model, cfg: EvalConfig, seed: int, device) -> dict:
+    images, labels = pool
+    feats_test = embed(real_model, test.images, device)
+    feats_syn = embed(real_model, images, device)
+    prec, rec = precision_recall(feats_test[:2000], feats_syn[:2000])
+    mem = memorization(images, subset.images)
+    return {"cas": cas(images, labels, test.images, test.labels, num_classes=subset.num_classes,
+                       steps=cfg.cas_steps, seed=seed, device=device),
+            "fid_own": fid_own(feats_test, feats_syn), "kid_own": kid_own(feats_test, feats_syn, seed=seed),
+            "precision": prec, "recall": rec, "memorization_rate": mem["rate"], "memorization_worst": mem["worst"]}
+
+
+@dataclass
+class EvalResult:
+    config: dict
+    units: list
+    summary: dict = field(default_factory=dict)
+    out_dir: str | None = None
+
+    def table(self) -> str:
+        from .report import markdown_table
+        return markdown_table(self)
+
+
+def summarize(units: list, cfg: EvalConfig) -> dict:
+    """Per regime: mean/std of every arm's accuracy, and the paired difference against the baseline."""
+    summary = {}
+    for k in cfg.per_class:
+        rows = sorted((u for u in units if u["k"] == k), key=lambda u: u["seed"])
+        if not rows:
+            continue
+        s = {"arms": {}, "vs_" + BASELINE: {}}
+        for arm in cfg.arms:
+            accs = [u["arms"][arm]["accuracy"] for u in rows]
+            s["arms"][arm] = {"mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)) if len(accs) > 1
+                              else math.nan, "ci": paired_ci(accs), "n": len(accs)}
+            if arm != BASELINE:
+                s["vs_" + BASELINE][arm] = paired_ci([u["arms"][arm]["accuracy"] - u["arms"][BASELINE]["accuracy"]
+                                                      for u in rows])
+        if any("quality" in u for u in rows):
+            q = [u["quality"] for u in rows if "quality" in u]
+            s["quality"] = {m: float(np.mean([x[m] for x in q]))
+                            for m in ("cas", "fid_own", "kid_own", "precision", "recall", "memorization_rate")}
+        summary[str(k)] = s
+    return summary
+
+
+def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=None, n_jobs: int = 1,
+             device="auto", classifier: Callable | None = None, progress: bool = True, resume: bool = True,
+             **options) -> EvalResult:
+    """Measure downstream gains of diffusion augmentation against classical augmentation.
+
+    data: the training pool (ImageData, a built-in name or a path); test: the test split (default: the
+    built-in's test split, else a stratified half of `data`, seed 0). `gen`: a generator used as-is in every
+    unit (only fair if it saw nothing but training data); by default each unit fits its own on its subset.
+    `classifier`: a factory (in_channels, num_classes) -> nn.Module replacing the reference CNN.
+    `options` are `EvalConfig` fields. With `out_dir`, finished units are cached there and a report is written.
+    """
+    unknown = set(options) - set(EvalConfig.__dataclass_fields__)
+    if unknown:
+        raise DataError(f"unknown evaluation option(s) {sorted(unknown)}; see diffaug.evaluation.EvalConfig")
+    cfg = EvalConfig(**options)
+    train, test, split_note = _splits(data, test)
+    if gen is not None and (gen.image_size != train.size or gen.channels != train.channels):
+        raise DataError(f"the generator makes {gen.channels}x{gen.image_size} images, the data is "
+                        f"{train.channels}x{train.size}")
+    runs = Path(out_dir) / "runs" if out_dir is not None else None
+    todo, units = [], []
+    for k in cfg.per_class:
+        for seed in range(cfg.seeds):
+            cached = _cached(runs, k, seed, cfg, gen) if resume else None
+            (units.append(cached) if cached else todo.append((k, seed)))
+    threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs)) if n_jobs != 1 else None
+    for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress):
+        if runs is not None:
+            _store(runs, unit, cfg, gen)
+        units.append(unit)
+    units.sort(key=lambda u: (u["k"], u["seed"]))
+    result = EvalResult(config={**asdict(cfg), "data": split_note, "generator_given": gen is not None,
+                                "classifier": "custom" if classifier else "SmallCNN"},
+                        units=units, summary=summarize(units, cfg), out_dir=str(out_dir) if out_dir else None)
+    if out_dir is not None:
+        from .report import write_report
+        write_report(result, train, gen)
+    return result
+
+
+def _splits(data, test):
+    if isinstance(data, ImageData):
+        train = data
+    else:
+        train = load_data(data, "train")
+        if test is None and str(data) in ("digits", "fashion-mnist", "fashion_mnist", "fmnist"):
+            test = load_data(data, "test")
+            return train, test, f"{data}: built-in train/test split"
+    if test is None:
+        train, test = train.split(0.5, seed=0)
+        return train, test, "stratified 50/50 split of the given data, seed 0"
+    test = test if isinstance(test, ImageData) else load_data(test, "test")
+    if test.size != train.size or test.channels != train.channels or test.num_classes != train.num_classes:
+        raise DataError("the test data differs from the training data in image size, channels or classes")
+    return train, test, "given train and test data"
+
+
+def _unit_path(runs: Path, k: int, seed: int, cfg: EvalConfig, gen) -> Path:
+    tag = cfg.key() + (f"-gen{gen.fingerprint}" if gen is not None else "")
+    return runs / f"k{k}-seed{seed}-{tag}.json"
+
+
+def _cached(runs, k, seed, cfg, gen):
+    if runs is None:
+        return None
+    path = _unit_path(runs, k, seed, cfg, gen)
+    if not path.exists():
+        return None
+    unit = json.loads(path.read_text())
+    arrays = path.with_suffix(".npz")
+    if arrays.exists():
+        with np.load(arrays) as z:
+            unit["_arrays"] = {name: torch.from_numpy(z[name]) for name in z.files}
+    return unit
+
+
+def _store(runs: Path, unit: dict, cfg: EvalConfig, gen) -> None:
+    """The unit as JSON, its images (preview grid, memorization pairs) as .npz beside it; both atomic."""
+    runs.mkdir(parents=True, exist_ok=True)
+    path = _unit_path(runs, unit["k"], unit["seed"], cfg, gen)
+    arrays = unit.get("_arrays")
+    if arrays:
+        with atomic_path(path.with_suffix(".npz")) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **{name: a.numpy() for name, a in arrays.items()})
+    with atomic_path(path) as tmp:   # written last: its presence means the unit is complete
+        tmp.write_text(json.dumps({k: v for k, v in unit.items() if k != "_arrays"}, indent=1))
+
+
+def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
+    if n_jobs == 1 or len(todo) <= 1:
+        for k, seed in todo:
+            bar.set_postfix(k=k, seed=seed)
+            yield run_unit(train, test, k, seed, cfg, gen, device, classifier)
+            bar.update(1)
+    else:
+        from joblib import Parallel, delayed
+        jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, classifier, threads) for k, seed in todo)
+        for unit in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
+            yield unit
+            bar.update(1)
+    bar.close()

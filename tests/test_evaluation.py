@@ -1,0 +1,124 @@
+"""The evaluation protocol: fairness of arms, honesty of generators, and metrics on known answers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import diffaug
+from diffaug.evaluation import (EvalConfig, cas, evaluate, fid_own, kid_own, memorization, paired_ci,
+                                precision_recall)
+from diffaug.evaluation.classifier import SmallCNN, embed, train_classifier
+
+
+@pytest.fixture(scope="module")
+def small_eval(digits_train, digits_test, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    result = evaluate(digits_train, digits_test, per_class=(5,), seeds=2, gen_steps=60, gen_batch_size=32,
+                      classifier_steps=40, batch_size=32, synthetic_per_class=20, perturb_copies=2,
+                      sample_steps=5, cas_steps=30, out_dir=out, progress=False)
+    return result, out
+
+
+def test_every_arm_ran_the_same_steps_batch_and_seed(small_eval):
+    result, _ = small_eval
+    assert len(result.units) == 2
+    for unit in result.units:
+        arms = unit["arms"]
+        assert set(arms) == set(diffaug.evaluation.ARMS)
+        assert {a["optimizer_steps"] for a in arms.values()} == {40}
+        assert {a["batch_size"] for a in arms.values()} == {32}
+        assert {a["seed"] for a in arms.values()} == {unit["seed"]}
+        assert arms["synthesize"]["synthetic_share"] == 0.5 and arms["classical"]["synthetic_share"] == 0.0
+
+
+def test_each_generator_saw_only_its_regime_subset(small_eval, digits_train, digits_test):
+    result, _ = small_eval
+    test_keys = {bytes(x.numpy()) for x in digits_test.images}
+    for unit in result.units:
+        subset = digits_train.subset(per_class=unit["k"], seed=unit["seed"])
+        assert unit["generator"]["data_fingerprint"] == subset.fingerprint() == unit["subset_fingerprint"]
+        assert unit["subset_size"] == 50 and not unit["generator"]["given"]
+        # the subset holds no test image (digits has a few exact duplicates across the halves; none here)
+        assert not {bytes(x.numpy()) for x in subset.images} & test_keys
+    assert result.units[0]["subset_fingerprint"] != result.units[1]["subset_fingerprint"]
+
+
+def test_report_files_and_resume(small_eval, digits_train, digits_test):
+    result, out = small_eval
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["summary"]["5"]["vs_classical"]["synthesize"]["n"] == 2
+    assert "gain vs classical" in (out / "results.md").read_text()
+    for name in ("accuracy_vs_real_per_class.png", "samples_k5.png", "memorization_k5.png"):
+        assert (out / name).stat().st_size > 0
+    # a second call finds every unit cached and re-runs nothing
+    again = evaluate(digits_train, digits_test, per_class=(5,), seeds=2, gen_steps=60, gen_batch_size=32,
+                     classifier_steps=40, batch_size=32, synthetic_per_class=20, perturb_copies=2, sample_steps=5,
+                     cas_steps=30, out_dir=out, progress=False)
+    assert again.summary == result.summary
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(diffaug.DataError, match="unknown arm"):
+        EvalConfig(arms=("real", "classical", "magic"))
+    with pytest.raises(diffaug.DataError, match="must include 'classical'"):
+        EvalConfig(arms=("real", "synthesize"))
+    with pytest.raises(diffaug.DataError, match="unknown evaluation option"):
+        evaluate("digits", per_klass=(5,))
+
+
+# --- metrics on cases with known answers ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def features(digits_train, digits_test):
+    g = torch.Generator().manual_seed(0)
+
+    def batch(step):
+        idx = torch.randint(len(digits_train), (64,), generator=g)
+        return digits_train.images[idx], digits_train.labels[idx]
+    model = train_classifier(batch, 1, 10, steps=150, seed=0)
+    noise = torch.randint(0, 256, (600, 1, 8, 8), generator=g, dtype=torch.uint8)
+    return {"train": embed(model, digits_train.images), "test": embed(model, digits_test.images),
+            "noise": embed(model, noise)}
+
+
+def test_fid_and_kid_are_zero_for_a_set_against_itself_and_large_for_noise(features):
+    assert fid_own(features["train"], features["train"]) == pytest.approx(0.0, abs=1e-6)
+    assert abs(kid_own(features["train"], features["train"])) < 1e-3
+    same_dist = fid_own(features["train"], features["test"])
+    assert fid_own(features["train"], features["noise"]) > 10 * same_dist
+    assert kid_own(features["train"], features["noise"]) > 10 * abs(kid_own(features["train"], features["test"]))
+
+
+def test_precision_recall_known_answers(features):
+    p, r = precision_recall(features["train"], features["train"])
+    assert p == 1.0 and r == 1.0
+    p, r = precision_recall(features["train"], features["noise"])
+    assert p < 0.1
+
+
+def test_memorization_of_copies_real_images_and_noise(digits_train, digits_test):
+    copies = digits_train.images[torch.randperm(len(digits_train))[:200]]
+    assert memorization(copies, digits_train.images)["rate"] == 1.0
+    noise = torch.randint(0, 256, (200, 1, 8, 8), dtype=torch.uint8)
+    assert memorization(noise, digits_train.images)["rate"] == 0.0
+    assert memorization(digits_test.images, digits_train.images)["rate"] < 0.05   # held-out digits are not copies
+    worst = memorization(copies, digits_train.images)["worst"][0]
+    assert torch.equal(copies[worst["synthetic"]], digits_train.images[worst["nearest_train"]])
+
+
+def test_cas_of_real_data_is_high_and_of_shuffled_labels_is_chance(digits_train, digits_test):
+    real = cas(digits_train.images, digits_train.labels, digits_test.images, digits_test.labels, num_classes=10,
+               steps=150, batch_size=64)
+    shuffled = cas(digits_train.images, digits_train.labels[torch.randperm(len(digits_train))], digits_test.images,
+                   digits_test.labels, num_classes=10, steps=150, batch_size=64)
+    assert real > 0.9 and shuffled < 0.25
+
+
+def test_paired_ci_matches_the_t_interval():
+    ci = paired_ci([0.01, 0.02, 0.03, 0.02, 0.02])
+    assert ci["mean"] == pytest.approx(0.02) and ci["n"] == 5
+    assert ci["ci_low"] == pytest.approx(0.02 - 2.776445 * np.std([0.01, 0.02, 0.03, 0.02, 0.02], ddof=1) / 5 ** 0.5,
+                                         rel=1e-4)
+    assert ci["ci_low"] > 0
