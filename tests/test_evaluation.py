@@ -85,10 +85,11 @@ def features(digits_train, digits_test):
 
 def test_fid_and_kid_are_zero_for_a_set_against_itself_and_large_for_noise(features):
     assert fid_own(features["train"], features["train"]) == pytest.approx(0.0, abs=1e-6)
-    assert abs(kid_own(features["train"], features["train"])) < 1e-3
-    same_dist = fid_own(features["train"], features["test"])
-    assert fid_own(features["train"], features["noise"]) > 10 * same_dist
-    assert kid_own(features["train"], features["noise"]) > 10 * abs(kid_own(features["train"], features["test"]))
+    kid_noise = kid_own(features["train"], features["noise"])
+    # KID is an unbiased estimate over random subsets: zero up to sampling noise for a set against itself
+    assert abs(kid_own(features["train"], features["train"])) < 0.02 * kid_noise
+    assert fid_own(features["train"], features["noise"]) > 10 * fid_own(features["train"], features["test"])
+    assert kid_noise > 10 * abs(kid_own(features["train"], features["test"]))
 
 
 def test_precision_recall_known_answers(features):

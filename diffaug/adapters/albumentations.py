@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, require_extra
-from .source import AugmentSource, check_mode, strength_range
+from .source import AugmentSource, check_options, choose
 
 A = require_extra("albumentations", "albumentations")
 from albumentations.core.transforms_interface import BaseTransformInitSchema, ImageOnlyTransform  # noqa: E402
@@ -56,8 +56,8 @@ class DiffusionAugment(ImageOnlyTransform):
                  sampler: Literal["dpmpp_2m", "ddim", "ddpm"] = "dpmpp_2m", guidance: float = 2.0,
                  label_key: str = "class_label", p: float = 0.5):
         super().__init__(p=p)
-        self.source, self.mode, self.mix = source, check_mode(mode, mix), mix
-        self.strength = strength_range(strength)
+        self.source = source
+        _, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
         self.steps, self.sampler, self.guidance, self.label_key = steps, sampler, guidance, label_key
         self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)
 
@@ -67,16 +67,12 @@ class DiffusionAugment(ImageOnlyTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         label = data.get(self.label_key)
-        mode = self.mode
-        if mode == "mix":
-            mode = "synthesize" if self.py_random.random() < self.mix else "perturb"
+        mode, strength = choose(self.mode, self.mix, self.strength, self.py_random.random(), self.py_random.random())
         if mode == "synthesize" and label is None:
             raise DataError(f"mode='synthesize' needs the class label: call aug(image=img, {self.label_key}=y) "
                             f"(label_key={self.label_key!r})")
-        lo, hi = self.strength
-        return {"mode": mode, "label": None if label is None else int(label),
-                "strength": self.py_random.uniform(lo, hi), "choice": self.py_random.random(),
-                "seed": self.py_random.randrange(2 ** 31 - 1)}
+        return {"mode": mode, "label": None if label is None else int(label), "strength": strength,
+                "choice": self.py_random.random(), "seed": self.py_random.randrange(2 ** 31 - 1)}
 
     def apply(self, img: np.ndarray, mode: str, label: int | None, strength: float, choice: float, seed: int,
               **params: Any) -> np.ndarray:

@@ -16,19 +16,26 @@ from .bank import SampleBank
 MODES = ("synthesize", "perturb", "mix")
 
 
-def check_mode(mode: str, mix: float) -> str:
+def check_options(p: float, mode: str, mix: float, strength) -> tuple[float, str, float, tuple[float, float]]:
+    """The options every adapter shares, validated: (p, mode, mix, (strength_low, strength_high))."""
+    if not 0.0 <= p <= 1.0:
+        raise DataError(f"p must lie in [0, 1], got {p}")
     if mode not in MODES:
         raise DataError(f"mode must be one of {MODES}, got {mode!r}")
     if not 0.0 <= mix <= 1.0:
         raise DataError(f"mix (the share of 'synthesize' in mode='mix') must lie in [0, 1], got {mix}")
-    return mode
-
-
-def strength_range(strength) -> tuple[float, float]:
     lo, hi = (strength, strength) if np.isscalar(strength) else tuple(strength)
     if not 0.0 < lo <= hi <= 1.0:
         raise DataError(f"strength must be a float or a (low, high) range within (0, 1], got {strength}")
-    return float(lo), float(hi)
+    return p, mode, mix, (float(lo), float(hi))
+
+
+def choose(mode: str, mix: float, strength: tuple[float, float], u_mode: float, u_strength: float) -> tuple[str, float]:
+    """Turn two uniform draws into this call's (mode, strength)."""
+    if mode == "mix":
+        mode = "synthesize" if u_mode < mix else "perturb"
+    lo, hi = strength
+    return mode, lo + (hi - lo) * u_strength
 
 
 class AugmentSource:

@@ -15,7 +15,7 @@ from torchvision.transforms.v2._utils import is_pure_tensor
 from ..errors import DataError
 from ..generator import Generator
 from .bank import SampleBank
-from .source import AugmentSource, check_mode, strength_range
+from .source import AugmentSource, check_options, choose
 
 
 def _find_label(inputs: tuple, label_key: str) -> int | None:
@@ -89,10 +89,7 @@ class DiffusionAugment(v2.Transform):
                  mix: float = 0.5, strength: float | tuple[float, float] = 0.4, steps: int = 20,
                  sampler: str = "dpmpp_2m", guidance: float = 2.0, label_key: str = "label"):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise DataError(f"p must lie in [0, 1], got {p}")
-        self.p, self.mode, self.mix = p, check_mode(mode, mix), mix
-        self.strength = strength_range(strength)
+        self.p, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
         self.label_key = label_key
         self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)
         self._label: int | None = None
@@ -113,18 +110,15 @@ class DiffusionAugment(v2.Transform):
         u_apply, u_mode, u_strength, choice = torch.rand(4).tolist()   # one RNG call: per-sample cost matters here
         if u_apply >= self.p:
             return {"apply": False}
-        mode = self.mode
-        if mode == "mix":
-            mode = "synthesize" if u_mode < self.mix else "perturb"
+        mode, strength = choose(self.mode, self.mix, self.strength, u_mode, u_strength)
         if mode == "synthesize" and self._label is None:
             raise DataError(
                 "mode='synthesize' needs the class label: call the transform as tf(image, label) (e.g. "
                 "v2.Compose([...])(img, label)), or wrap the dataset with diffaug.augment_dataset(ds, aug) when "
                 "its transform= only sees images; mode='perturb' works without labels")
-        lo, hi = self.strength
         seed = 0 if self._source.is_bank else int(torch.randint(2 ** 31 - 1, ()))   # only generation needs one
-        return {"apply": True, "mode": mode, "label": self._label, "strength": lo + (hi - lo) * u_strength,
-                "choice": choice, "seed": seed}
+        return {"apply": True, "mode": mode, "label": self._label, "strength": strength, "choice": choice,
+                "seed": seed}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not params["apply"]:
@@ -172,10 +166,7 @@ class DiffusionBatchAugment:
     def __init__(self, source: Generator | SampleBank, p: float = 0.25, mode: str = "synthesize", *,
                  mix: float = 0.5, strength: float | tuple[float, float] = 0.4, steps: int = 20,
                  sampler: str = "dpmpp_2m", guidance: float = 2.0, value_range: tuple[float, float] = (0.0, 1.0)):
-        if not 0.0 <= p <= 1.0:
-            raise DataError(f"p must lie in [0, 1], got {p}")
-        self.p, self.mode, self.mix = p, check_mode(mode, mix), mix
-        self.strength = strength_range(strength)
+        self.p, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
         self.value_range = value_range
         self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)
 
@@ -206,7 +197,7 @@ class DiffusionBatchAugment:
         else:
             synth = torch.full((k,), self.mode == "synthesize")
         lo, hi = self.strength
-        strength = lo + (hi - lo) * float(torch.rand(()))
+        strength = lo + (hi - lo) * float(torch.rand(()))   # one strength per batch: one network call
         choices = torch.rand(k).tolist()
         seed = int(torch.randint(2 ** 31 - 1, ()))
         out = x.clone()

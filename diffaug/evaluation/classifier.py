@@ -16,18 +16,22 @@ from ..diffusion.trainer import to_unit
 
 
 class SmallCNN(nn.Module):
-    """conv-BN-ReLU x4 with two poolings, global average pooling, a linear head; any input size >= 8x8."""
+    """conv-BN-ReLU x4 with two early poolings, global average pooling, a linear head; any input >= 4x4.
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 32):
+    Pooling right after the first conv and width 16 are CPU choices: measured on 2 cores at batch 128,
+    a 28x28 step takes 0.043 s (800 steps: ~35 s) against 0.25 s for width 32 without early pooling.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16):
         super().__init__()
 
         def block(cin, cout):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
         w = width
-        self.features = nn.Sequential(block(in_channels, w), block(w, 2 * w), nn.MaxPool2d(2),
-                                      block(2 * w, 4 * w), nn.MaxPool2d(2), block(4 * w, 4 * w),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(block(in_channels, w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2),
+                                      block(2 * w, 4 * w), block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten())
         self.head = nn.Linear(4 * w, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

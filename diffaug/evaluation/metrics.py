@@ -19,7 +19,7 @@ def fid_own(real: torch.Tensor, fake: torch.Tensor) -> float:
     a, b = real.double().numpy(), fake.double().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():   # near-singular product: regularize as the reference code does
         eps = 1e-6 * np.eye(len(cov_a))
         covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
