@@ -94,3 +94,21 @@ def test_expand_writes_a_loadable_hf_dataset(tmp_path, digits_gen_file):
                  "--out", str(tmp_path / "p"), "--steps", "4", "--quiet"]) == 0
     assert len(datasets.load_from_disk(str(tmp_path / "p"))) == 2 * len(ds)
     assert main(["expand", "digits", "--gen", str(digits_gen_file), "--per-class", "1", "--out", str(out)]) == 2
+
+
+def test_demo_and_evaluate_refuse_to_clobber_a_folder(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert main(["evaluate", "digits", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("already exists") == 2 and (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_evaluate_cli_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["evaluate", "digits", "--out", str(out), "--per-class", "4", "--seeds", "2", "--gen-steps", "20",
+                 "--classifier-steps", "10", "--batch-size", "16", "--synthetic-per-class", "4",
+                 "--perturb-copies", "1", "--sample-steps", "2", "--arms", "real,classical,perturb",
+                 "--quiet"]) == 0
+    assert "| 4 |" in capsys.readouterr().out and (out / "results.json").exists()
+    assert main(["evaluate", "digits", "--out", str(out), "--per-class", "4,x", "--resume"]) == 2
+    assert "comma-separated whole numbers" in capsys.readouterr().err
