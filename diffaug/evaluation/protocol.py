@@ -74,7 +74,10 @@ class EvalConfig:
             raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share}")
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Names a unit's cache file: every setting that changes a (k, seed) run, not the list of regimes or
+        the number of seeds (so widening an evaluation reuses the runs it already has)."""
+        unit = {k: v for k, v in asdict(self).items() if k not in ("per_class", "seeds")}
+        return hashlib.sha256(json.dumps(unit, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device) -> dict:
