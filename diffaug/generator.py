@@ -6,7 +6,6 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -9,7 +9,7 @@ import torch
 import diffaug
 from diffaug.evaluation import (EvalConfig, cas, evaluate, fid_own, kid_own, memorization, paired_ci,
                                 precision_recall)
-from diffaug.evaluation.classifier import SmallCNN, embed, train_classifier
+from diffaug.evaluation.classifier import embed, train_classifier
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from sklearn.svm import SVC
 
 datasets = pytest.importorskip("datasets")
