@@ -19,7 +19,7 @@ from .diffusion.schedules import alpha_sigma, get_schedule, timesteps
 from .diffusion.trainer import TrainConfig, Trainer, autocast, prepare_model, resolve_device, to_unit
 from .diffusion.unet import UNet, UNetConfig, get_preset
 from .errors import DataError, GeneratorFileError, MismatchError
-from .io import atomic_path, check_writable
+from .io import atomic_path
 
 FORMAT = "diffaug.generator"
 FORMAT_VERSION = 1
@@ -206,11 +206,10 @@ class Generator:
         """Write ONE .safetensors file: EMA weights, with the config as JSON in its metadata. Atomic."""
         from safetensors.torch import save_file
 
-        path = check_writable(path, overwrite)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        with atomic_path(path, overwrite=overwrite) as tmp:
+        with atomic_path(path, overwrite=overwrite) as tmp:   # refuses an existing file unless overwrite
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
             save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(self.config)})
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path, device="cpu") -> "Generator":
@@ -272,7 +271,7 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
         "preset": preset, "unet": get_preset(preset).to_dict(),
         "schedule": cfg.schedule, "prediction": cfg.prediction,
         "normalization": "uint8 x -> x / 127.5 - 1",
-        "data_fingerprint": data.fingerprint(), "data_size": len(data), "class_counts": data.class_counts(),
+        "data_fingerprint": trainer.data_fingerprint, "data_size": len(data), "class_counts": data.class_counts(),
         "train": {**asdict(cfg), **summary},
     }
     config = json.loads(json.dumps(config))   # exactly what save/load will give back (tuples become lists)

@@ -108,6 +108,7 @@ class Trainer:
 
     def __init__(self, data: ImageData, config: TrainConfig, device="auto", out_dir=None, progress: bool = True):
         self.data, self.cfg, self.progress = data, config, progress
+        self.data_fingerprint = data.fingerprint()   # hashes every pixel: once, not at every checkpoint
         self.device = resolve_device(device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         torch.manual_seed(config.seed)   # weight init only; every later draw uses self.rng
@@ -135,7 +136,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                  "step": self.step, "rng": self.rng.get_state(), "config": asdict(self.cfg),
-                 "fingerprint": self.data.fingerprint(), "loss_curve": self.loss_curve}
+                 "fingerprint": self.data_fingerprint, "loss_curve": self.loss_curve}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.checkpoint_path) as tmp:   # a kill mid-write leaves the previous checkpoint intact
             torch.save(state, tmp)
@@ -149,7 +150,7 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)   # never unpickles code
         except Exception as e:
             raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
-        if state["fingerprint"] != self.data.fingerprint():
+        if state["fingerprint"] != self.data_fingerprint:
             raise TrainingError(f"checkpoint {path} was made on other data; use another --checkpoint-dir "
                                 "or delete it to start afresh")
         if state["config"]["preset"] != self.cfg.preset:
