@@ -1,0 +1,104 @@
+"""The training step without the launch tax: `Trainer.train_step`'s math, graph-safe, replayed as a CUDA graph.
+
+Graph-safe means no host synchronisation and no host-side values inside the step: the LR and the EMA decay
+are computed on the device from a step counter, the optimizer is fused and capturable with a tensor LR,
+randomness comes from the trainer's generator (registered with the graph), the batch is drawn on the device
+from the uint8 images already there, gradients keep their addresses (zeroed, never freed), and the loss is
+summed on the device and read by the trainer every 25 steps only.
+
+On CUDA the step is captured once (after a few eager warm-up steps on a side stream: cuDNN autotuning,
+lazy optimizer state, torch.compile) and each later step is one `graph.replay()`. Elsewhere the same body
+runs eagerly. The eager `Trainer.train_step` stays the reference: tests/test_trainer.py checks both give
+the same loss trajectory on CPU; benchmarks/gpu_check.py does the same on CUDA with the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .trainer import Trainer, autocast, ema_decay_at, ema_update, lr_at
+
+WARMUP_STEPS = 3   # eager steps before capture (PyTorch's CUDA-graph recipe warms up on a side stream)
+
+
+class FastStep:
+    """Callable that advances `trainer` by one optimizer step; a CUDA graph replay on CUDA."""
+
+    def __init__(self, trainer: Trainer, capture: bool | None = None):
+        self.tr = trainer
+        dev = trainer.device
+        self.capture = dev.type == "cuda" if capture is None else capture
+        self.step = torch.tensor(float(trainer.step), device=dev)   # float32 counts exactly up to 2**24
+        lrs = {id(g["lr"]) for g in trainer.opt.param_groups}
+        if not all(torch.is_tensor(g["lr"]) for g in trainer.opt.param_groups) or len(lrs) != 1:
+            raise TypeError("the fast path needs one tensor LR shared by all parameter groups (make_optimizer)")
+        self.lr = trainer.opt.param_groups[0]["lr"]
+        self.params = list(trainer.model.parameters())
+        self.graph = None
+        self.calls = 0
+
+    def body(self) -> None:
+        tr, cfg = self.tr, self.tr.cfg
+        self.lr.copy_(lr_at(self.step, cfg, tr.steps))
+        x, y = tr.batch()
+        with autocast(tr.device):
+            loss = tr.loss_fn(tr.forward, x, y, tr.rng)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
+        tr.opt.step()
+        tr.opt.zero_grad(set_to_none=False)   # keep the gradient buffers: a graph replays into fixed addresses
+        self.step += 1
+        ema_update(tr.ema, tr.model, ema_decay_at(self.step, cfg))
+        tr.loss_sum += loss.detach()
+
+    def __call__(self) -> None:
+        if not self.capture:
+            self.body()
+        elif self.graph is not None:
+            self.graph.replay()
+        elif self.calls < WARMUP_STEPS:
+            side = torch.cuda.Stream(self.tr.device)
+            side.wait_stream(torch.cuda.current_stream(self.tr.device))
+            with torch.cuda.stream(side):
+                self.body()
+            torch.cuda.current_stream(self.tr.device).wait_stream(side)
+        else:
+            self.graph = torch.cuda.CUDAGraph()
+            self.graph.register_generator_state(self.tr.rng)   # replays advance the trainer's generator
+            with torch.cuda.graph(self.graph):
+                self.body()   # recorded, not run
+            self.graph.replay()
+        self.calls += 1
+        self.tr.step += 1
+
+
+class GraphedForward:
+    """`fn(z, t, y)` under no_grad replayed as CUDA graphs, one per input shape (a sampler calls the network
+    at one batch shape, plus the last partial batch): inputs are copied into static buffers, the graph is
+    replayed, and the output is cloned so callers may keep it across calls."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.graphs: dict = {}
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        key = (tuple(z.shape), tuple(z.stride()), z.dtype)
+        if key not in self.graphs:
+            static = (z.clone(memory_format=torch.preserve_format), t.clone(), y.clone())
+            side = torch.cuda.Stream(z.device)
+            side.wait_stream(torch.cuda.current_stream(z.device))
+            with torch.cuda.stream(side):   # warm-up: cuDNN autotuning and lazy init happen outside the graph
+                for _ in range(2):
+                    self.fn(*static)
+            torch.cuda.current_stream(z.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.fn(*static)
+            self.graphs[key] = (graph, static, out)
+        graph, (sz, st, sy), out = self.graphs[key]
+        sz.copy_(z)
+        st.copy_(t)
+        sy.copy_(y)
+        graph.replay()
+        return out.clone()
