@@ -24,6 +24,7 @@ from .io import atomic_path
 FORMAT = "diffaug.generator"
 FORMAT_VERSION = 1
 METADATA_KEY = "diffaug"
+SPACING = "time"   # default step placement; benchmarks/sampler_steps.py measures the alternatives
 
 
 class Generator:
@@ -34,6 +35,8 @@ class Generator:
         self.config = config
         self.device = next(model.parameters()).device
         self._schedule = get_schedule(config["schedule"])
+        self.fast = True        # on CUDA, replay the network as CUDA graphs while sampling (False: eager)
+        self._graphed = None
 
     # --- what it is -------------------------------------------------------------------------------
 
@@ -66,6 +69,7 @@ class Generator:
     def to(self, device) -> "Generator":
         self.model = prepare_model(self.model, resolve_device(device))
         self.device = next(self.model.parameters()).device
+        self._graphed = None
         return self
 
     # --- generation -------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ class Generator:
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             n = z.shape[0]
-            tt = t.float().expand(n).to(z.device)
+            tt = torch.full((n,), float(t), device=z.device)   # t is a host scalar: a fill, not a copy and a sync
             if labels is None or guidance == 1.0:
                 y = labels if labels is not None else torch.full((n,), null, device=z.device)
                 out = self._net(z, tt, y)
@@ -127,19 +131,27 @@ class Generator:
         return denoise
 
     def _net(self, z, t, y):
+        if self.device.type == "cuda" and self.fast:   # one CUDA-graph replay per network call (fastpath.py)
+            if self._graphed is None:
+                from .diffusion.fastpath import GraphedForward
+                self._graphed = GraphedForward(self._forward)
+            return self._graphed(z, t, y)
+        return self._forward(z, t, y)
+
+    def _forward(self, z, t, y):
         with autocast(self.device):
             return self.model(z, t, y).float()
 
     @torch.no_grad()
     def _generate(self, labels: torch.Tensor | None, start: torch.Tensor | None, *, n: int, t_start: float,
-                  steps: int, sampler: str, guidance: float, seed: int, batch_size: int, progress,
+                  steps: int, sampler: str, spacing: str, guidance: float, seed: int, batch_size: int, progress,
                   desc: str) -> torch.Tensor:
         sample_fn = get_sampler(sampler)
         if guidance < 0:
             raise DataError(f"guidance must be >= 0, got {guidance}")
         rng = torch.Generator().manual_seed(int(seed))   # CPU generator: same noise on every device
         c, (h, w) = self.channels, self.image_size
-        ts = timesteps(steps, t_start, 0.0)
+        ts = timesteps(steps, t_start, 0.0, schedule=self._schedule, spacing=spacing)
         alpha, sigma = (float(a) for a in alpha_sigma(self._schedule(ts[:1])))
         out = torch.empty((n, c, h, w), dtype=torch.uint8)
         # progress=None: a bar only for multi-batch work on a terminal (tqdm's disable=None)
@@ -149,6 +161,7 @@ class Generator:
             for i in range(0, n, batch_size):
                 j = min(n, i + batch_size)
                 noise = torch.randn((j - i, c, h, w), generator=rng).to(self.device)
+                noise = noise.contiguous(memory_format=torch.channels_last)   # the network's layout
                 if start is None:
                     z = noise
                 else:   # SDEdit: noise the images to t_start, then denoise (Meng et al. 2022)
@@ -160,12 +173,13 @@ class Generator:
         return out
 
     def sample(self, labels=None, *, per_class: int | None = None, steps: int = 20, sampler: str = "dpmpp_2m",
-               guidance: float = 2.0, seed: int = 0, batch_size: int = 500, device=None,
+               spacing: str = SPACING, guidance: float = 2.0, seed: int = 0, batch_size: int = 500, device=None,
                progress: bool | None = None) -> torch.Tensor:
         """New images of the given classes: uint8 (N,C,H,W) on the CPU.
 
         `labels` are class indices or names; `per_class=k` asks for k of every class instead.
-        The result is a function of (labels, steps, sampler, guidance, seed, batch_size).
+        The result is a function of (labels, steps, sampler, spacing, guidance, seed, batch_size).
+        `spacing` places the steps: "time" (even in t), "logsnr" or "karras" (see schedules.timesteps).
         """
         if (labels is None) == (per_class is None):
             raise DataError("pass either labels or per_class")
@@ -174,11 +188,11 @@ class Generator:
         y = self.class_index(labels)
         if device is not None:
             self.to(device)
-        return self._generate(y, None, n=len(y), t_start=1.0, steps=steps, sampler=sampler, guidance=guidance,
-                              seed=seed, batch_size=batch_size, progress=progress, desc="sample")
+        return self._generate(y, None, n=len(y), t_start=1.0, steps=steps, sampler=sampler, spacing=spacing,
+                              guidance=guidance, seed=seed, batch_size=batch_size, progress=progress, desc="sample")
 
     def perturb(self, images, labels=None, *, strength: float = 0.4, steps: int = 20, sampler: str = "dpmpp_2m",
-                guidance: float = 2.0, seed: int = 0, batch_size: int = 500, device=None,
+                spacing: str = SPACING, guidance: float = 2.0, seed: int = 0, batch_size: int = 500, device=None,
                 progress: bool | None = None) -> torch.Tensor:
         """Variations of real images: noise them to t = strength, then denoise conditioned on their class.
 
@@ -197,8 +211,8 @@ class Generator:
         if device is not None:
             self.to(device)
         return self._generate(y, x, n=len(x), t_start=float(strength), steps=max(1, math.ceil(steps * strength)),
-                              sampler=sampler, guidance=guidance, seed=seed, batch_size=batch_size,
-                              progress=progress, desc="perturb")
+                              sampler=sampler, spacing=spacing, guidance=guidance, seed=seed,
+                              batch_size=batch_size, progress=progress, desc="perturb")
 
     # --- files ------------------------------------------------------------------------------------
 

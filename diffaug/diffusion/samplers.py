@@ -4,11 +4,14 @@
 
 `denoise(z, t) -> x0_hat` is any callable (the network, its parameterization and guidance are the
 caller's business); `x` is the start, noise at ts[0] = 1 or a noised image for SDEdit; `ts` is a
-decreasing time grid ending at 0; `schedule` maps t to logSNR. Randomness only comes from `generator`.
+decreasing time grid ending at 0, kept on the CPU (the step coefficients are host floats, so a sampler
+step never waits on the device); `schedule` maps t to logSNR. Randomness only comes from `generator`,
+which may live on another device than x (noise is drawn there and moved).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -25,7 +28,9 @@ def _coeffs(schedule, t: torch.Tensor):
 
 
 def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    """Noise drawn where `generator` lives (a CPU generator gives the same noise on every device), moved to x."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device, non_blocking=True)
 
 
 def sample_ddim(denoise: Denoiser, x, ts, schedule, generator=None, callback=None, eta: float = 0.0):
@@ -77,7 +82,7 @@ def sample_dpmpp_2m(denoise: Denoiser, x, ts, schedule, generator=None, callback
         if x0_prev is not None and i < len(ts) - 2:
             r = h_prev / h
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-        x = (sigma_s / sigma_t) * x - alpha_s * torch.expm1(torch.tensor(-h)).item() * d
+        x = (sigma_s / sigma_t) * x - alpha_s * math.expm1(-h) * d
         x0_prev, h_prev = x0, h
         if callback is not None:
             callback(i, x, x0)

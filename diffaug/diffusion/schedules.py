@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 LOGSNR_MIN, LOGSNR_MAX = -15.0, 15.0   # sigma(0) ~ 5e-4 and alpha(1) ~ 5e-4: indistinguishable from clean/noise in uint8
@@ -52,8 +53,34 @@ def alpha_sigma(logsnr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
 
 
-def timesteps(n: int, t_start: float = 1.0, t_end: float = 0.0, device=None) -> torch.Tensor:
-    """n + 1 times from t_start down to t_end, evenly spaced (n sampler steps)."""
+SPACINGS = ("time", "logsnr", "karras")
+
+
+def timesteps(n: int, t_start: float = 1.0, t_end: float = 0.0, device=None, schedule=None,
+              spacing: str = "time") -> torch.Tensor:
+    """n + 1 times from t_start down to t_end (n sampler steps), float64.
+
+    spacing "time": evenly in t; "logsnr": evenly in logSNR (the step DPM-Solver measures, Lu et al. 2022);
+    "karras": EDM's rho = 7 ramp in sigma/alpha (Karras et al. 2022, eq. 5), dense near the data.
+    The last two need the schedule; they invert it numerically on a dense grid (schedules are monotone)."""
     if n < 1:
         raise ValueError(f"the number of sampler steps must be at least 1, got {n}")
-    return torch.linspace(t_start, t_end, n + 1, device=device, dtype=torch.float64)
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown time spacing {spacing!r}; choose one of {SPACINGS}")
+    if spacing == "time":
+        return torch.linspace(t_start, t_end, n + 1, device=device, dtype=torch.float64)
+    if schedule is None:
+        raise ValueError(f"spacing {spacing!r} needs the schedule")
+    lo, hi = (float(v) for v in schedule(torch.tensor([t_start, t_end], dtype=torch.float64)))
+    i = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+    if spacing == "logsnr":
+        target = lo + i * (hi - lo)
+    else:   # sigma/alpha = exp(-logSNR / 2), ramped in sigma ** (1 / rho)
+        rho = 7.0
+        s_max, s_min = math.exp(-lo / 2) ** (1 / rho), math.exp(-hi / 2) ** (1 / rho)
+        target = -2 * rho * torch.log(s_max + i * (s_min - s_max))
+    grid = torch.linspace(t_end, t_start, 20001, dtype=torch.float64)
+    values = schedule(grid)   # decreasing in t: flip both for an increasing interpolation table
+    t = np.interp(target.numpy(), values.flip(0).numpy(), grid.flip(0).numpy())
+    t[0], t[-1] = t_start, t_end   # exact end points
+    return torch.from_numpy(t).to(device)
