@@ -1,0 +1,138 @@
+"""Classical augmentation applied to whole uint8 batches on their device, each image with its own random draw.
+
+The policies are torchvision's own: the op list and magnitude bins come from the torchvision transform
+(`TrivialAugmentWide`, `RandAugment`, `AutoAugment`), so the batched baseline draws from exactly the
+policy of the per-image CPU reference in classical.py. The ops are kornia's batched ops with one
+magnitude per image (torchvision's functional ops take one magnitude per call), grouped so that a batch
+costs one call per op instead of one transform per image. tests/test_classical.py checks that both draw
+the same ops with the same magnitude ranges and that each op matches torchvision's on the same magnitude.
+"""
+
+from __future__ import annotations
+
+import kornia
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import DataError
+
+POLICIES = ("crop", "trivialaugment", "randaugment", "autoaugment")
+
+
+def _kornia_ops():
+    geo, enh = kornia.geometry.transform, kornia.enhance
+    grayscale_noop = lambda f: lambda x, m: x if x.shape[1] == 1 else f(x, m)   # noqa: E731 (torchvision: no-op on 1 channel)
+    zeros = lambda m: torch.zeros_like(m)   # noqa: E731
+    return {   # x: float (n,C,H,W) in [0, 1]; m: the n magnitudes, in torchvision's units for that op
+        "Identity": lambda x, m: x,
+        # torchvision's shear by atan(m) about (0, 0) is kornia's shear by factor -m (the opposite sign convention)
+        "ShearX": lambda x, m: geo.shear(x, torch.stack([-m, zeros(m)], 1), mode="nearest", align_corners=True),
+        "ShearY": lambda x, m: geo.shear(x, torch.stack([zeros(m), -m], 1), mode="nearest", align_corners=True),
+        "TranslateX": lambda x, m: geo.translate(x, torch.stack([m.trunc(), zeros(m)], 1), mode="nearest"),
+        "TranslateY": lambda x, m: geo.translate(x, torch.stack([zeros(m), m.trunc()], 1), mode="nearest"),
+        "Rotate": lambda x, m: geo.rotate(x, m, mode="nearest"),
+        # torchvision's Brightness blends with black, i.e. scales: kornia's adjust_contrast is that scaling.
+        "Brightness": lambda x, m: enh.adjust_contrast(x, 1.0 + m),
+        "Color": grayscale_noop(lambda x, m: enh.adjust_saturation_with_gray_subtraction(x, 1.0 + m)),
+        "Contrast": lambda x, m: enh.adjust_contrast_with_mean_subtraction(x, 1.0 + m),
+        "Sharpness": lambda x, m: enh.sharpness(x, 1.0 + m),
+        "Posterize": lambda x, m: enh.posterize(x, m.long()),
+        "Solarize": lambda x, m: enh.solarize(x, m),
+        "Invert": lambda x, m: enh.invert(x),
+        "AutoContrast": lambda x, m: TF.autocontrast(x),
+        "Equalize": lambda x, m: TF.to_dtype(TF.equalize(TF.to_dtype(x, torch.uint8, scale=True)), torch.float32,
+                                             scale=True),
+    }
+
+
+class BatchAugment:
+    """`augment(images)`: uint8 (N,C,H,W) -> uint8 (N,C,H,W) on the same device; per-image randomness from
+    `generator` (or torch's global RNG). `name` is one of POLICIES; every policy starts with a random
+    crop with zero padding of max(1, min(H, W) // 8) pixels (a per-image integer shift), as classical.py does."""
+
+    def __init__(self, name: str, size: tuple[int, int], hflip: bool = False):
+        if name not in POLICIES:
+            raise DataError(f"unknown batched policy {name!r}; choose one of {POLICIES}")
+        self.name, self.size, self.hflip = name, tuple(size), hflip
+        self.pad = max(1, min(size) // 8)
+        self.ops = _kornia_ops()
+        self.policy = {"trivialaugment": v2.TrivialAugmentWide(), "randaugment": v2.RandAugment(),
+                       "autoaugment": v2.AutoAugment()}.get(name)
+        if self.policy is not None:
+            h, w = self.size
+            self.space = {op: (fn(self.policy.num_magnitude_bins if hasattr(self.policy, "num_magnitude_bins")
+                                  else 10, h, w), signed)
+                          for op, (fn, signed) in self.policy._AUGMENTATION_SPACE.items()}
+            unknown = set(self.space) - set(self.ops)
+            if unknown:   # a newer torchvision added ops: refuse rather than silently skip them
+                raise DataError(f"torchvision's {name} has ops diffaug's batched version lacks: {sorted(unknown)}")
+
+    # --- drawing: (op index per image, magnitude per image) lists, one entry per op applied in sequence ---
+
+    def draw(self, n: int, generator: torch.Generator | None = None, device=None) -> list[tuple[list, torch.Tensor]]:
+        """The random part: for each op slot, the op name of every image and its magnitude (torchvision's units)."""
+        rand = lambda *shape: torch.rand(shape, generator=generator)   # noqa: E731
+        randint = lambda hi, *shape: torch.randint(hi, shape, generator=generator)   # noqa: E731
+        names = list(self.space)
+        slots = []
+        if self.name == "trivialaugment":
+            slots.append(self._pick(names, randint(len(names), n), randint(self.policy.num_magnitude_bins, n), rand(n)))
+        elif self.name == "randaugment":
+            bins = torch.full((n,), self.policy.magnitude, dtype=torch.long)
+            for _ in range(self.policy.num_ops):
+                slots.append(self._pick(names, randint(len(names), n), bins, rand(n)))
+        elif self.name == "autoaugment":
+            policies = self.policy._policies
+            which = randint(len(policies), n)
+            for slot in range(2):   # every AutoAugment sub-policy is two (op, probability, magnitude bin) steps
+                ops = [policies[i][slot] for i in which.tolist()]
+                apply = rand(n) <= torch.tensor([p for _, p, _ in ops])
+                op_names = [op if ok else "Identity" for (op, _, _), ok in zip(ops, apply.tolist())]
+                bins = torch.tensor([b if b is not None else 0 for _, _, b in ops])
+                slots.append(self._magnitudes(op_names, bins, rand(n)))
+        return slots
+
+    def _pick(self, names, op_idx, bins, sign_draw):
+        return self._magnitudes([names[i] for i in op_idx.tolist()], bins, sign_draw)
+
+    def _magnitudes(self, op_names, bins, sign_draw):
+        mags = torch.zeros(len(op_names))
+        for i, (op, b) in enumerate(zip(op_names, bins.tolist())):
+            if op == "Identity":
+                continue
+            values, signed = self.space[op]
+            if values is not None and values.ndim > 0:
+                mags[i] = float(values[b])
+                if signed and sign_draw[i] <= 0.5:
+                    mags[i] = -mags[i]
+        return op_names, mags
+
+    # --- applying -----------------------------------------------------------------------------------------
+
+    def apply(self, images: torch.Tensor, slots, shifts: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+        """Deterministic: crop shifts (n, 2) in pixels, optional flips (n,), then each slot's ops."""
+        x = images.float() / 255.0
+        x = kornia.geometry.transform.translate(x, shifts.to(x), mode="nearest")   # = RandomCrop(padding=pad, fill=0) of the same offset
+        if flips is not None:
+            x = torch.where(flips.to(x.device)[:, None, None, None], x.flip(-1), x)
+        for op_names, mags in slots:
+            mags = mags.to(x.device)
+            for op in dict.fromkeys(op_names):   # one call per distinct op, on the images that drew it
+                if op == "Identity":
+                    continue
+                rows = torch.tensor([i for i, o in enumerate(op_names) if o == op], device=x.device)
+                x[rows] = self.ops[op](x[rows], mags[rows]).clamp(0.0, 1.0)
+                x = (x * 255.0).round() / 255.0   # torchvision rounds to uint8 after every op
+        return (x * 255.0).round().to(torch.uint8)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[-2:]) != self.size:
+            raise DataError(f"BatchAugment takes uint8 (N,C,{self.size[0]},{self.size[1]}) batches, "
+                            f"got {images.dtype} {tuple(images.shape)}")
+        n = len(images)
+        shifts = torch.randint(-self.pad, self.pad + 1, (n, 2), generator=generator).float()
+        flips = torch.rand(n, generator=generator) < 0.5 if self.hflip else None
+        slots = self.draw(n, generator) if self.policy is not None else []
+        return self.apply(images, slots, shifts, flips)
+
