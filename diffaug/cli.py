@@ -42,7 +42,8 @@ def cmd_fit(args) -> None:
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
     print(f"fitting a {args.preset} generator on {data}; checkpoints in {ckpt}", file=sys.stderr)
     options = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
-                                     compile=args.compile, hflip=args.hflip).items() if v is not None}
+                                     compile=args.compile, hflip=args.hflip, fast=args.fast).items()
+               if v is not None}
     gen = fit(data, args.preset, args.steps, minutes=args.minutes, device=args.device, seed=args.seed,
               out_dir=ckpt, resume=args.resume, progress=not args.quiet, **options)
     gen.save(out, overwrite=True)   # `out` was checked above; it may have appeared only if --overwrite
@@ -62,8 +63,9 @@ def cmd_sample(args) -> None:
     if args.per_class < 1:
         raise DiffaugError(f"--per-class must be at least 1, got {args.per_class}")
     gen = Generator.load(args.gen, device=args.device)
+    spacing = {"spacing": args.spacing} if args.spacing else {}
     images = gen.sample(per_class=args.per_class, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                        seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+                        seed=args.seed, batch_size=args.batch_size, progress=not args.quiet, **spacing)
     if out.suffix.lower() == ".png":
         save_grid(images, args.per_class, out)
     else:
@@ -135,7 +137,7 @@ def cmd_evaluate(args) -> None:
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
                    perturb_copies=args.perturb_copies, strength=_floats(args.strength), guidance=args.guidance,
                    sample_steps=args.sample_steps, filter_confidence=args.filter_confidence, preset=args.preset,
-                   gen_steps=args.gen_steps, metrics=not args.no_metrics)
+                   gen_steps=args.gen_steps, metrics=not args.no_metrics, primary=args.primary)
     if args.arms:
         options["arms"] = tuple(args.arms.split(","))
     result = evaluate(_load(args), test, gen=gen, out_dir=out, n_jobs=args.n_jobs, device=args.device,
@@ -188,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
+    p.add_argument("--no-fast-path", dest="fast", action="store_false", default=None,
+                   help="run the eager reference training step instead of the graph-safe one (CUDA graphs on CUDA)")
     p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips (not for digits/text)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -198,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, required=True)
     p.add_argument("--out", required=True, help="grid.png (one row per class) or samples.npz")
     _gen_args(p)
+    p.add_argument("--spacing", choices=["time", "logsnr", "karras"],
+                   help="where the sampler's steps sit in time (default: the library's, from benchmarks/sampler_steps.py)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sample)
@@ -229,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", help="comma-separated subset of real,classical,synthesize,perturb,classical+synthesize")
     p.add_argument("--classical", default="trivialaugment",
                    choices=["crop", "trivialaugment", "randaugment", "autoaugment", "albumentations"])
-    p.add_argument("--classifier-steps", type=int, default=800)
+    p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
+                                                        "(default: 50 epochs of the real subset, 500 to 5000)")
+    p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
+                                     "(default: classical+synthesize if run, else synthesize, else perturb)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--synthetic-share", type=float, default=0.5, help="share of each batch that is synthetic")
     p.add_argument("--synthetic-per-class", type=int, default=500)

@@ -17,7 +17,7 @@ def small_eval(digits_train, digits_test, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     result = evaluate(digits_train, digits_test, per_class=(5,), seeds=2, gen_steps=60, gen_batch_size=32,
                       classifier_steps=40, batch_size=32, synthetic_per_class=20, perturb_copies=2,
-                      sample_steps=5, cas_steps=30, out_dir=out, progress=False)
+                      sample_steps=5, cas_steps=30, reference_steps=100, out_dir=out, progress=False)
     return result, out
 
 
@@ -49,13 +49,13 @@ def test_report_files_and_resume(small_eval, digits_train, digits_test):
     result, out = small_eval
     payload = json.loads((out / "results.json").read_text())
     assert payload["summary"]["5"]["vs_classical"]["synthesize"]["n"] == 2
-    assert "gain vs classical" in (out / "results.md").read_text()
+    assert "gain of classical+synthesize vs classical" in (out / "results.md").read_text()
     for name in ("accuracy_vs_real_per_class.png", "samples_k5.png", "memorization_k5.png"):
         assert (out / name).stat().st_size > 0
     # a second call finds every unit cached and re-runs nothing
     again = evaluate(digits_train, digits_test, per_class=(5,), seeds=2, gen_steps=60, gen_batch_size=32,
                      classifier_steps=40, batch_size=32, synthetic_per_class=20, perturb_copies=2, sample_steps=5,
-                     cas_steps=30, out_dir=out, progress=False)
+                     cas_steps=30, reference_steps=100, out_dir=out, progress=False)
     assert again.summary == result.summary
 
 
@@ -123,3 +123,70 @@ def test_paired_ci_matches_the_t_interval():
     assert ci["ci_low"] == pytest.approx(0.02 - 2.776445 * np.std([0.01, 0.02, 0.03, 0.02, 0.02], ddof=1) / 5 ** 0.5,
                                          rel=1e-4)
     assert ci["ci_low"] > 0
+
+
+# --- review findings (issue 8): each failed before its fix ----------------------------------------------
+
+TINY = dict(per_class=(3,), seeds=1, gen_steps=20, gen_batch_size=16, classifier_steps=20, batch_size=16,
+            synthetic_per_class=4, perturb_copies=1, sample_steps=2, cas_steps=10, reference_steps=20, progress=False)
+
+
+def test_precision_recall_subsample_every_class_not_the_first_ones():
+    # A pool sorted by class: classes 0-3 sit on the real features, classes 4-9 far away. Precision must see
+    # all ten classes (~40% inside), not the first 2000 rows (classes 0-3 only: 100%).
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat_interleave(500)
+    real = torch.randn(5000, 8, generator=g)
+    fake = torch.randn(5000, 8, generator=g) + (labels >= 4)[:, None] * 50.0
+    precision, _ = precision_recall(real, fake, fake_labels=labels, real_labels=labels, max_samples=2000, seed=0)
+    assert precision == pytest.approx(0.4, abs=0.05)
+
+
+def test_cached_units_are_not_reused_for_other_data(digits_train, digits_test, tmp_path):
+    first = evaluate(digits_train, digits_test, out_dir=tmp_path, **TINY)
+    other = diffaug.ImageData.from_arrays((255 - digits_train.images).permute(0, 2, 3, 1).numpy(),
+                                          digits_train.labels.numpy(), digits_train.class_names)
+    second = evaluate(other, digits_test, out_dir=tmp_path, **TINY)
+    assert second.units[0]["subset_fingerprint"] == other.subset(per_class=3, seed=0).fingerprint()
+    assert second.units[0]["subset_fingerprint"] != first.units[0]["subset_fingerprint"]
+    # the test split and the classifier are part of the key too
+    third = evaluate(digits_train, digits_test.subset(per_class=20, seed=0), out_dir=tmp_path, **TINY)
+    assert third.units[0]["test_fingerprint"] != first.units[0]["test_fingerprint"]
+
+
+def test_headline_is_the_declared_primary_arm_with_holm_adjusted_intervals(digits_train, digits_test):
+    result = evaluate(digits_train, digits_test, primary="perturb", **{**TINY, "seeds": 3, "metrics": False})
+    s = result.summary["3"]
+    assert s["primary"]["arm"] == "perturb"
+    assert s["primary"]["gain"] == s["vs_classical"]["perturb"]
+    holm = s["holm"]
+    assert set(holm) == {"synthesize", "perturb", "classical+synthesize"}   # the diffusion arms
+    for arm, h in holm.items():   # adjusted intervals are at least as wide as the plain ones
+        plain = s["vs_classical"][arm]
+        assert h["ci_low"] <= plain["ci_low"] + 1e-12 and h["ci_high"] >= plain["ci_high"] - 1e-12
+    table = result.table()
+    assert "primary arm (declared in advance): perturb" in table and "Holm" in table
+    with pytest.raises(diffaug.DataError, match="primary"):
+        evaluate(digits_train, digits_test, primary="magic", **TINY)
+
+
+def test_a_filter_that_keeps_nothing_says_so(digits_train, digits_test):
+    result = evaluate(digits_train, digits_test, filter_confidence=1.0, arms=("real", "classical", "synthesize"),
+                      **{**TINY, "metrics": False})
+    kept = result.units[0]["kept_after_filter"]["synthesize"]
+    assert kept == {"share_kept": 0.0, "used": "whole pool (nothing passed the filter)"}
+
+
+def test_classifier_steps_scale_with_the_data_by_default():
+    cfg = EvalConfig()
+    few, many = cfg.steps_for(100), cfg.steps_for(60000)
+    assert few < many and cfg.steps_for(100) == cfg.steps_for(120)   # the floor for small subsets
+    assert EvalConfig(classifier_steps=123).steps_for(60000) == 123
+
+
+def test_own_feature_metrics_use_one_reference_network_trained_on_the_training_pool(digits_train, digits_test):
+    result = evaluate(digits_train, digits_test, **{**TINY, "seeds": 2})
+    refs = {u["quality"]["reference_network"] for u in result.units}
+    assert len(refs) == 1
+    assert result.config["reference_network"]["fingerprint"] in refs
+    assert result.config["reference_network"]["trained_on"] == digits_train.fingerprint()

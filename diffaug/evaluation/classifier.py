@@ -91,4 +91,4 @@ def embed(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int 
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="cpu") -> float:
-    return (predict_proba(model, images, device).argmax(1) == labels).float().mean().item()
+    return (predict_proba(model, images, device).argmax(1) == labels.cpu()).float().mean().item()

@@ -43,14 +43,38 @@ def kid_own(real: torch.Tensor, fake: torch.Tensor, subsets: int = 20, subset_si
     return float(np.mean(values))
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, *, real_labels=None, fake_labels=None,
+                     max_samples: int | None = None, seed: int = 0) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019): the share of each set inside the other's
-    k-NN manifold (union of balls reaching each point's k-th nearest neighbour)."""
+    k-NN manifold (union of balls reaching each point's k-th nearest neighbour).
+
+    With `max_samples`, each set larger than that is subsampled at random (seeded), stratified by its labels
+    when given, so that a pool sorted by class is represented by every class, not by its first rows."""
+    real, fake = real.float(), fake.float()
+    if max_samples is not None:
+        real = real[stratified_sample(len(real), max_samples, real_labels, seed)]
+        fake = fake[stratified_sample(len(fake), max_samples, fake_labels, seed + 1)]
+
     def inside(ref: torch.Tensor, query: torch.Tensor) -> float:
         radii = torch.cdist(ref, ref).kthvalue(k + 1, dim=1).values   # +1: a point is its own 0th neighbour
         return (torch.cdist(query, ref) <= radii[None]).any(1).float().mean().item()
-    real, fake = real.float(), fake.float()
     return inside(real, fake), inside(fake, real)
+
+
+def stratified_sample(n: int, size: int, labels=None, seed: int = 0) -> torch.Tensor:
+    """Indices of `size` of n rows drawn at random without replacement, each class in proportion (all rows if
+    n <= size)."""
+    g = torch.Generator().manual_seed(seed)
+    if n <= size:
+        return torch.arange(n)
+    if labels is None:
+        return torch.randperm(n, generator=g)[:size]
+    labels = torch.as_tensor(labels)
+    picks = []
+    for c in labels.unique():
+        rows = (labels == c).nonzero().flatten()
+        picks.append(rows[torch.randperm(len(rows), generator=g)[:round(size * len(rows) / n)]])
+    return torch.cat(picks)
 
 
 def nearest_two(queries: torch.Tensor, references: torch.Tensor, chunk: int = 2048):
@@ -78,13 +102,35 @@ def memorization(synthetic: torch.Tensor, train: torch.Tensor, ratio: float = 1 
 
 
 def paired_ci(diffs, confidence: float = 0.95) -> dict:
-    """Mean, std and the t-interval of paired differences (one per seed)."""
+    """Mean, std, the t-interval of paired differences (one per seed) and the two-sided p-value of mean 0."""
     x = np.asarray(diffs, dtype=float)
     n = len(x)
     mean = float(x.mean()) if n else math.nan
     std = float(x.std(ddof=1)) if n > 1 else math.nan
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "confidence": confidence}
+    if n > 1 and std > 0:
+        p = float(2 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
+    else:
+        p = math.nan if n < 2 else float(mean == 0)
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "confidence": confidence,
+            "p_value": p}
+
+
+def holm(diffs_by_arm: dict, confidence: float = 0.95) -> dict:
+    """Several arms against one baseline: Holm-adjusted p-values (Holm 1979, step-down) and Bonferroni
+    intervals at confidence 1 - alpha / m, which hold for all m comparisons at once."""
+    m = len(diffs_by_arm)
+    alpha = 1 - confidence
+    plain = {arm: paired_ci(d, confidence) for arm, d in diffs_by_arm.items()}
+    order = sorted(plain, key=lambda a: (math.isnan(plain[a]["p_value"]), plain[a]["p_value"]))
+    out, running = {}, 0.0
+    for i, arm in enumerate(order):
+        p = plain[arm]["p_value"]
+        running = max(running, min(1.0, (m - i) * p)) if not math.isnan(p) else math.nan
+        wide = paired_ci(diffs_by_arm[arm], 1 - alpha / m)
+        out[arm] = {**wide, "confidence": confidence, "simultaneous_confidence": 1 - alpha / m,
+                    "p_value": p, "p_holm": running}
+    return out
 
 
 def cas(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor, *,

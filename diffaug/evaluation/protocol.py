@@ -20,17 +20,23 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import __version__
 from ..data import ImageData, load_data
 from ..diffusion.trainer import resolve_device
 from ..errors import DataError
 from ..generator import Generator, fit
 from ..io import atomic_path
+from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, augment_batch, classical_augment
 from .classifier import accuracy, embed, predict_proba, train_classifier
-from .metrics import cas, fid_own, kid_own, memorization, paired_ci, precision_recall
+from .metrics import cas, fid_own, kid_own, holm, memorization, paired_ci, precision_recall
 
 ARMS = ("real", "classical", "synthesize", "perturb", "classical+synthesize")
 BASELINE = "classical"
+PRIMARY_ORDER = ("classical+synthesize", "synthesize", "perturb")   # the default headline arm, fixed before any run
+# Classifier steps when not given: 50 epochs of the real subset, at least 500 (low-data regimes converge well
+# within that) and at most 5000 (~11 epochs of Fashion-MNIST's 60k at batch 128).
+STEPS_PER_EPOCHS, STEPS_MIN, STEPS_MAX = 50, 500, 5000
 
 
 @dataclass
@@ -42,7 +48,8 @@ class EvalConfig:
     arms: tuple = ARMS
     classical: str = "trivialaugment"      # see classical.CLASSICAL
     hflip: bool = False
-    classifier_steps: int = 800            # optimizer steps, identical for every arm
+    classifier_steps: int | None = None    # optimizer steps, identical for every arm; None: scaled with the
+                                           # real subset (steps_for), so "all" is not trained for 2 epochs
     batch_size: int = 128
     synthetic_share: float = 0.5           # share of each batch drawn from the synthetic pool (diffusion arms)
     synthetic_per_class: int = 500
@@ -56,6 +63,9 @@ class EvalConfig:
     gen_batch_size: int = 128
     metrics: bool = True                   # CAS, own-feature FID/KID, precision/recall, memorization
     cas_steps: int = 400
+    reference_steps: int = 1000            # the fixed feature network for FID/KID/precision/recall (trained once)
+    primary: str | None = None             # the diffusion arm whose gain is the headline, declared in advance;
+                                           # None: the first of PRIMARY_ORDER among the arms run
 
     def __post_init__(self):
         self.per_class = tuple(int(k) for k in self.per_class)
@@ -72,63 +82,127 @@ class EvalConfig:
             raise DataError("seeds must be >= 1 and per_class values >= 0 (0 = all)")
         if not 0.0 <= self.synthetic_share < 1.0:
             raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share}")
+        if self.primary is None:
+            self.primary = next((a for a in PRIMARY_ORDER if a in self.arms), None)
+        if self.primary not in self.arms or self.primary in (BASELINE, "real"):
+            raise DataError(f"primary must be one of the diffusion arms run, {self.diffusion_arms}; got {self.primary!r}")
+        if self.filter_confidence is not None and not 0.0 < self.filter_confidence <= 1.0:
+            raise DataError(f"filter_confidence must lie in (0, 1], got {self.filter_confidence}")
 
-    def key(self) -> str:
-        """Names a unit's cache file: every setting that changes a (k, seed) run, not the list of regimes or
-        the number of seeds (so widening an evaluation reuses the runs it already has)."""
-        unit = {k: v for k, v in asdict(self).items() if k not in ("per_class", "seeds")}
-        return hashlib.sha256(json.dumps(unit, sort_keys=True).encode()).hexdigest()[:12]
+    @property
+    def diffusion_arms(self) -> tuple:
+        return tuple(a for a in self.arms if a not in (BASELINE, "real"))
+
+    def steps_for(self, n_real: int) -> int:
+        """Classifier optimizer steps for a real subset of n_real images: `classifier_steps` if set, else
+        STEPS_PER_EPOCHS epochs of the real subset at this batch size, clipped to [STEPS_MIN, STEPS_MAX]."""
+        if self.classifier_steps is not None:
+            return self.classifier_steps
+        return int(min(STEPS_MAX, max(STEPS_MIN, round(STEPS_PER_EPOCHS * n_real / self.batch_size))))
+
+    def key(self, **context) -> str:
+        """Names a unit's cache file: every setting that changes a (k, seed) run and the `context` it ran in
+        (training and test data, classifier, library version, given generator), but not the list of regimes,
+        the number of seeds or the headline's arm (so widening an evaluation reuses the runs it has)."""
+        unit = {k: v for k, v in asdict(self).items() if k not in ("per_class", "seeds", "primary")}
+        return hashlib.sha256(json.dumps({**unit, **context}, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device) -> dict:
-    """Synthetic images by class and perturbed copies of the subset, made once per unit in big batches."""
+    """Synthetic images by class and perturbed copies of the subset, made once per unit in big batches and
+    kept on the unit's device."""
     pools = {}
     arms = set(cfg.arms)
     if arms & {"synthesize", "classical+synthesize"}:
         labels = torch.arange(subset.num_classes).repeat_interleave(cfg.synthetic_per_class)
-        pools["synthesize"] = (gen.sample(labels, steps=cfg.sample_steps, guidance=cfg.guidance, seed=seed,
-                                          device=device, progress=False), labels)
+        images = gen.sample(labels, steps=cfg.sample_steps, guidance=cfg.guidance, seed=seed, device=device,
+                            progress=False)
+        pools["synthesize"] = (images.to(device), labels.to(device))
     if "perturb" in arms:
         lo, hi = cfg.strength
         copies = [gen.perturb(subset.images, subset.labels, strength=lo + (hi - lo) * (m + 0.5) / cfg.perturb_copies,
                               steps=cfg.sample_steps, guidance=cfg.guidance, seed=seed + 1 + m, device=device,
                               progress=False) for m in range(cfg.perturb_copies)]
-        pools["perturb"] = (torch.cat(copies), subset.labels.repeat(cfg.perturb_copies))
+        pools["perturb"] = (torch.cat(copies).to(device), subset.labels.repeat(cfg.perturb_copies).to(device))
     return pools
 
 
-def _filter(pool, model, threshold, device):
+def _filter(pool, model, threshold):
+    """Keep the synthetic images the real-trained classifier gives their own class with p >= threshold."""
     images, labels = pool
-    p = predict_proba(model, images, device)[torch.arange(len(labels)), labels]
-    keep = p >= threshold
-    if keep.sum() == 0:
-        return pool, 0.0
-    return (images[keep], labels[keep]), keep.float().mean().item()
+    p = predict_proba(model, images, images.device)[torch.arange(len(labels)), labels.cpu()]
+    keep = (p >= threshold).to(images.device)
+    if keep.sum() == 0:   # training on an empty pool is no arm at all: use the whole pool and say so
+        return pool, {"share_kept": 0.0, "used": "whole pool (nothing passed the filter)"}
+    return (images[keep], labels[keep]), {"share_kept": keep.float().mean().item(), "used": "kept images"}
 
 
-def _batches(real: ImageData, pool, share: float, batch_size: int, aug, seed: int):
-    """Batch maker for one arm: (1 - share) real images (+ optional classical aug on the whole batch)."""
+def _batches(real: ImageData, pool, share: float, batch_size: int, aug, seed: int, device):
+    """Batch maker for one arm: (1 - share) real images and share synthetic ones, all on `device`, plus the
+    classical augmentation `aug` (batched: one call per batch; per-image: the CPU reference) on the whole batch."""
     g = torch.Generator().manual_seed(seed)
     n_syn = int(round(share * batch_size)) if pool is not None else 0
+    images, labels = real.images.to(device), real.labels.to(device)
 
     def next_batch(step):
-        idx = torch.randint(len(real), (batch_size - n_syn,), generator=g)
-        x, y = real.images[idx], real.labels[idx]
+        idx = torch.randint(len(images), (batch_size - n_syn,), generator=g).to(device)
+        x, y = images[idx], labels[idx]
         if n_syn:
-            j = torch.randint(len(pool[0]), (n_syn,), generator=g)
+            j = torch.randint(len(pool[0]), (n_syn,), generator=g).to(device)
             x, y = torch.cat([x, pool[0][j]]), torch.cat([y, pool[1][j]])
-        if aug is not None:
-            x = augment_batch(aug, x)
+        if isinstance(aug, BatchAugment):
+            x = aug(x, g)
+        elif aug is not None:
+            x = augment_batch(aug, x.cpu()).to(device)
         return x, y
     return next_batch
 
 
+@dataclass
+class Reference:
+    """What every unit of one evaluation shares: the test split on the device and the fixed feature network
+    (trained once on the whole training pool, never on test) with the test split's features."""
+
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    network: torch.nn.Module | None = None
+    test_features: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+    def to(self, device) -> "Reference":
+        net = self.network.to(device) if self.network is not None else None
+        return Reference(self.test_images.to(device), self.test_labels.to(device), net, self.test_features, self.info)
+
+
+def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device) -> Reference:
+    device = resolve_device(device)
+    ref = Reference(test.images.to(device), test.labels.to(device))
+    if not cfg.metrics:
+        return ref
+    g = torch.Generator().manual_seed(0)
+
+    def batch(step):
+        idx = torch.randint(len(train), (cfg.batch_size,), generator=g)
+        return train.images[idx], train.labels[idx]
+    ref.network = train_classifier(batch, train.channels, train.num_classes, steps=cfg.reference_steps, seed=0,
+                                   device=device)
+    ref.test_features = embed(ref.network, ref.test_images, device)
+    weights = hashlib.sha256()
+    for v in ref.network.state_dict().values():
+        weights.update(v.detach().cpu().contiguous().numpy().tobytes())
+    ref.info = {"fingerprint": weights.hexdigest()[:16], "trained_on": train.fingerprint(), "steps": cfg.reference_steps,
+                "network": type(ref.network).__name__}
+    return ref
+
+
 def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConfig, gen: Generator | None = None,
-             device="cpu", factory: Callable | None = None, threads: int | None = None) -> dict:
+             device="cpu", factory: Callable | None = None, threads: int | None = None,
+             reference: Reference | None = None) -> dict:
     """One (k, seed) unit: subset, generator (fitted on the subset only), pools, every arm, metrics."""
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
+    reference = reference.to(device) if reference is not None else reference_for(train, test, cfg, device)
     subset = train.subset(per_class=k, seed=seed) if k else train
     t0 = time.perf_counter()
     given = gen is not None
@@ -138,9 +212,13 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     fit_s = time.perf_counter() - t0
     pools = _pools(gen, subset, cfg, seed, device) if set(cfg.arms) - {"real", "classical"} else {}
 
-    common = dict(in_channels=train.channels, num_classes=train.num_classes, steps=cfg.classifier_steps,
-                  seed=seed, device=device, factory=factory)
-    classical = classical_augment(cfg.classical, train.size, cfg.hflip)
+    steps = cfg.steps_for(len(subset))
+    common = dict(in_channels=train.channels, num_classes=train.num_classes, steps=steps, seed=seed, device=device,
+                  factory=factory)
+    if cfg.classical in POLICIES:
+        classical = BatchAugment(cfg.classical, train.size, cfg.hflip)
+    else:   # no batched version (the albumentations preset): torchvision/albumentations per image, on the CPU
+        classical = classical_augment(cfg.classical, train.size, cfg.hflip)
     plan = {"real": (None, None), "classical": (None, classical), "synthesize": ("synthesize", None),
             "perturb": ("perturb", None), "classical+synthesize": ("synthesize", classical)}
     arms, models, kept = {}, {}, {}
@@ -151,42 +229,47 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
         if pool is not None and cfg.filter_confidence is not None:
             if "real" not in models:
                 raise DataError("filter_confidence needs the 'real' arm (its classifier does the filtering)")
-            pool, kept[arm] = _filter(pool, models["real"], cfg.filter_confidence, device)
-        torch.manual_seed(seed)   # classical augmentation draws from torch's RNG: same stream for every arm
+            pool, kept[arm] = _filter(pool, models["real"], cfg.filter_confidence)
+        torch.manual_seed(seed)   # the per-image reference augmentation draws from torch's RNG: same stream per arm
         t1 = time.perf_counter()
-        model = train_classifier(_batches(subset, pool, cfg.synthetic_share if pool else 0.0, cfg.batch_size, aug,
-                                          seed), **common)
+        share = cfg.synthetic_share if pool else 0.0
+        model = train_classifier(_batches(subset, pool, share, cfg.batch_size, aug, seed, device), **common)
         models[arm] = model
-        arms[arm] = {"accuracy": accuracy(model, test.images, test.labels, device),
-                     "optimizer_steps": cfg.classifier_steps, "batch_size": cfg.batch_size, "seed": seed,
-                     "synthetic_share": cfg.synthetic_share if pool else 0.0,
+        arms[arm] = {"accuracy": accuracy(model, reference.test_images, reference.test_labels, device),
+                     "optimizer_steps": steps, "batch_size": cfg.batch_size, "seed": seed, "synthetic_share": share,
                      "seconds": round(time.perf_counter() - t1, 2)}
     unit = {"k": k, "seed": seed, "arms": arms, "kept_after_filter": kept,
             "subset_size": len(subset), "subset_fingerprint": subset.fingerprint(),
+            "test_fingerprint": test.fingerprint(), "device": str(device),
             "generator": {"given": given, "fingerprint": gen.fingerprint,
                           "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
                           "steps": gen.config["train"]["steps"]}}
     if "synthesize" in pools:   # a preview grid for the report: the first 8 synthetic images of every class
-        images, labels = pools["synthesize"]
+        images, labels = (t.cpu() for t in pools["synthesize"])
         unit["_arrays"] = {"samples": torch.cat([images[labels == c][:8] for c in range(train.num_classes)])}
-    if cfg.metrics and "synthesize" in pools and "real" in models:
-        unit["quality"] = _quality(pools["synthesize"], subset, test, models["real"], cfg, seed, device)
+    if cfg.metrics and "synthesize" in pools:
+        unit["quality"] = _quality(pools["synthesize"], subset, reference, cfg, seed, device)
         worst = [w["synthetic"] for w in unit["quality"]["memorization_worst"]]
         nearest = [w["nearest_train"] for w in unit["quality"]["memorization_worst"]]
-        unit["_arrays"].update(memorized=pools["synthesize"][0][worst], nearest_train=subset.images[nearest])
+        unit["_arrays"].update(memorized=pools["synthesize"][0][worst].cpu(), nearest_train=subset.images[nearest])
+    unit["seconds"] = round(time.perf_counter() - t0, 1)
     return unit
 
 
-def _quality(pool, subset: ImageData, test: ImageData, real_model, cfg: EvalConfig, seed: int, device) -> dict:
+PR_SAMPLES = 2000   # precision/recall: k-NN radii cost O(n^2); a stratified random subsample of each set
+
+
+def _quality(pool, subset: ImageData, ref: Reference, cfg: EvalConfig, seed: int, device) -> dict:
     images, labels = pool
-    feats_test = embed(real_model, test.images, device)
-    feats_syn = embed(real_model, images, device)
-    prec, rec = precision_recall(feats_test[:2000], feats_syn[:2000])
-    mem = memorization(images, subset.images)
-    return {"cas": cas(images, labels, test.images, test.labels, num_classes=subset.num_classes,
+    feats_syn = embed(ref.network, images, device)
+    prec, rec = precision_recall(ref.test_features, feats_syn, real_labels=ref.test_labels.cpu(),
+                                 fake_labels=labels.cpu(), max_samples=PR_SAMPLES, seed=seed)
+    mem = memorization(images, subset.images.to(images.device))
+    return {"cas": cas(images, labels, ref.test_images, ref.test_labels, num_classes=subset.num_classes,
                        steps=cfg.cas_steps, seed=seed, device=device),
-            "fid_own": fid_own(feats_test, feats_syn), "kid_own": kid_own(feats_test, feats_syn, seed=seed),
-            "precision": prec, "recall": rec, "memorization_rate": mem["rate"], "memorization_worst": mem["worst"]}
+            "fid_own": fid_own(ref.test_features, feats_syn), "kid_own": kid_own(ref.test_features, feats_syn, seed=seed),
+            "precision": prec, "recall": rec, "memorization_rate": mem["rate"], "memorization_worst": mem["worst"],
+            "reference_network": ref.info["fingerprint"]}
 
 
 @dataclass
@@ -202,20 +285,24 @@ class EvalResult:
 
 
 def summarize(units: list, cfg: EvalConfig) -> dict:
-    """Per regime: mean/std of every arm's accuracy, and the paired difference against the baseline."""
+    """Per regime: mean/std of every arm's accuracy, the paired difference against the baseline, the declared
+    primary arm's gain, and Holm-corrected comparisons of every diffusion arm."""
     summary = {}
     for k in cfg.per_class:
         rows = sorted((u for u in units if u["k"] == k), key=lambda u: u["seed"])
         if not rows:
             continue
         s = {"arms": {}, "vs_" + BASELINE: {}}
+        diffs = {}
         for arm in cfg.arms:
             accs = [u["arms"][arm]["accuracy"] for u in rows]
             s["arms"][arm] = {"mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)) if len(accs) > 1
                               else math.nan, "ci": paired_ci(accs), "n": len(accs)}
             if arm != BASELINE:
-                s["vs_" + BASELINE][arm] = paired_ci([u["arms"][arm]["accuracy"] - u["arms"][BASELINE]["accuracy"]
-                                                      for u in rows])
+                diffs[arm] = [u["arms"][arm]["accuracy"] - u["arms"][BASELINE]["accuracy"] for u in rows]
+                s["vs_" + BASELINE][arm] = paired_ci(diffs[arm])
+        s["primary"] = {"arm": cfg.primary, "gain": s["vs_" + BASELINE][cfg.primary]}
+        s["holm"] = holm({arm: diffs[arm] for arm in cfg.diffusion_arms})
         if any("quality" in u for u in rows):
             q = [u["quality"] for u in rows if "quality" in u]
             s["quality"] = {m: float(np.mean([x[m] for x in q]))
@@ -243,20 +330,28 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     if gen is not None and (gen.image_size != train.size or gen.channels != train.channels):
         raise DataError(f"the generator makes {gen.channels}x{gen.image_size} images, the data is "
                         f"{train.channels}x{train.size}")
+    classifier_name = "SmallCNN" if classifier is None else f"{classifier.__module__}.{classifier.__qualname__}"
+    context = {"train": train.fingerprint(), "test": test.fingerprint(), "classifier": classifier_name,
+               "diffaug": __version__, "generator": gen.fingerprint if gen is not None else None}
+    tag = cfg.key(**context)
     runs = Path(out_dir) / "runs" if out_dir is not None else None
     todo, units = [], []
     for k in cfg.per_class:
         for seed in range(cfg.seeds):
-            cached = _cached(runs, k, seed, cfg, gen) if resume else None
+            cached = _cached(runs, k, seed, tag, train) if resume else None
             (units.append(cached) if cached else todo.append((k, seed)))
+    reference = reference_for(train, test, cfg, device)
     threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs)) if n_jobs != 1 else None
-    for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress):
+    for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference):
         if runs is not None:
-            _store(runs, unit, cfg, gen)
+            _store(runs, unit, tag)
         units.append(unit)
     units.sort(key=lambda u: (u["k"], u["seed"]))
     result = EvalResult(config={**asdict(cfg), "data": split_note, "generator_given": gen is not None,
-                                "classifier": "custom" if classifier else "SmallCNN"},
+                                "classifier": classifier_name, "reference_network": reference.info,
+                                "device": str(resolve_device(device)), "cache_key": tag,
+                                "headline": f"primary arm declared in advance: {cfg.primary}; all diffusion arms "
+                                            "also compared with Holm correction"},
                         units=units, summary=summarize(units, cfg), out_dir=str(out_dir) if out_dir else None)
     if out_dir is not None:
         from .report import write_report
@@ -281,18 +376,21 @@ def _splits(data, test):
     return train, test, "given train and test data"
 
 
-def _unit_path(runs: Path, k: int, seed: int, cfg: EvalConfig, gen) -> Path:
-    tag = cfg.key() + (f"-gen{gen.fingerprint}" if gen is not None else "")
+def _unit_path(runs: Path, k: int, seed: int, tag: str) -> Path:
     return runs / f"k{k}-seed{seed}-{tag}.json"
 
 
-def _cached(runs, k, seed, cfg, gen):
+def _cached(runs, k, seed, tag, train: ImageData):
+    """A finished unit of this exact evaluation, or None; a file whose subset is not this data's is ignored."""
     if runs is None:
         return None
-    path = _unit_path(runs, k, seed, cfg, gen)
+    path = _unit_path(runs, k, seed, tag)
     if not path.exists():
         return None
     unit = json.loads(path.read_text())
+    subset = train.subset(per_class=k, seed=seed) if k else train
+    if unit.get("subset_fingerprint") != subset.fingerprint():
+        return None
     arrays = path.with_suffix(".npz")
     if arrays.exists():
         with np.load(arrays) as z:
@@ -300,10 +398,10 @@ def _cached(runs, k, seed, cfg, gen):
     return unit
 
 
-def _store(runs: Path, unit: dict, cfg: EvalConfig, gen) -> None:
+def _store(runs: Path, unit: dict, tag: str) -> None:
     """The unit as JSON, its images (preview grid, memorization pairs) as .npz beside it; both atomic."""
     runs.mkdir(parents=True, exist_ok=True)
-    path = _unit_path(runs, unit["k"], unit["seed"], cfg, gen)
+    path = _unit_path(runs, unit["k"], unit["seed"], tag)
     arrays = unit.get("_arrays")
     if arrays:
         with atomic_path(path.with_suffix(".npz")) as tmp:
@@ -313,18 +411,19 @@ def _store(runs: Path, unit: dict, cfg: EvalConfig, gen) -> None:
         tmp.write_text(json.dumps({k: v for k, v in unit.items() if k != "_arrays"}, indent=1))
 
 
-def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress):
+def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
     if n_jobs == 1 or len(todo) <= 1:
         for k, seed in todo:
             bar.set_postfix(k=k, seed=seed)
-            yield run_unit(train, test, k, seed, cfg, gen, device, classifier)
+            yield run_unit(train, test, k, seed, cfg, gen, device, classifier, reference=reference)
             bar.update(1)
     else:
         from joblib import Parallel, delayed
-        jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, classifier, threads) for k, seed in todo)
+        jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, classifier, threads, reference.to("cpu"))
+                for k, seed in todo)
         for unit in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
             yield unit
             bar.update(1)
