@@ -278,6 +278,7 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
     if resume:
         trainer.load_checkpoint()
     summary = trainer.run()
+    cfg = trainer.cfg   # with the defaults it resolved (batch size by device)
     ema = trainer.ema.float()
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "diffaug_version": __version__,
