@@ -1,0 +1,102 @@
+"""Quality per sampler step: own-feature FID against the number of network evaluations, for every sampler and
+time spacing, against 250-step ancestral sampling (shared/BENCHMARKS.md section 2, "Quality per step").
+
+    python benchmarks/sampler_steps.py                        # digits, CPU: ~15 minutes on 2 cores
+    python benchmarks/sampler_steps.py --dataset fashion-mnist --preset small --device cuda
+
+The generator is fitted on the training split (or loaded with --gen; --gen PATH that does not exist yet is
+written after fitting); the feature network is the evaluation's reference classifier trained on the same
+training split; FID is measured against the test split's features. A guided step is one network call
+(conditional and unconditional halves in one batch). Two 250-step ancestral runs with different seeds give
+the reference and its seed-to-seed noise. Writes benchmarks/results/sampler_steps_<dataset>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import diffaug  # noqa: E402
+from _common import write_results  # noqa: E402
+from diffaug.diffusion.samplers import SAMPLERS  # noqa: E402
+from diffaug.diffusion.schedules import SPACINGS  # noqa: E402
+from diffaug.evaluation.classifier import embed, train_classifier  # noqa: E402
+from diffaug.evaluation.metrics import fid_own  # noqa: E402
+
+STEPS = (5, 10, 20, 50)
+REFERENCE = ("ddpm", "time", 250)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--per-class", type=int, default=100, help="synthetic images per class for each FID")
+    parser.add_argument("--gen", type=Path, default=None, help="generator file to use (or to write after fitting)")
+    parser.add_argument("--steps", default=",".join(map(str, STEPS)))
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    train, test = diffaug.load_data(args.dataset, "train"), diffaug.load_data(args.dataset, "test")
+    if args.gen is not None and args.gen.exists():
+        gen = diffaug.Generator.load(args.gen, device=args.device)
+    else:
+        gen = diffaug.fit(train, args.preset, seed=0, device=args.device, progress=False)
+        if args.gen is not None:
+            gen.save(args.gen)
+    device = gen.device
+    g = torch.Generator().manual_seed(0)
+
+    def batch(step):
+        idx = torch.randint(len(train), (128,), generator=g)
+        return train.images[idx], train.labels[idx]
+    features = train_classifier(batch, train.channels, train.num_classes, steps=800, seed=0, device=device)
+    real = embed(features, test.images, device)
+    labels = torch.arange(train.num_classes).repeat_interleave(args.per_class)
+
+    def fid(sampler, spacing, steps, seed=0):
+        t = time.perf_counter()
+        x = gen.sample(labels, steps=steps, sampler=sampler, spacing=spacing, seed=seed, batch_size=1000,
+                       progress=False)
+        return {"sampler": sampler, "spacing": spacing, "steps": steps, "seed": seed,
+                "fid_own": fid_own(real, embed(features, x, device)), "seconds": round(time.perf_counter() - t, 2)}
+
+    rows = [fid(*REFERENCE, seed=0), fid(*REFERENCE, seed=1)]
+    ref = rows[0]["fid_own"]
+    noise = abs(rows[1]["fid_own"] - ref) / ref
+    for steps in (int(s) for s in args.steps.split(",")):
+        for sampler in SAMPLERS:
+            for spacing in SPACINGS:
+                rows.append(fid(sampler, spacing, steps))
+                payload = {"dataset": args.dataset, "preset": args.preset, "generator": gen.fingerprint,
+                           "per_class": args.per_class, "reference": ref, "reference_seed_noise": noise, "rows": rows,
+                           "seconds": round(time.perf_counter() - t0, 1)}
+                write_results(f"sampler_steps_{args.dataset}", payload, _table(payload, args))
+
+
+def _table(payload, args) -> str:
+    ref = payload["reference"]
+    cells = {(r["sampler"], r["spacing"], r["steps"]): r["fid_own"] for r in payload["rows"][2:]}
+    steps = sorted({k[2] for k in cells})
+    head = "| sampler | spacing | " + " | ".join(f"{s} steps" for s in steps) + " |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for sampler in SAMPLERS:
+        for spacing in SPACINGS:
+            vals = [cells.get((sampler, spacing, s)) for s in steps]
+            lines.append(f"| {sampler} | {spacing} | " + " | ".join(
+                "" if v is None else f"{v:.3f} ({100 * (v / ref - 1):+.0f}%)" for v in vals) + " |")
+    return (f"Command: `python benchmarks/sampler_steps.py {' '.join(sys.argv[1:])}` "
+            f"({payload['per_class']} images per class per cell, guidance 2, seed 0)\n\n"
+            f"Own-feature FID (the evaluation's reference classifier, trained on the {payload['dataset']} training split; "
+            f"test split as the real set), and its change against 250-step ancestral sampling (ddpm, even in time): "
+            f"{ref:.3f}; a second seed of that reference differs by {100 * payload['reference_seed_noise']:.1f}% "
+            "(the noise floor of these comparisons).\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
