@@ -61,7 +61,7 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 times[arm].append(time.perf_counter() - t0)
-        med = {a: statistics.median(t) for a in arms}
+        med = {a: statistics.median(times[a]) for a in arms}
         payload["cases"][f"{size}x{size}"] = {"seconds": times, "median": med}
         rows.append(f"| {size}x{size} | {args.steps / med['real only']:.0f} | {args.steps / med['per-image']:.0f} "
                     f"({med['per-image'] / med['real only']:.1f}x the real-only time) | {args.steps / med['batched']:.0f} "
