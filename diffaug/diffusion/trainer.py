@@ -95,7 +95,7 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
 def make_optimizer(model: torch.nn.Module, cfg: "TrainConfig", device: torch.device) -> torch.optim.Optimizer:
     """AdamW, fused (one kernel for all parameters, CPU and CUDA); capturable on CUDA for the CUDA-graph step."""
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(model.parameters(), lr=torch.tensor(cfg.lr) if fused else cfg.lr,
+    return torch.optim.AdamW(model.parameters(), lr=torch.tensor(cfg.lr, device=device) if fused else cfg.lr,
                              weight_decay=cfg.weight_decay, betas=(0.9, 0.99), fused=fused or None,
                              capturable=device.type == "cuda")
 
@@ -120,7 +120,13 @@ def ema_decay_at(step, cfg: "TrainConfig"):
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay) -> None:
     """ema <- decay * ema + (1 - decay) * model; `decay` may be a device tensor (no host sync)."""
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    if torch.is_tensor(decay):   # _foreach_lerp_ takes a Python scalar (a sync); mul takes a device tensor
+        delta = torch._foreach_sub(params, ema_params)
+        torch._foreach_mul_(delta, 1.0 - decay)
+        torch._foreach_add_(ema_params, delta)
+    else:
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
     for eb, b in zip(ema.buffers(), model.buffers()):
         eb.copy_(b)
 
