@@ -141,6 +141,7 @@ def _batches(real: ImageData, pool, share: float, batch_size: int, aug, seed: in
     """Batch maker for one arm: (1 - share) real images and share synthetic ones, all on `device`, plus the
     classical augmentation `aug` (batched: one call per batch; per-image: the CPU reference) on the whole batch."""
     g = torch.Generator().manual_seed(seed)
+    g_aug = torch.Generator().manual_seed(seed + 1)   # its own stream: the arms' batch indices stay paired
     n_syn = int(round(share * batch_size)) if pool is not None else 0
     images, labels = real.images.to(device), real.labels.to(device)
 
@@ -151,7 +152,7 @@ def _batches(real: ImageData, pool, share: float, batch_size: int, aug, seed: in
             j = torch.randint(len(pool[0]), (n_syn,), generator=g).to(device)
             x, y = torch.cat([x, pool[0][j]]), torch.cat([y, pool[1][j]])
         if isinstance(aug, BatchAugment):
-            x = aug(x, g)
+            x = aug(x, g_aug)
         elif aug is not None:
             x = augment_batch(aug, x.cpu()).to(device)
         return x, y
