@@ -24,7 +24,7 @@ from .. import __version__
 from ..data import ImageData, load_data
 from ..diffusion.trainer import resolve_device
 from ..errors import DataError
-from ..generator import Generator, fit
+from ..generator import Generator, _weights_fingerprint, fit
 from ..io import atomic_path
 from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, augment_batch, classical_augment
@@ -188,11 +188,8 @@ def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device) ->
     ref.network = train_classifier(batch, train.channels, train.num_classes, steps=cfg.reference_steps, seed=0,
                                    device=device)
     ref.test_features = embed(ref.network, ref.test_images, device)
-    weights = hashlib.sha256()
-    for v in ref.network.state_dict().values():
-        weights.update(v.detach().cpu().contiguous().numpy().tobytes())
-    ref.info = {"fingerprint": weights.hexdigest()[:16], "trained_on": train.fingerprint(), "steps": cfg.reference_steps,
-                "network": type(ref.network).__name__}
+    ref.info = {"trained_on": train.fingerprint(), "steps": cfg.reference_steps, "network": type(ref.network).__name__}
+    ref.info["fingerprint"] = _weights_fingerprint(ref.network, ref.info)
     return ref
 
 
