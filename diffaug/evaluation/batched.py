@@ -70,7 +70,7 @@ class BatchAugment:
 
     # --- drawing: (op index per image, magnitude per image) lists, one entry per op applied in sequence ---
 
-    def draw(self, n: int, generator: torch.Generator | None = None, device=None) -> list[tuple[list, torch.Tensor]]:
+    def draw(self, n: int, generator: torch.Generator | None = None) -> list[tuple[list, torch.Tensor]]:
         """The random part: for each op slot, the op name of every image and its magnitude (torchvision's units)."""
         rand = lambda *shape: torch.rand(shape, generator=generator)   # noqa: E731
         randint = lambda hi, *shape: torch.randint(hi, shape, generator=generator)   # noqa: E731
