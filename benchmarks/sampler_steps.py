@@ -25,7 +25,7 @@ import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.diffusion.samplers import SAMPLERS  # noqa: E402
 from diffaug.diffusion.schedules import SPACINGS  # noqa: E402
-from diffaug.evaluation.classifier import embed, train_classifier  # noqa: E402
+from diffaug.evaluation.classifier import embed, random_batches, train_classifier  # noqa: E402
 from diffaug.evaluation.metrics import fid_own  # noqa: E402
 
 STEPS = (5, 10, 20, 50)
@@ -50,12 +50,8 @@ def main() -> None:
         if args.gen is not None:
             gen.save(args.gen)
     device = gen.device
-    g = torch.Generator().manual_seed(0)
-
-    def batch(step):
-        idx = torch.randint(len(train), (128,), generator=g)
-        return train.images[idx], train.labels[idx]
-    features = train_classifier(batch, train.channels, train.num_classes, steps=800, seed=0, device=device)
+    features = train_classifier(random_batches(train.images, train.labels, 128, seed=0), train.channels,
+                                train.num_classes, steps=800, seed=0, device=device)
     real = embed(features, test.images, device)
     labels = torch.arange(train.num_classes).repeat_interleave(args.per_class)
 

@@ -49,6 +49,16 @@ def default_classifier(in_channels: int, num_classes: int) -> nn.Module:
 BatchFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def random_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0) -> BatchFn:
+    """A `next_batch` for train_classifier: `batch_size` rows drawn at random (with replacement), seeded."""
+    g = torch.Generator().manual_seed(seed)
+
+    def next_batch(step):
+        idx = torch.randint(len(images), (batch_size,), generator=g)
+        return images[idx], labels[idx]
+    return next_batch
+
+
 def train_classifier(next_batch: BatchFn, in_channels: int, num_classes: int, *, steps: int = 800,
                      lr: float = 0.05, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
                      device="cpu", factory: Callable[[int, int], nn.Module] | None = None) -> nn.Module:

@@ -137,12 +137,8 @@ def cas(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor, t
         num_classes: int, steps: int = 800, batch_size: int = 128, seed: int = 0, device="cpu") -> float:
     """Classification Accuracy Score (Ravuri & Vinyals 2019): train the reference classifier on `images`
     (synthetic) only, report its accuracy on real test images."""
-    from .classifier import accuracy, train_classifier
+    from .classifier import accuracy, random_batches, train_classifier
 
-    g = torch.Generator().manual_seed(seed)
-
-    def batch(step):
-        idx = torch.randint(len(images), (batch_size,), generator=g)
-        return images[idx], labels[idx]
-    model = train_classifier(batch, images.shape[1], num_classes, steps=steps, seed=seed, device=device)
+    model = train_classifier(random_batches(images, labels, batch_size, seed), images.shape[1], num_classes,
+                             steps=steps, seed=seed, device=device)
     return accuracy(model, test_images, test_labels, device)

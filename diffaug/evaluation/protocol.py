@@ -28,7 +28,7 @@ from ..generator import Generator, _weights_fingerprint, fit
 from ..io import atomic_path
 from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, augment_batch, classical_augment
-from .classifier import accuracy, embed, predict_proba, train_classifier
+from .classifier import accuracy, embed, predict_proba, random_batches, train_classifier
 from .metrics import cas, fid_own, kid_own, holm, memorization, paired_ci, precision_recall
 
 ARMS = ("real", "classical", "synthesize", "perturb", "classical+synthesize")
@@ -180,13 +180,8 @@ def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device) ->
     ref = Reference(test.images.to(device), test.labels.to(device))
     if not cfg.metrics:
         return ref
-    g = torch.Generator().manual_seed(0)
-
-    def batch(step):
-        idx = torch.randint(len(train), (cfg.batch_size,), generator=g)
-        return train.images[idx], train.labels[idx]
-    ref.network = train_classifier(batch, train.channels, train.num_classes, steps=cfg.reference_steps, seed=0,
-                                   device=device)
+    ref.network = train_classifier(random_batches(train.images, train.labels, cfg.batch_size, seed=0), train.channels,
+                                   train.num_classes, steps=cfg.reference_steps, seed=0, device=device)
     ref.test_features = embed(ref.network, ref.test_images, device)
     ref.info = {"trained_on": train.fingerprint(), "steps": cfg.reference_steps, "network": type(ref.network).__name__}
     ref.info["fingerprint"] = _weights_fingerprint(ref.network, ref.info)
