@@ -68,7 +68,7 @@ class BatchAugment:
             if unknown:   # a newer torchvision added ops: refuse rather than silently skip them
                 raise DataError(f"torchvision's {name} has ops diffaug's batched version lacks: {sorted(unknown)}")
 
-    # --- drawing: (op index per image, magnitude per image) lists, one entry per op applied in sequence ---
+    # --- drawing: per op slot, (op name per image, magnitude per image); slots are applied in sequence ---
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> list[tuple[list, torch.Tensor]]:
         """The random part: for each op slot, the op name of every image and its magnitude (torchvision's units)."""
@@ -122,8 +122,8 @@ class BatchAugment:
                 if op == "Identity":
                     continue
                 rows = torch.tensor([i for i, o in enumerate(op_names) if o == op], device=x.device)
-                x[rows] = self.ops[op](x[rows], mags[rows]).clamp(0.0, 1.0)
-                x = (x * 255.0).round() / 255.0   # torchvision rounds to uint8 after every op
+                out = self.ops[op](x[rows], mags[rows]).clamp(0.0, 1.0)
+                x[rows] = (out * 255.0).round() / 255.0   # torchvision rounds to uint8 after every op
         return (x * 255.0).round().to(torch.uint8)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
