@@ -87,8 +87,8 @@ def autocast(device: torch.device):
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to `device` in channels_last: cuDNN's and oneDNN's convolutions are fastest in NHWC (on 2 CPU
-    cores the tiny UNet's 28x28 forward is 1.46x faster, its training step 1.2x; benchmarks/speed.py)."""
+    """Move to `device` in channels_last: cuDNN's and oneDNN's convolutions are fastest in NHWC (chosen on the
+    2-core CPU machine by timing the UNet both ways; benchmarks/speed.py gives the end-to-end figures)."""
     return model.to(device).to(memory_format=torch.channels_last)
 
 
