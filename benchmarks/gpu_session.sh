@@ -1,14 +1,40 @@
 #!/usr/bin/env bash
-# One GPU session's checks and timings, in order of importance; each step writes its results as it goes.
-#   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repo root
-#   QUICK=1 DEVICE=cpu bash benchmarks/gpu_session.sh   # the same steps at toy sizes on a CPU (a dry run)
-# diffusers (benchmark baseline) comes from a wheel dir if the machine has no registry: WHEELS=path/to/wheels.
+# One GPU session's checks and timings, in two stages that each fit one device call; every step writes its
+# results as it goes, and each stage ends by packing benchmarks/results into $OUT (when set).
+#   bash benchmarks/gpu_session.sh speed   # every sampler on CUDA, graph vs eager, speed.py beside diffusers
+#   bash benchmarks/gpu_session.sh eval    # Fashion-MNIST evaluation, 10 and 50 per class, 5 seeds
+#   QUICK=1 DEVICE=cpu bash benchmarks/gpu_session.sh speed|eval   # the same steps at toy sizes on a CPU
+# Without a registry: WHEELS=dir installs kornia/diffusers wheels into /tmp/site first; FMNIST=dir points at
+# the four Fashion-MNIST IDX .gz files; N_JOBS sets how many evaluation units share the card (default 5).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+stage=${1:?usage: gpu_session.sh speed|eval}
 DEVICE=${DEVICE:-cuda}
 Q=${QUICK:+--quick}
-if [ -n "${WHEELS:-}" ]; then pip install --no-index --find-links "$WHEELS" diffusers >/dev/null 2>&1 || true; fi
+if [ -n "${WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+[ -n "${FMNIST:-}" ] && export DIFFAUG_FASHION_MNIST="$FMNIST"
+pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/results-$stage.tgz" benchmarks/results; }
+trap pack EXIT
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
-timeout 240 python benchmarks/gpu_check.py --device "$DEVICE" $Q; echo "gpu_check exit $?"
-timeout 300 python benchmarks/speed.py --device "$DEVICE" --section gpu $Q; echo "speed exit $?"
+
+case "$stage" in
+  speed)
+    timeout 120 python benchmarks/gpu_check.py --device "$DEVICE" $Q; echo "gpu_check exit $?"
+    timeout 270 python benchmarks/speed.py --device "$DEVICE" --section gpu $Q; echo "speed exit $?"
+    ;;
+  eval)
+    if [ -n "${QUICK:-}" ]; then
+      sets="--set gen_steps=20 --set synthetic_per_class=20 --set reference_steps=20 --set classifier_steps=20 --set cas_steps=20"
+      timeout 500 python benchmarks/gains.py --dataset fashion-mnist --per-class 10 --seeds 2 --device "$DEVICE" \
+        --n-jobs "${N_JOBS:-2}" --tag quick $sets; echo "gains exit $?"
+    else
+      timeout 370 python benchmarks/gains.py --dataset fashion-mnist --per-class 10,50 --seeds 5 --device "$DEVICE" \
+        --n-jobs "${N_JOBS:-5}"; echo "gains exit $?"
+    fi
+    ;;
+  *) echo "unknown stage $stage (speed|eval)"; exit 2 ;;
+esac

@@ -31,9 +31,11 @@ from diffaug.diffusion.unet import PRESETS, UNet, count_parameters  # noqa: E402
 # diffusers layouts matched to each preset's parameter count (and its attention levels).
 DIFFUSERS_LAYOUT = {"tiny": ((24, 48, 48), 1, 8), "small": ((64, 128, 128, 128), 2, 32),
                     "base": ((128, 256, 256, 256), 2, 32)}
-CPU_CASES = [("tiny", 1, 8, 128, 512), ("tiny", 1, 28, 64, 128)]          # preset, C, HxW, train batch, sample batch
-GPU_CASES = [("small", 3, 32, 128, 1024), ("small", 3, 32, 512, 1024), ("base", 3, 32, 128, 1024),
-             ("base", 3, 32, 512, 1024)]
+# preset, C, HxW, train batch, sample batch (None: sampling was measured in the preset's first case), compiled
+CPU_CASES = [("tiny", 1, 8, 128, 512, False), ("tiny", 1, 28, 64, 128, False)]
+GPU_CASES = [("small", 3, 32, 128, 1024, False), ("small", 3, 32, 512, None, False), ("base", 3, 32, 128, 1024, False),
+             ("base", 3, 32, 512, None, False),
+             ("base", 3, 32, 512, None, True)]   # last: torch.compile's minutes must not cost the other cases
 
 
 def sync(device):
@@ -133,51 +135,67 @@ def bf16_peak(device) -> float:
     return 20 * 2 * 8192 ** 3 / seconds
 
 
-def measure_case(preset, c, hw, batch, sample_batch, device, repeats, train_steps, sample_steps, extra_cl):
-    data = toy_data(c, hw)
-    cfg = TrainConfig(preset=preset, steps=10 ** 6, batch_size=batch, warmup=10, checkpoint_every=10 ** 6)
+def diffaug_step(preset, data, batch, device, compiled: bool):
+    cfg = TrainConfig(preset=preset, steps=10 ** 6, batch_size=batch, warmup=10, checkpoint_every=10 ** 6,
+                      compile=compiled)
     trainer = Trainer(data, cfg, device=device, progress=False)
     from diffaug.diffusion.fastpath import FastStep
-    ours_step = FastStep(trainer)
-    gen = fit(data, preset, 1, device=device, progress=False, batch_size=8)   # a real Generator for sampling
-    gen.model.load_state_dict(trainer.model.state_dict())
+    return trainer, FastStep(trainer)
+
+
+def measure_case(preset, c, hw, batch, sample_batch, compiled, device, repeats, train_steps, sample_steps, extra_cl):
+    data = toy_data(c, hw)
+    trainer, ours_step = diffaug_step(preset, data, batch, device, False)
     systems = {"diffaug": None, "diffusers": DiffusersLoop(preset, c, hw, batch, device, device.type == "cuda")}
+    train_fn = {"diffaug": lambda: [ours_step() for _ in range(train_steps)]}
+    if compiled:   # the same fast step with the network under torch.compile (GroupNorm + SiLU fused, etc.)
+        _, compiled_step = diffaug_step(preset, data, batch, device, True)
+        systems["diffaug + compile"] = None
+        train_fn["diffaug + compile"] = lambda: [compiled_step() for _ in range(train_steps)]
     if extra_cl:   # on CPU diffusers runs NCHW as users would; also measure it in channels_last, for fairness
         systems["diffusers (channels_last)"] = DiffusersLoop(preset, c, hw, batch, device, True)
-    train_fn = {"diffaug": lambda: [ours_step() for _ in range(train_steps)]}
-    sample_fn = {"diffaug": lambda: gen.sample(torch.arange(sample_batch) % 10, steps=sample_steps, guidance=2.0,
-                                               batch_size=sample_batch, progress=False)}
+    sample_fn = {}
+    if sample_batch:
+        gen = fit(data, preset, 1, device=device, progress=False, batch_size=8)   # a real Generator for sampling
+        gen.model.load_state_dict(trainer.model.state_dict())
+        sample_fn["diffaug"] = lambda: gen.sample(torch.arange(sample_batch) % 10, steps=sample_steps, guidance=2.0,
+                                                  batch_size=sample_batch, progress=False)
     for name, loop in systems.items():
         if loop is not None:
             train_fn[name] = lambda loop=loop: [loop.train_step() for _ in range(train_steps)]
-            sample_fn[name] = lambda loop=loop: loop.sample(sample_batch, sample_steps)
-    for name in systems:   # warm-up: cuDNN autotuning, CUDA-graph capture, allocator
+            if sample_batch:
+                sample_fn[name] = lambda loop=loop: loop.sample(sample_batch, sample_steps)
+    for name in systems:   # warm-up: cuDNN autotuning, CUDA-graph capture, compilation, allocator
         train_fn[name]()
-        sample_fn[name]()
+        if name in sample_fn:
+            sample_fn[name]()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = {name: {"train": [], "sample": []} for name in systems}
     for _ in range(repeats):   # alternate the systems so drift in the machine hits all of them alike
         for name in systems:
             times[name]["train"].append(timed(train_fn[name], device))
-            times[name]["sample"].append(timed(sample_fn[name], device))
-    params = {"diffaug": count_parameters(trainer.model),
-              **{n: count_parameters(loop.model) for n, loop in systems.items() if loop is not None}}
-    flops = {"diffaug": forward_flops(UNet(c, 10, PRESETS[preset]), c, hw, lambda m, x, t, y: m(x, t, y)),
-             "diffusers": forward_flops(diffusers_model(preset, c, hw), c, hw,
-                                        lambda m, x, t, y: m(x, t * 999, class_labels=y))}
+            if name in sample_fn:
+                times[name]["sample"].append(timed(sample_fn[name], device))
+    params = {name: count_parameters(trainer.model) for name in systems if name.startswith("diffaug")}
+    params.update({n: count_parameters(loop.model) for n, loop in systems.items() if loop is not None})
+    ours_flops = forward_flops(UNet(c, 10, PRESETS[preset]), c, hw, lambda m, x, t, y: m(x, t, y))
+    theirs_flops = forward_flops(diffusers_model(preset, c, hw), c, hw, lambda m, x, t, y: m(x, t * 999, class_labels=y))
     rows = {}
     for name in systems:
-        train_s, sample_s = statistics.median(times[name]["train"]), statistics.median(times[name]["sample"])
-        rows[name] = {"parameters": params[name], "forward_flops": flops.get(name, flops["diffusers"]),
-                      "train_img_s": train_steps * batch / train_s, "sample_img_s": sample_batch / sample_s,
+        sample_s = statistics.median(times[name]["sample"]) if times[name]["sample"] else None
+        rows[name] = {"parameters": params[name],
+                      "forward_flops": ours_flops if name.startswith("diffaug") else theirs_flops,
+                      "train_img_s": train_steps * batch / statistics.median(times[name]["train"]),
+                      "sample_img_s": sample_batch / sample_s if sample_s else None,
                       "train_seconds": times[name]["train"], "sample_seconds": times[name]["sample"]}
     if device.type == "cuda":
         rows["diffaug"]["peak_memory_gib_all_systems"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     base = rows["diffusers"]
     for r in rows.values():
         r["train_ratio_vs_diffusers"] = r["train_img_s"] / base["train_img_s"]
-        r["sample_ratio_vs_diffusers"] = r["sample_img_s"] / base["sample_img_s"]
+        if r["sample_img_s"] and base["sample_img_s"]:
+            r["sample_ratio_vs_diffusers"] = r["sample_img_s"] / base["sample_img_s"]
     return rows
 
 
@@ -193,17 +211,17 @@ def main() -> None:
     gpu = device.type == "cuda"
     cases = GPU_CASES if (args.section or ("gpu" if gpu else "cpu")) == "gpu" else CPU_CASES
     if args.quick:   # same code paths at toy sizes (a CPU dry run of the GPU section)
-        cases = [(p, c, 8, 8, 16) for p, c, hw, b, sb in cases[:1]] + [("tiny", 1, 8, 16, 16)]
+        cases = [(p, c, 8, 8, sb and 16, cc) for p, c, hw, b, sb, cc in cases[:2]] + [("tiny", 1, 8, 16, None, True)]
     repeats = 1 if args.quick else args.repeats
-    train_steps, sample_steps = (2, 2) if args.quick else ((50, 20) if gpu else (10, 20))
+    train_steps, sample_steps = (2, 2) if args.quick else ((30, 20) if gpu else (10, 20))
     payload = {"device": str(device), "repeats": repeats, "train_steps_per_repeat": train_steps,
                "sample_steps": sample_steps, "guidance": 2.0, "precision": "bf16 autocast" if gpu else "fp32",
                "cases": []}
     if gpu:
         payload["bf16_peak_flops"] = bf16_peak(device)
     lines = []
-    for preset, c, hw, batch, sample_batch in cases:
-        rows = measure_case(preset, c, hw, batch, sample_batch, device, repeats, train_steps, sample_steps,
+    for preset, c, hw, batch, sample_batch, compiled in cases:
+        rows = measure_case(preset, c, hw, batch, sample_batch, compiled, device, repeats, train_steps, sample_steps,
                             extra_cl=not gpu)
         payload["cases"].append({"preset": preset, "shape": [c, hw, hw], "batch": batch, "sample_batch": sample_batch,
                                  "systems": rows})
@@ -211,9 +229,11 @@ def main() -> None:
             share = ""
             if gpu:
                 share = f"{100 * 3 * r['forward_flops'] * r['train_img_s'] / payload['bf16_peak_flops']:.1f}% | "
+            sampled = (f"{r['sample_img_s']:,.1f} ({r['sample_ratio_vs_diffusers']:.2f}x), batch {sample_batch}"
+                       if r["sample_img_s"] else "")
             lines.append(f"| {preset} {c}x{hw}x{hw} | {batch} | {name} | {r['parameters'] / 1e6:.2f}M | "
                          f"{r['forward_flops'] / 1e9:.3f} | {r['train_img_s']:,.0f} ({r['train_ratio_vs_diffusers']:.2f}x) | "
-                         f"{share}{r['sample_img_s']:,.1f} ({r['sample_ratio_vs_diffusers']:.2f}x) |")
+                         f"{share}{sampled} |")
         head = ("| case | batch | system | params | fwd GFLOP/img | train img/s (vs diffusers) | "
                 + ("share of bf16 peak | " if gpu else "")
                 + f"sampling img/s, {sample_steps} steps + guidance (vs diffusers) |")
