@@ -138,3 +138,83 @@ def test_batch_augment_replaces_the_chosen_fraction(bank, digits_gen, real):
     torch.manual_seed(1)
     out, _ = DiffusionBatchAugment(digits_gen, p=0.5, mode="perturb", steps=6)(real.images[:20], real.labels[:20])
     assert out.dtype == torch.uint8 and (out != real.images[:20]).flatten(1).any(1).sum() == 10
+
+
+# --- v2 contracts (issue 10) ----------------------------------------------------------------------------
+
+def test_boxes_masks_and_keypoints_are_refused_not_passed_through(bank, real):
+    aug = DiffusionAugment(bank, p=1.0)
+    img = tv_tensors.Image(real.images[0])
+    boxes = tv_tensors.BoundingBoxes([[1, 1, 4, 4]], format="XYXY", canvas_size=(8, 8))
+    mask = tv_tensors.Mask(torch.zeros(1, 8, 8, dtype=torch.uint8))
+    for sample in ({"image": img, "boxes": boxes, "label": 3}, (img, mask, 3), {"image": img, "masks": mask}):
+        with pytest.raises(DataError, match="would no longer match"):
+            aug(sample)
+    with pytest.raises(DataError, match="would no longer match"):
+        aug(mask, 3)   # the two-argument shortcut too
+    with pytest.raises(DataError, match="would no longer match"):   # also when this call would not apply
+        DiffusionAugment(bank, p=0.0)({"image": img, "boxes": boxes})
+
+
+def test_label_of_one_call_never_reaches_another_thread(bank, real):
+    import sys
+    import threading
+
+    aug = DiffusionAugment(bank, p=1.0, mode="synthesize")
+    stored = {c: bank_images(bank, c) for c in range(10)}
+    wrong, errors = [], []
+
+    def worker(c):
+        try:
+            for _ in range(150):
+                out = aug(real.images[0], c)[0]
+                if bytes(out.numpy()) not in stored[c]:
+                    wrong.append(c)
+        except Exception as e:   # noqa: BLE001 - a failure in a thread must reach the test
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # switch threads as often as possible: a shared label would be caught
+    try:
+        threads = [threading.Thread(target=worker, args=(c,)) for c in range(10)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors and not wrong, f"{len(wrong)} images of another class; errors {errors[:1]}"
+
+
+@pytest.mark.parametrize("key", ["labels", "Label", "target"])
+def test_dict_samples_find_the_label_as_v2_does(bank, real, key):
+    aug = DiffusionAugment(bank, p=1.0, label_key="target")
+    out = aug({"image": real.images[0], key: torch.tensor(4)})
+    assert bytes(out["image"].numpy()) in bank_images(bank, 4) and int(out[key]) == 4
+
+
+def test_random_apply_and_compose_with_labels(bank, real):
+    torch.manual_seed(0)
+    pipe = v2.Compose([v2.RandomApply([DiffusionAugment(bank, p=1.0)], p=0.5), v2.ToDtype(torch.float32, scale=True)])
+    outs = [pipe(tv_tensors.Image(real.images[i]), int(real.labels[i])) for i in range(40)]
+    changed = [i for i, (x, y) in enumerate(outs) if not torch.equal((x * 255).round().to(torch.uint8), real.images[i])]
+    assert 8 < len(changed) < 32 and all(y == int(real.labels[i]) for i, (x, y) in enumerate(outs))
+    for i in changed:
+        assert bytes((outs[i][0] * 255).round().to(torch.uint8).numpy()) in bank_images(bank, int(real.labels[i]))
+
+
+def test_albumentations_style_call_points_to_the_albumentations_transform(bank, real):
+    with pytest.raises(DataError, match="AlbumentationsDiffusionAugment"):
+        DiffusionAugment(bank, p=1.0)(image=real.images[0].permute(1, 2, 0).numpy(), class_label=3)
+
+
+@pytest.mark.parametrize("context", ["threads", "fork", "spawn"])
+def test_dataloader_with_thread_and_process_workers(bank, real, context):
+    ds = diffaug.augment_dataset(TensorDataset(real.images, real.labels), DiffusionAugment(bank, p=1.0))
+    if context == "threads":   # a thread-based mapper, as free-threaded or async loaders run transforms
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(4) as pool:
+            items = list(pool.map(ds.__getitem__, range(len(ds))))
+    else:
+        loader = DataLoader(ds, batch_size=16, num_workers=2, multiprocessing_context=context)
+        items = [(x, y) for xs, ys in loader for x, y in zip(xs, ys)]
+    assert len(items) == len(real)
+    assert all(bytes(x.numpy()) in bank_images(bank, int(y)) for x, y in items)

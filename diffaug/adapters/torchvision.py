@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -18,18 +19,35 @@ from .bank import SampleBank
 from .source import AugmentSource, check_options, choose
 
 
+# What a replaced image would no longer match: refused, as v2's MixUp and CutMix refuse them.
+REFUSED = tuple(t for t in (tv_tensors.BoundingBoxes, tv_tensors.Mask, getattr(tv_tensors, "KeyPoints", None)) if t)
+
+
+def _as_label(y) -> int | None:
+    if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
+        return int(y)
+    if isinstance(y, torch.Tensor) and y.numel() == 1 and not y.is_floating_point():
+        return int(y)
+    return None
+
+
 def _find_label(inputs: tuple, label_key: str) -> int | None:
-    """The class label in a v2 call: tf(img, label), tf((img, label)) or tf({"image": .., label_key: ..})."""
+    """The class label in a v2 call: tf(img, label), tf((img, label)), or a dict with it under `label_key`, else
+    under "labels" or "label" (any case), as v2's `labels_getter="default"` looks for it."""
     sample = inputs[0] if len(inputs) == 1 else inputs
     if isinstance(sample, dict):
-        sample = (None, sample.get(label_key))
+        for wanted in (label_key, "labels", "label"):
+            key = next((k for k in sample if isinstance(k, str) and k.lower() == wanted.lower()), None)
+            if key is not None:
+                return _as_label(sample[key])
+        return None
     if isinstance(sample, (tuple, list)) and len(sample) >= 2:
-        y = sample[1]
-        if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
-            return int(y)
-        if isinstance(y, torch.Tensor) and y.numel() == 1 and not y.is_floating_point():
-            return int(y)
+        return _as_label(sample[1])
     return None
+
+
+def _is_image(x) -> bool:
+    return isinstance(x, (PIL.Image.Image, tv_tensors.Image)) or is_pure_tensor(x)
 
 
 def describe(inpt) -> dict:
@@ -78,7 +96,8 @@ class DiffusionAugment(v2.Transform):
         class when no label is passed) or "mix" (synthesize with probability `mix`, else perturb).
     strength: a float or a (low, high) range sampled per call (generator source; a bank uses its own).
 
-    Call it as `tf(img, label)` (class-aware), `tf(img)`, or on a dict with the label under `label_key`.
+    Call it as `tf(img, label)` (class-aware), `tf(img)`, or on a dict with the label under `label_key` (or
+    "labels"/"label", as v2 looks for them). BoundingBoxes, Mask and KeyPoints are refused.
     Randomness comes from torch's RNG in `make_params`, so `torch.manual_seed` and DataLoader worker seeding
     make pipelines reproducible.
     """
@@ -92,33 +111,53 @@ class DiffusionAugment(v2.Transform):
         self.p, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
         self.label_key = label_key
         self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)
-        self._label: int | None = None
 
-    def forward(self, *inputs: Any) -> Any:
-        # v2 hands make_params only the images; the label rides along on self for the duration of the call.
-        self._label = _find_label(inputs, self.label_key)
-        try:
-            if len(inputs) == 2 and self._label is not None and isinstance(inputs[0], (PIL.Image.Image, torch.Tensor)):
-                # The common dataset call tf(img, label): exactly what v2's forward does for it, without the
-                # pytree round trip that costs more than a bank lookup.
-                return self.transform(inputs[0], self.make_params([inputs[0]])), inputs[1]
-            return super().forward(*inputs)
-        finally:
-            self._label = None
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        """v2's forward with the label found first and passed along: nothing of a call is kept on `self`, so
+        thread-based loaders cannot pair one sample's label with another's image."""
+        if kwargs:
+            raise DataError(
+                "diffaug.DiffusionAugment is the torchvision v2 transform: call it as tf(img, label), tf(img) or "
+                "tf(sample); for albumentations' aug(image=..., class_label=...) use "
+                "diffaug.adapters.albumentations.AlbumentationsDiffusionAugment")
+        label = _find_label(inputs, self.label_key)
+        if len(inputs) == 2 and label is not None and _is_image(inputs[0]):
+            # The common dataset call tf(img, label): exactly what v2's forward does for it, without the
+            # pytree round trip that costs more than a bank lookup.
+            return self.transform(inputs[0], self._draw(label)), inputs[1]
+        flat, spec = tree_flatten(inputs if len(inputs) > 1 else inputs[0])
+        self.check_inputs(flat)
+        images = [i for i, x in enumerate(flat) if isinstance(x, (PIL.Image.Image, tv_tensors.Image))]
+        if not images:   # v2's rule: with no PIL image or tv_tensors.Image, the first plain tensor is the image
+            images = [next((i for i, x in enumerate(flat) if is_pure_tensor(x)), None)] if flat else []
+            images = [i for i in images if i is not None]
+        params = self._draw(label)
+        return tree_unflatten([self.transform(x, params) if i in images else x for i, x in enumerate(flat)], spec)
+
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        refused = sorted({type(x).__name__ for x in flat_inputs if isinstance(x, REFUSED)})
+        if refused:
+            raise DataError(
+                f"DiffusionAugment replaces the whole image, so {', '.join(refused)} would no longer match it; "
+                "it refuses them (as v2's MixUp and CutMix do): use it in classification pipelines, before any "
+                "transform that creates boxes or masks")
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """v2's hook: the parameters of a call without a label (forward finds the label and uses _draw)."""
+        return self._draw(None)
+
+    def _draw(self, label: int | None) -> dict[str, Any]:
         u_apply, u_mode, u_strength, choice = torch.rand(4).tolist()   # one RNG call: per-sample cost matters here
         if u_apply >= self.p:
             return {"apply": False}
         mode, strength = choose(self.mode, self.mix, self.strength, u_mode, u_strength)
-        if mode == "synthesize" and self._label is None:
+        if mode == "synthesize" and label is None:
             raise DataError(
                 "mode='synthesize' needs the class label: call the transform as tf(image, label) (e.g. "
                 "v2.Compose([...])(img, label)), or wrap the dataset with diffaug.augment_dataset(ds, aug) when "
                 "its transform= only sees images; mode='perturb' works without labels")
         seed = 0 if self._source.is_bank else int(torch.randint(2 ** 31 - 1, ()))   # only generation needs one
-        return {"apply": True, "mode": mode, "label": self._label, "strength": strength, "choice": choice,
-                "seed": seed}
+        return {"apply": True, "mode": mode, "label": label, "strength": strength, "choice": choice, "seed": seed}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not params["apply"]:
