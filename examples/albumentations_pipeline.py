@@ -1,4 +1,4 @@
-"""albumentations: DiffusionAugment in an A.Compose with a seed, feeding a PyTorch DataLoader.
+"""albumentations: AlbumentationsDiffusionAugment in an A.Compose with a seed, feeding a PyTorch DataLoader.
 
 Offline, under two minutes on 2 CPU cores:
     python examples/albumentations_pipeline.py [--gen digits.safetensors]
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import diffaug
 from diffaug import SampleBank
-from diffaug.adapters.albumentations import DiffusionAugment
+from diffaug.adapters.albumentations import AlbumentationsDiffusionAugment
 
 from torchvision_pipeline import train_and_test
 
@@ -45,11 +45,11 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         bank = SampleBank.build(gen, f"{tmp}/bank", per_class=100, data=train, copies=4, strength=(0.3, 0.6))
-        pipeline = A.Compose([DiffusionAugment(bank, mode="mix", p=0.5),
+        pipeline = A.Compose([AlbumentationsDiffusionAugment(bank, mode="mix", p=0.5),
                               A.Affine(translate_px=(-1, 1), p=0.5)], seed=0)
         loader = DataLoader(Digits(train, pipeline), batch_size=32, shuffle=True, num_workers=2)
         acc = train_and_test(loader, test)
-    print(f"test accuracy, 10 real images per class, albumentations + DiffusionAugment: {acc:.3f}")
+    print(f"test accuracy, 10 real images per class, albumentations + AlbumentationsDiffusionAugment: {acc:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""albumentations adapter: `DiffusionAugment`, an ImageOnlyTransform following albumentations' contract."""
+"""albumentations adapter: `AlbumentationsDiffusionAugment`, an ImageOnlyTransform keeping albumentations' contract."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import numpy as np
 import torch
 
 from ..errors import DataError, require_extra
+from ..generator import Generator
+from .bank import SampleBank
 from .source import AugmentSource, check_options, choose
 
 A = require_extra("albumentations", "albumentations")
@@ -32,13 +35,32 @@ def _like(x: np.ndarray, img: np.ndarray) -> np.ndarray:
     return (arr.astype(np.float32) / 255.0) if img.dtype == np.float32 else np.ascontiguousarray(arr)
 
 
-class DiffusionAugment(ImageOnlyTransform):
+# Targets whose geometry a replaced image would no longer match.
+REFUSED = ("mask", "masks", "bboxes", "keypoints")
+
+
+def _resolve(source):
+    """A Generator or SampleBank as given, or the path of one: a folder is a bank, a file a generator."""
+    if not isinstance(source, (str, Path)):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        return SampleBank(path)
+    if path.is_file():
+        return Generator.load(path)
+    raise DataError(f"{path} is neither a sample bank folder nor a generator file")
+
+
+class AlbumentationsDiffusionAugment(ImageOnlyTransform):
     """Replace the image by a synthetic image of its class, or by its perturbation, with probability p.
 
-    The class label is read from the call's data under `label_key`: `aug(image=img, class_label=3)`.
-    All randomness is drawn in `get_params_dependent_on_data` from the transform's own generators, so
-    `A.Compose([...], seed=...)` makes a pipeline reproducible. HWC (or HW) uint8 or float32 [0, 1] in,
-    the same out. `source` is a diffaug `Generator` or `SampleBank` (use a bank inside DataLoader workers).
+    source: a diffaug `Generator` or `SampleBank`, or the path of either (what serialization stores; use a
+    bank inside DataLoader workers). The class label is read from the call's data under `label_key`:
+    `aug(image=img, class_label=3)`; the key is declared, so `A.Compose(..., strict=True)` accepts it.
+    `images=` gets one draw per image (the label: one for all, or one per image). `mask`, `masks`, `bboxes`
+    and `keypoints` are refused: a new image would no longer match them. All randomness is drawn in
+    `get_params_dependent_on_data` from the transform's own generators, so `A.Compose([...], seed=...)` makes a
+    pipeline reproducible. HWC (or HW) uint8 or float32 [0, 1] in, the same out.
     """
 
     class InitSchema(BaseTransformInitSchema):
@@ -59,14 +81,20 @@ class DiffusionAugment(ImageOnlyTransform):
         self.source = source
         _, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
         self.steps, self.sampler, self.guidance, self.label_key = steps, sampler, guidance, label_key
-        self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)
+        self._source = AugmentSource(_resolve(source), steps=steps, sampler=sampler, guidance=guidance)
 
     @property
-    def targets_as_params(self) -> list[str]:
-        return []   # the label is optional: perturb works without it
+    def available_keys(self) -> set[str]:
+        return super().available_keys | {self.label_key}   # declared (strict Compose), but optional
 
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        label = data.get(self.label_key)
+    def __call__(self, *args: Any, force_apply: bool = False, **kwargs: Any) -> Any:
+        present = [key for key in REFUSED if kwargs.get(key) is not None]
+        if present:
+            raise DataError(f"AlbumentationsDiffusionAugment replaces the whole image, so {', '.join(present)} would "
+                            "no longer match it; it refuses them: use it in classification pipelines")
+        return super().__call__(*args, force_apply=force_apply, **kwargs)
+
+    def _draw(self, label) -> dict[str, Any]:
         mode, strength = choose(self.mode, self.mix, self.strength, self.py_random.random(), self.py_random.random())
         if mode == "synthesize" and label is None:
             raise DataError(f"mode='synthesize' needs the class label: call aug(image=img, {self.label_key}=y) "
@@ -74,8 +102,19 @@ class DiffusionAugment(ImageOnlyTransform):
         return {"mode": mode, "label": None if label is None else int(label), "strength": strength,
                 "choice": self.py_random.random(), "seed": self.py_random.randrange(2 ** 31 - 1)}
 
-    def apply(self, img: np.ndarray, mode: str, label: int | None, strength: float, choice: float, seed: int,
-              **params: Any) -> np.ndarray:
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        label = data.get(self.label_key)
+        if "images" not in data:
+            return {"draws": [self._draw(label)]}
+        n = len(data["images"])
+        labels = list(label) if isinstance(label, (list, tuple, np.ndarray)) else [label] * n
+        if len(labels) != n:
+            raise DataError(f"{len(labels)} labels under {self.label_key!r} for {n} images: give one label, or one "
+                            "per image")
+        return {"draws": [self._draw(y) for y in labels]}
+
+    def _one(self, img: np.ndarray, mode: str, label: int | None, strength: float, choice: float,
+             seed: int) -> np.ndarray:
         x = _to_uint8_chw(img)
         self._source.check_shape(x.shape)
         if mode == "synthesize":
@@ -84,5 +123,32 @@ class DiffusionAugment(ImageOnlyTransform):
             out = self._source.perturb_one(x, label, strength, choice, seed)
         return _like(out, img)
 
+    def apply(self, img: np.ndarray, draws: list, **params: Any) -> np.ndarray:
+        return self._one(img, **draws[0])
+
+    def apply_to_images(self, images, draws: list, **params: Any):
+        out = [self._one(img, **draw) for img, draw in zip(images, draws)]
+        return np.require(np.stack(out), requirements=["C_CONTIGUOUS"]) if isinstance(images, np.ndarray) else out
+
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("mode", "mix", "strength", "steps", "sampler", "guidance", "label_key")
+        return ("source", "mode", "mix", "strength", "steps", "sampler", "guidance", "label_key")
+
+    def get_transform_init_args(self) -> dict[str, Any]:
+        args = super().get_transform_init_args()
+        source = self.source
+        if isinstance(source, SampleBank):
+            source = str(source.path)
+        elif isinstance(source, Path):
+            source = str(source)
+        if not isinstance(source, str):
+            raise DataError("an in-memory Generator cannot be serialized: save it (gen.save(path)) and pass the path, "
+                            "or pass a SampleBank (its folder is stored)")
+        return {**args, "source": source, "strength": list(self.strength)}
+
+
+def __getattr__(name: str):
+    if name == "DiffusionAugment":   # the torchvision transform is diffaug.DiffusionAugment; never confuse the two
+        raise ImportError("the albumentations transform is AlbumentationsDiffusionAugment (diffaug.DiffusionAugment is "
+                          "the torchvision one): from diffaug.adapters.albumentations import "
+                          "AlbumentationsDiffusionAugment")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
