@@ -88,3 +88,74 @@ def test_clear_errors(ds, digits_gen):
     big = to_hf_dataset(ImageData.from_arrays(np.zeros((10, 9, 9), np.uint8), np.arange(10)))
     with pytest.raises(MismatchError, match="resize them first"):
         expand_dataset(big, digits_gen, per_class=1)
+
+
+# --- datasets contracts (issue 10) ------------------------------------------------------------------------
+
+def test_real_rows_are_not_rewritten_and_only_shard_zero_carries_them(ds, digits_gen, tmp_path, monkeypatch):
+    ds.save_to_disk(tmp_path / "real")
+    on_disk = datasets.load_from_disk(str(tmp_path / "real"))
+    originals = {f["filename"] for f in on_disk.cache_files}
+    out = expand_dataset(on_disk, digits_gen, per_class=1, batch_size=8, num_shards=2, shard_index=0, progress=False)
+    assert originals <= {f["filename"] for f in out.cache_files}   # the real rows are the original Arrow file
+    assert out["image"][:len(ds)] == on_disk["image"] and out["diffaug_mode"][:len(ds)] == ["real"] * len(ds)
+
+    def no_rewrites(self, *args, **kwargs):
+        raise AssertionError("a shard without the real rows must not touch them")
+    monkeypatch.setattr(datasets.Dataset, "cast", no_rewrites)
+    monkeypatch.setattr(datasets.Dataset, "add_column", no_rewrites)
+    other = expand_dataset(on_disk, digits_gen, per_class=1, batch_size=8, num_shards=2, shard_index=1, progress=False)
+    assert len(other) == 10 - 8 and all(other["diffaug_synthetic"])   # the second of two 8-row chunks
+
+
+def test_generated_rows_have_a_deterministic_fingerprint(ds, digits_gen):
+    a = expand_dataset(ds, digits_gen, per_class=1, seed=0, progress=False)
+    b = expand_dataset(ds, digits_gen, per_class=1, seed=0, progress=True)   # a display flag changes nothing
+    c = expand_dataset(ds, digits_gen, per_class=1, seed=1, progress=False)
+    assert a._fingerprint == b._fingerprint != c._fingerprint
+    p = perturb_dataset(ds, digits_gen, strength=0.3, batch_size=16, progress=False)
+    q = perturb_dataset(ds, digits_gen, strength=0.3, batch_size=16, progress=True)
+    assert p._fingerprint == q._fingerprint != perturb_dataset(ds, digits_gen, strength=0.5, batch_size=16,
+                                                               progress=False)._fingerprint
+
+
+def test_num_proc_gives_the_same_rows(ds, digits_gen):
+    one = expand_dataset(ds, digits_gen, per_class=2, batch_size=4, seed=3, progress=False)
+    two = expand_dataset(ds, digits_gen, per_class=2, batch_size=4, seed=3, num_proc=2, progress=False)
+    assert pixels(one["image"]).tobytes() == pixels(two["image"]).tobytes() and one["label"] == two["label"]
+
+
+def test_perturb_shards_join_to_the_unsharded_result(ds, digits_gen):
+    whole = perturb_dataset(ds, digits_gen, copies=2, strength=0.3, batch_size=16, progress=False)
+    parts = [perturb_dataset(ds, digits_gen, copies=2, strength=0.3, batch_size=16, num_shards=3, shard_index=i,
+                             progress=False) for i in range(3)]
+    joined = concatenate_shards(parts)
+    assert joined["diffaug_source_index"] == whole["diffaug_source_index"]
+    assert pixels(joined["image"]).tobytes() == pixels(whole["image"]).tobytes()
+
+
+def test_dataset_dict_splits_are_checked_and_get_their_own_rows(ds, digits_gen, tmp_path):
+    dd = datasets.DatasetDict({"train": ds, "validation": ds})
+    with pytest.raises(DataError, match=r"has splits \['train', 'validation'\]; no 'test' split"):
+        expand_dataset(dd, digits_gen, per_class=1, splits=("test",), progress=False)
+    out = expand_dataset(dd, digits_gen, per_class=1, splits="all", progress=False)
+    assert len(out["train"]) == len(out["validation"]) == len(ds) + 10
+    assert pixels(out["train"]["image"][-10:]).tobytes() != pixels(out["validation"]["image"][-10:]).tobytes()
+    alone = expand_dataset(ds, digits_gen, per_class=1, progress=False)   # train keeps the plain seed
+    assert pixels(out["train"]["image"]).tobytes() == pixels(alone["image"]).tobytes()
+    with pytest.raises(DataError, match="no 'train' split"):
+        perturb_dataset(datasets.DatasetDict({"validation": ds}), digits_gen, progress=False)
+
+
+def test_ratio_counts_only_real_rows(ds, digits_gen):
+    once = expand_dataset(ds, digits_gen, ratio=0.5, progress=False)
+    twice = expand_dataset(once, digits_gen, ratio=0.5, progress=False)
+    assert len(once) - len(ds) == 30 and len(twice) - len(once) == 30
+
+
+def test_streaming_datasets_are_refused_clearly(ds, digits_gen):
+    for streaming in (ds.to_iterable_dataset(), datasets.IterableDatasetDict({"train": ds.to_iterable_dataset()})):
+        with pytest.raises(DataError, match="streaming"):
+            expand_dataset(streaming, digits_gen, per_class=1)
+        with pytest.raises(DataError, match="streaming"):
+            perturb_dataset(streaming, digits_gen)

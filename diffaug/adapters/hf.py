@@ -6,12 +6,16 @@ may be larger than memory. Features are preserved; provenance columns say how ea
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 from typing import Iterator, Mapping
 
 import numpy as np
 import torch
 
+from .. import __version__
 from ..data import ImageData, _to_uint8_nchw
 from ..errors import DataError, MismatchError, require_extra
 from ..generator import Generator
@@ -92,14 +96,24 @@ class _ImageCodec:
 
 
 def _real_rows(ds):
-    """The input rows with provenance columns (kept as they are if an earlier expansion added them)."""
+    """The input rows with provenance columns (kept as they are if an earlier expansion added them). The
+    columns are joined beside the data (axis=1), so the real rows' image bytes are not rewritten."""
     if set(PROVENANCE).issubset(ds.column_names):
         return ds
     n = len(ds)
-    return (ds.add_column("diffaug_synthetic", [False] * n).add_column("diffaug_mode", ["real"] * n)
-            .add_column("diffaug_strength", [None] * n).add_column("diffaug_guidance", [None] * n)
-            .add_column("diffaug_generator", [None] * n).add_column("diffaug_source_index", [-1] * n)
-            .cast(datasets.Features({**ds.features, **PROVENANCE})))
+    provenance = datasets.Dataset.from_dict(
+        {"diffaug_synthetic": [False] * n, "diffaug_mode": ["real"] * n, "diffaug_strength": [None] * n,
+         "diffaug_guidance": [None] * n, "diffaug_generator": [None] * n, "diffaug_source_index": [-1] * n},
+        features=PROVENANCE)
+    return datasets.concatenate_datasets([ds, provenance], axis=1)
+
+
+def _real_counts(ds, label_column: str, num_classes: int) -> np.ndarray:
+    """Images per class among the REAL rows (rows an earlier expansion made do not count)."""
+    labels = np.asarray(ds.with_format("numpy")[label_column])
+    if "diffaug_synthetic" in ds.column_names:
+        labels = labels[~np.asarray(ds.with_format("numpy")["diffaug_synthetic"], dtype=bool)]
+    return np.bincount(labels, minlength=num_classes)
 
 
 def _counts(ds, label_column: str, gen: Generator, per_class, ratio) -> list[int]:
@@ -108,8 +122,7 @@ def _counts(ds, label_column: str, gen: Generator, per_class, ratio) -> list[int
     if ratio is not None:
         if ratio <= 0:
             raise DataError(f"ratio must be positive, got {ratio}")
-        real = np.bincount(np.asarray(ds.with_format("numpy")[label_column]), minlength=gen.num_classes)
-        return [int(round(ratio * c)) for c in real]
+        return [int(round(ratio * c)) for c in _real_counts(ds, label_column, gen.num_classes)]
     if isinstance(per_class, Mapping):
         counts = [0] * gen.num_classes
         for key, n in per_class.items():
@@ -118,6 +131,65 @@ def _counts(ds, label_column: str, gen: Generator, per_class, ratio) -> list[int
     if int(per_class) < 0:
         raise DataError(f"per_class must be >= 0, got {per_class}")
     return [int(per_class)] * gen.num_classes
+
+
+def _fingerprint(**settings) -> str:
+    """A deterministic `datasets` fingerprint for generated rows: the generator's fingerprint and every
+    setting that changes them (never the closure: hashing it would hash the weights and flags like progress)."""
+    text = json.dumps({"diffaug": __version__, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _check_dataset(ds) -> None:
+    if isinstance(ds, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+        raise DataError("streaming (Iterable) datasets are not supported: expansion adds rows by class counts and "
+                        "keeps the real rows, which needs the whole dataset; load it without streaming=True (or "
+                        "materialize it with datasets.Dataset.from_generator) first")
+    if not isinstance(ds, datasets.Dataset):
+        raise DataError(f"expected a datasets.Dataset or DatasetDict, got {type(ds).__name__}")
+
+
+def _split_names(dd, splits) -> list[str]:
+    """The splits of a DatasetDict to expand: `splits` ("all" for every split), each of which must exist."""
+    names = list(dd) if splits == "all" or "all" in tuple(splits) else list(splits)
+    missing = [name for name in names if name not in dd]
+    if missing:
+        raise DataError(f"the DatasetDict has splits {list(dd)}; no {', '.join(map(repr, missing))} split "
+                        "(pass splits=[...] naming existing splits, or splits='all')")
+    return names
+
+
+def _split_seed(seed: int, name: str) -> int:
+    """Each split its own random stream ("train" keeps `seed`, so it matches expanding that Dataset alone)."""
+    if name == "train":
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:7], "big")
+
+
+def _per_split(dd, splits, seed, expand_one):
+    names = _split_names(dd, splits)
+    return datasets.DatasetDict({name: expand_one(part, _split_seed(seed, name)) if name in names else part
+                                 for name, part in dd.items()})
+
+
+def _rank_device(device, rank):
+    """`Dataset.map(with_rank=True)`: with num_proc > 1 on CUDA, process `rank` uses GPU rank % count."""
+    if rank is None or device is None or not str(device).startswith("cuda") or ":" in str(device):
+        return device
+    return f"cuda:{rank % max(1, torch.cuda.device_count())}"
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """`datasets` draws its own bars (map, from_generator); honour progress=False for the call only."""
+    was_enabled = datasets.utils.are_progress_bars_disabled() is False
+    if not enabled and was_enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled and was_enabled:
+            datasets.enable_progress_bars()
 
 
 def _shard(n_chunks: int, num_shards: int, shard_index: int) -> range:
@@ -135,13 +207,11 @@ def _empty_row(features, image_column: str, label_column: str) -> dict:
     return {k: None for k in features if k not in (image_column, label_column)}
 
 
-def _finish(real, synthetic_rows, features, include_real: bool):
-    parts = [real] if include_real else []
-    synth = datasets.Dataset.from_generator(synthetic_rows, features=features)
-    if len(synth):
-        parts.append(synth)
+def _finish(ds, synthetic, include_real: bool):
+    """Real rows (only on the shard that carries them) followed by the synthetic ones."""
+    parts = ([_real_rows(ds)] if include_real else []) + ([synthetic] if len(synthetic) else [])
     if not parts:
-        return synth
+        return synthetic
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
@@ -149,33 +219,35 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
                    image_column: str = "image", label_column: str = "label", seed: int = 0,
                    batch_size: int = 500, steps: int = 20, sampler: str = "dpmpp_2m", guidance: float = 2.0,
                    device=None, num_shards: int = 1, shard_index: int = 0, splits=("train",),
-                   progress: bool = True):
+                   num_proc: int | None = None, progress: bool = True):
     """The real rows plus synthetic rows: `per_class` new images of every class (or a {class: n} dict, e.g.
-    to rebalance), or `ratio` x each class's real count. Features are kept; provenance columns are added.
+    to rebalance), or `ratio` x each class's real count (rows an earlier expansion made are not counted).
+    Features are kept; provenance columns are added beside the real rows without rewriting them.
 
-    A `DatasetDict` is expanded in `splits` only (default: train). `num_shards`/`shard_index` split the
-    generation across machines: shard 0 carries the real rows, and `concatenate_shards` joins the parts
-    into exactly the dataset an unsharded run makes.
+    A `DatasetDict` is expanded in `splits` (default: train; "all": every split), each split with its own
+    random stream; a split asked for that does not exist is an error. `num_shards`/`shard_index` split the
+    generation across machines: shard 0 carries the real rows, and `concatenate_shards` joins the parts into
+    exactly the dataset an unsharded run makes. `num_proc` generates in that many processes (on CUDA, one GPU
+    per process in turn). Streaming (Iterable) datasets are refused.
     """
     if isinstance(ds, datasets.DatasetDict):
-        return datasets.DatasetDict({name: expand_dataset(part, gen, per_class, ratio=ratio, image_column=image_column,
-                                                          label_column=label_column, seed=seed, batch_size=batch_size,
-                                                          steps=steps, sampler=sampler, guidance=guidance, device=device,
-                                                          num_shards=num_shards, shard_index=shard_index,
-                                                          progress=progress)
-                                     if name in splits else part for name, part in ds.items()})
+        return _per_split(ds, splits, seed, lambda part, split_seed: expand_dataset(
+            part, gen, per_class, ratio=ratio, image_column=image_column, label_column=label_column, seed=split_seed,
+            batch_size=batch_size, steps=steps, sampler=sampler, guidance=guidance, device=device,
+            num_shards=num_shards, shard_index=shard_index, num_proc=num_proc, progress=progress))
+    _check_dataset(ds)
     _check_columns(ds, image_column, label_column)
     _check_generator(ds, gen, label_column)
     codec = _ImageCodec(ds, image_column)
     gen.check_images(codec.read([ds[0][image_column]]))
-    labels = torch.arange(gen.num_classes).repeat_interleave(torch.tensor(_counts(ds, label_column, gen, per_class, ratio)))
+    counts = _counts(ds, label_column, gen, per_class, ratio)
+    labels = torch.arange(gen.num_classes).repeat_interleave(torch.tensor(counts))
     features = datasets.Features({**ds.features, **PROVENANCE})
     blank = _empty_row(features, image_column, label_column)
-    chunks = _shard(math.ceil(len(labels) / batch_size), num_shards, shard_index)
+    chunks = list(_shard(math.ceil(len(labels) / batch_size), num_shards, shard_index))
 
-    def rows() -> Iterator[dict]:
-        from tqdm.auto import tqdm
-        for c in tqdm(chunks, desc="expand", unit="batch", disable=not progress):
+    def rows(chunks: list[int]) -> Iterator[dict]:
+        for c in chunks:
             y = labels[c * batch_size:(c + 1) * batch_size]
             images = gen.sample(y, steps=steps, sampler=sampler, guidance=guidance, seed=_chunk_seed(seed, c),
                                 batch_size=batch_size, device=device, progress=False)
@@ -184,48 +256,77 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
                        "diffaug_mode": "synthesize", "diffaug_guidance": guidance,
                        "diffaug_generator": gen.fingerprint, "diffaug_source_index": -1}
 
-    return _finish(_real_rows(ds), rows, features, include_real=shard_index == 0)
+    fingerprint = _fingerprint(kind="synthesize", generator=gen.fingerprint, counts=counts, seed=seed,
+                               batch_size=batch_size, steps=steps, sampler=sampler, guidance=guidance, chunks=chunks,
+                               features=features.to_dict(), image_column=image_column, label_column=label_column)
+    with _progress_bars(progress):
+        synthetic = datasets.Dataset.from_generator(rows, features=features, gen_kwargs={"chunks": chunks},
+                                                    num_proc=_procs(num_proc, chunks), fingerprint=fingerprint)
+    return _finish(ds, synthetic, include_real=shard_index == 0)
+
+
+def _procs(num_proc: int | None, chunks: list) -> int | None:
+    """from_generator splits the chunk list between processes: no more processes than chunks."""
+    return min(num_proc, len(chunks)) if num_proc and num_proc > 1 and len(chunks) > 1 else None
 
 
 def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.4, image_column: str = "image",
                     label_column: str = "label", seed: int = 0, batch_size: int = 500, steps: int = 20,
                     sampler: str = "dpmpp_2m", guidance: float = 2.0, device=None, num_shards: int = 1,
-                    shard_index: int = 0, splits=("train",), progress: bool = True):
+                    shard_index: int = 0, splits=("train",), num_proc: int | None = None, progress: bool = True):
     """The real rows plus `copies` perturbed copies of each (noised to `strength`, denoised given the class).
-    A copy keeps its source row's other columns; `diffaug_source_index` points at the source row."""
+
+    A `Dataset.map(batched=True)` that returns `copies` rows per input row: every batch of real rows is
+    followed by its copies (copy 0 of the batch, then copy 1, ...). A copy keeps its source row's other
+    columns; `diffaug_source_index` points at the source row. DatasetDict, sharding, `num_proc` (with_rank:
+    one GPU per process in turn) and streaming datasets as in `expand_dataset`.
+    """
     if isinstance(ds, datasets.DatasetDict):
-        return datasets.DatasetDict({name: perturb_dataset(part, gen, copies, strength=strength,
-                                                           image_column=image_column, label_column=label_column,
-                                                           seed=seed, batch_size=batch_size, steps=steps,
-                                                           sampler=sampler, guidance=guidance, device=device,
-                                                           num_shards=num_shards, shard_index=shard_index,
-                                                           progress=progress)
-                                     if name in splits else part for name, part in ds.items()})
+        return _per_split(ds, splits, seed, lambda part, split_seed: perturb_dataset(
+            part, gen, copies, strength=strength, image_column=image_column, label_column=label_column,
+            seed=split_seed, batch_size=batch_size, steps=steps, sampler=sampler, guidance=guidance, device=device,
+            num_shards=num_shards, shard_index=shard_index, num_proc=num_proc, progress=progress))
+    _check_dataset(ds)
     if copies < 1:
         raise DataError(f"copies must be at least 1, got {copies}")
     _check_columns(ds, image_column, label_column)
     _check_generator(ds, gen, label_column)
     codec = _ImageCodec(ds, image_column)
     features = datasets.Features({**ds.features, **PROVENANCE})
-    chunks = _shard(math.ceil(len(ds) / batch_size) * copies, num_shards, shard_index)
-    per_copy = math.ceil(len(ds) / batch_size)
+    part = _shard(math.ceil(len(ds) / batch_size), num_shards, shard_index)   # whole batches per shard
+    first = part.start * batch_size
+    source = ds.select(range(first, min(part.stop * batch_size, len(ds))))
 
-    def rows() -> Iterator[dict]:
-        from tqdm.auto import tqdm
-        for c in tqdm(chunks, desc="perturb", unit="batch", disable=not progress):
-            start = (c % per_copy) * batch_size
-            batch = ds[start:start + batch_size]
-            x = gen.check_images(codec.read(batch[image_column]))
-            out = gen.perturb(x, batch[label_column], strength=strength, steps=steps, sampler=sampler,
-                              guidance=guidance, seed=_chunk_seed(seed, c), batch_size=batch_size, device=device,
-                              progress=False)
-            for i, img in enumerate(out):
-                row = {k: v[i] for k, v in batch.items()}
-                yield {**row, image_column: codec.write(img), "diffaug_synthetic": True,
-                       "diffaug_mode": "perturb", "diffaug_strength": strength, "diffaug_guidance": guidance,
-                       "diffaug_generator": gen.fingerprint, "diffaug_source_index": start + i}
+    def perturb_batch(batch: dict, indices: list[int], rank: int | None) -> dict:
+        x = gen.check_images(codec.read(batch[image_column]))
+        number = (first + indices[0]) // batch_size   # the batch's place in the unsharded run: its seeds
+        out = {name: [] for name in features}
+        for m in range(copies):
+            images = gen.perturb(x, batch[label_column], strength=strength, steps=steps, sampler=sampler,
+                                 guidance=guidance, seed=_chunk_seed(seed, number * copies + m), batch_size=batch_size,
+                                 device=_rank_device(device, rank), progress=False)
+            for name in batch:
+                if name not in PROVENANCE:   # an earlier expansion's provenance is replaced below
+                    out[name].extend(batch[name])
+            out[image_column][-len(images):] = [codec.write(img) for img in images]
+            out["diffaug_synthetic"] += [True] * len(images)
+            out["diffaug_mode"] += ["perturb"] * len(images)
+            out["diffaug_strength"] += [strength] * len(images)
+            out["diffaug_guidance"] += [guidance] * len(images)
+            out["diffaug_generator"] += [gen.fingerprint] * len(images)
+            out["diffaug_source_index"] += [first + i for i in indices]
+        return out
 
-    return _finish(_real_rows(ds), rows, features, include_real=shard_index == 0)
+    fingerprint = _fingerprint(kind="perturb", generator=gen.fingerprint, data=ds._fingerprint, copies=copies,
+                               strength=strength, seed=seed, batch_size=batch_size, steps=steps, sampler=sampler,
+                               guidance=guidance, part=[part.start, part.stop], image_column=image_column,
+                               label_column=label_column)
+    with _progress_bars(progress):
+        perturbed = source.map(perturb_batch, batched=True, batch_size=batch_size, with_indices=True, with_rank=True,
+                               remove_columns=source.column_names, features=features, new_fingerprint=fingerprint,
+                               num_proc=num_proc if num_proc and num_proc > 1 and len(source) > batch_size else None,
+                               desc="perturb")
+    return _finish(ds, perturbed, include_real=shard_index == 0)
 
 
 def concatenate_shards(shards):
