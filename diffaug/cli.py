@@ -131,7 +131,8 @@ def cmd_evaluate(args) -> None:
     test = None
     if args.test:
         from .data import load_data
-        test = load_data(args.test, "test", root=args.root)
+        test = load_data(args.test, "test", root=args.root, image_column=args.image_column,
+                         label_column=args.label_column)
     options = dict(per_class=_ints(args.per_class), seeds=args.seeds, classical=args.classical,
                    classifier_steps=args.classifier_steps, batch_size=args.batch_size,
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
@@ -249,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter-confidence", type=float, help="keep synthetic images a real-trained classifier "
                                                            "gives at least this probability of their class")
     p.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
-    p.add_argument("--gen-steps", type=int, help="generator steps per run (default: the preset's)")
+    p.add_argument("--gen-steps", type=int, help="generator fit steps per run (default: 320 epochs of the real "
+                   "subset, 200 to the preset's default; longer fits of small subsets memorize)")
     p.add_argument("--no-metrics", action="store_true", help="skip CAS/FID/KID/precision/recall/memorization")
     p.add_argument("--n-jobs", type=int, default=1, help="runs in parallel (joblib)")
     p.add_argument("--device", default="auto")

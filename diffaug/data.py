@@ -179,6 +179,25 @@ class ImageData:
             raise DataError(f"images in {root} have mixed sizes {sorted(shapes)[:4]}; resize them to one size first")
         return cls.from_arrays(np.stack(images), np.array(labels), classes)
 
+    def to_folder(self, path, overwrite: bool = False) -> None:
+        """Write an ImageFolder layout (one sub-folder per class, lossless PNGs) atomically; `from_folder` and
+        torchvision's `ImageFolder` read it back (class folders sort as the classes do when names are digits
+        or zero-padded). An existing `path` is only replaced with overwrite=True."""
+        from PIL import Image
+
+        from .io import atomic_path
+        names = self.class_names or [str(c) for c in range(self.num_classes)]
+        bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+        if bad:
+            raise DataError(f"class names {bad[:3]} cannot be folder names")
+        width = len(str(len(self) - 1))
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            for name in names:
+                (tmp / name).mkdir(parents=True)
+            for i, (x, y) in enumerate(zip(self.images.numpy(), self.labels.tolist())):
+                Image.fromarray(x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)).save(
+                    tmp / names[y] / f"{i:0{width}d}.png")
+
     @classmethod
     def from_hf(cls, ds, image_column: str = "image", label_column: str = "label") -> "ImageData":
         """From a Hugging Face `datasets.Dataset` (an `Image` or array column and an int/ClassLabel column)."""

@@ -112,3 +112,45 @@ def test_evaluate_cli_writes_a_report(tmp_path, capsys):
     assert "| 4 |" in capsys.readouterr().out and (out / "results.json").exists()
     assert main(["evaluate", "digits", "--out", str(out), "--per-class", "4,x", "--resume"]) == 2
     assert "comma-separated whole numbers" in capsys.readouterr().err
+
+
+def test_expand_split_all_expands_every_split_of_a_saved_dataset_dict(tmp_path, digits_gen_file, digits_train):
+    datasets = pytest.importorskip("datasets")
+    from diffaug.hf import to_hf_dataset
+    part = to_hf_dataset(digits_train.subset(per_class=2, seed=0))
+    datasets.DatasetDict({"train": part, "validation": part}).save_to_disk(str(tmp_path / "dd"))
+    out = tmp_path / "expanded"
+    assert main(["expand", str(tmp_path / "dd"), "--split", "all", "--gen", str(digits_gen_file), "--per-class", "1",
+                 "--out", str(out), "--steps", "2", "--quiet"]) == 0
+    back = datasets.load_from_disk(str(out))
+    assert {name: sum(split["diffaug_synthetic"]) for name, split in back.items()} == {"train": 10, "validation": 10}
+    assert main(["expand", str(tmp_path / "dd"), "--split", "test", "--gen", str(digits_gen_file), "--per-class", "1",
+                 "--out", str(tmp_path / "none"), "--quiet"]) == 2   # no such split: one clear line, no output
+    assert not (tmp_path / "none").exists()
+
+
+def test_evaluate_test_data_uses_the_column_options(tmp_path, capsys, digits_train, digits_test):
+    datasets = pytest.importorskip("datasets")
+
+    def save(data, name):
+        ds = datasets.Dataset.from_dict({"px": data.images[:, 0].numpy().tolist(), "y": data.labels.tolist()},
+                                        features=datasets.Features({"px": datasets.Array2D((8, 8), "uint8"),
+                                                                    "y": datasets.ClassLabel(names=data.class_names)}))
+        ds.save_to_disk(str(tmp_path / name))
+        return str(tmp_path / name)
+    train, test = save(digits_train, "train"), save(digits_test.subset(per_class=5), "test")
+    assert main(["evaluate", train, "--test", test, "--image-column", "px", "--label-column", "y",
+                 "--out", str(tmp_path / "r"), "--per-class", "3", "--seeds", "2", "--arms", "real,classical,perturb",
+                 "--gen-steps", "4", "--classifier-steps", "4", "--batch-size", "8", "--perturb-copies", "1",
+                 "--sample-steps", "2", "--no-metrics", "--quiet"]) == 0, capsys.readouterr().err
+    import json
+    assert "given train and test data" in json.loads((tmp_path / "r" / "results.json").read_text())["config"]["data"]
+
+
+def test_n_jobs_on_one_gpu_says_what_it_does(monkeypatch, tmp_path):
+    import diffaug
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.warns(UserWarning, match="3 evaluation units at once share one GPU"):
+        with pytest.raises(Exception):   # this machine has no GPU: the run itself cannot start
+            diffaug.evaluate("digits", per_class=(2,), seeds=1, n_jobs=3, device="cuda", progress=False)

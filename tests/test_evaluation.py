@@ -190,3 +190,12 @@ def test_own_feature_metrics_use_one_reference_network_trained_on_the_training_p
     assert len(refs) == 1
     assert result.config["reference_network"]["fingerprint"] in refs
     assert result.config["reference_network"]["trained_on"] == digits_train.fingerprint()
+
+
+def test_generator_fit_budget_scales_with_the_subset():
+    cfg = EvalConfig()
+    assert cfg.gen_steps_for(100) == 250 and cfg.gen_steps_for(500) == 1250   # 320 epochs at batch 128
+    assert cfg.gen_steps_for(10) == 200 and cfg.gen_steps_for(60000) == 2000  # floor, and the preset's default
+    assert EvalConfig(gen_steps=77).gen_steps_for(100) == 77
+    with pytest.raises(diffaug.DataError, match="unknown preset 'huge'"):
+        EvalConfig(preset="huge")

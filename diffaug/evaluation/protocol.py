@@ -1,4 +1,4 @@
-"""The evaluation protocol (../../BENCHMARKS.md section 1): regimes x seeds x arms, fairly, with paired statistics.
+"""The evaluation protocol (benchmarks/README.md section 1): regimes x seeds x arms, fairly, with paired statistics.
 
 One *unit* is a (real images per class k, seed) pair: draw the stratified subset, fit a generator on that
 subset only, build the synthetic pools, then train the same classifier for every arm with the same
@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,7 @@ import torch
 
 from .. import __version__
 from ..data import ImageData, load_data
-from ..diffusion.trainer import resolve_device
+from ..diffusion.trainer import DEFAULT_STEPS, resolve_device
 from ..errors import DataError
 from ..generator import Generator, _weights_fingerprint, fit
 from ..io import atomic_path
@@ -37,6 +38,10 @@ PRIMARY_ORDER = ("classical+synthesize", "synthesize", "perturb")   # the defaul
 # Classifier steps when not given: 50 epochs of the real subset, at least 500 (low-data regimes converge well
 # within that) and at most 5000 (~11 epochs of Fashion-MNIST's 60k at batch 128).
 STEPS_PER_EPOCHS, STEPS_MIN, STEPS_MAX = 50, 500, 5000
+# Generator fit steps when not given: GEN_EPOCHS passes over the real subset, at least GEN_STEPS_MIN and at most the
+# preset's default. Chosen on a validation split (benchmarks/gen_budget.py, digits, 10 per class): 250 steps on
+# 100 images (320 epochs) memorized 1.9% of samples, 500 steps 34%, the old fixed 2000 steps 97%.
+GEN_EPOCHS, GEN_STEPS_MIN = 320, 200
 
 
 @dataclass
@@ -59,7 +64,7 @@ class EvalConfig:
     sample_steps: int = 20
     filter_confidence: float | None = None  # keep synthetic images a real-trained classifier gives >= this
     preset: str = "tiny"
-    gen_steps: int | None = None           # generator fit steps per unit (None: the preset's default)
+    gen_steps: int | None = None           # generator fit steps per unit; None: scaled with the subset (gen_steps_for)
     gen_batch_size: int = 128
     metrics: bool = True                   # CAS, own-feature FID/KID, precision/recall, memorization
     cas_steps: int = 400
@@ -86,6 +91,8 @@ class EvalConfig:
             self.primary = next((a for a in PRIMARY_ORDER if a in self.arms), None)
         if self.primary not in self.arms or self.primary in (BASELINE, "real"):
             raise DataError(f"primary must be one of the diffusion arms run, {self.diffusion_arms}; got {self.primary!r}")
+        if self.preset not in DEFAULT_STEPS:
+            raise DataError(f"unknown preset {self.preset!r}; choose one of {sorted(DEFAULT_STEPS)}")
         if self.filter_confidence is not None and not 0.0 < self.filter_confidence <= 1.0:
             raise DataError(f"filter_confidence must lie in (0, 1], got {self.filter_confidence}")
 
@@ -99,6 +106,15 @@ class EvalConfig:
         if self.classifier_steps is not None:
             return self.classifier_steps
         return int(min(STEPS_MAX, max(STEPS_MIN, round(STEPS_PER_EPOCHS * n_real / self.batch_size))))
+
+    def gen_steps_for(self, n_real: int) -> int:
+        """Generator fit steps on a subset of n_real images: `gen_steps` if set, else GEN_EPOCHS epochs at
+        `gen_batch_size`, clipped to [GEN_STEPS_MIN, the preset's default] (longer fits of a small subset only
+        memorize it)."""
+        if self.gen_steps is not None:
+            return self.gen_steps
+        cap = DEFAULT_STEPS[self.preset]
+        return int(min(cap, max(GEN_STEPS_MIN, round(GEN_EPOCHS * n_real / self.gen_batch_size))))
 
     def key(self, **context) -> str:
         """Names a unit's cache file: every setting that changes a (k, seed) run and the `context` it ran in
@@ -200,7 +216,7 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     t0 = time.perf_counter()
     given = gen is not None
     if gen is None:
-        gen = fit(subset, cfg.preset, cfg.gen_steps, seed=seed, device=device, progress=False,
+        gen = fit(subset, cfg.preset, cfg.gen_steps_for(len(subset)), seed=seed, device=device, progress=False,
                   batch_size=cfg.gen_batch_size)
     fit_s = time.perf_counter() - t0
     pools = _pools(gen, subset, cfg, seed, device) if set(cfg.arms) - {"real", "classical"} else {}
@@ -319,6 +335,7 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     if unknown:
         raise DataError(f"unknown evaluation option(s) {sorted(unknown)}; see diffaug.evaluation.EvalConfig")
     cfg = EvalConfig(**options)
+    _note_shared_gpu(n_jobs, device)
     train, test, split_note = _splits(data, test)
     if gen is not None and (gen.image_size != train.size or gen.channels != train.channels):
         raise DataError(f"the generator makes {gen.channels}x{gen.image_size} images, the data is "
@@ -350,6 +367,15 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
         from .report import write_report
         write_report(result, train, gen)
     return result
+
+
+def _note_shared_gpu(n_jobs: int, device) -> None:
+    """Several units on one GPU is allowed (it pays for small presets) but never silent."""
+    if n_jobs > 1 and resolve_device(device).type == "cuda" and torch.cuda.device_count() == 1:
+        warnings.warn(f"{n_jobs} evaluation units at once share one GPU: each process holds its own CUDA context and "
+                      "takes turns on the card. That pays for small presets, whose steps leave the card idle "
+                      "(measured: 5 `tiny` units on one H200, benchmarks/results/gains_fashion-mnist.md); with large "
+                      "presets or little GPU memory use n_jobs=1", stacklevel=3)
 
 
 def _splits(data, test):
