@@ -1,5 +1,5 @@
 """Issue 4's headline: downstream gain of diffusion augmentation over classical augmentation, per regime,
-with paired 95% CIs over seeds (the protocol of shared/BENCHMARKS.md section 1).
+with paired 95% CIs over seeds (the protocol of benchmarks/README.md section 1).
 
     python benchmarks/gains.py --dataset digits --per-class 10,50,100 --seeds 5
     python benchmarks/gains.py --dataset fashion-mnist --per-class 10,50,100 --seeds 5 --device cuda

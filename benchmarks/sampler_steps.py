@@ -1,5 +1,5 @@
 """Quality per sampler step: own-feature FID against the number of network evaluations, for every sampler and
-time spacing, against 250-step ancestral sampling (shared/BENCHMARKS.md section 2, "Quality per step").
+time spacing, against 250-step ancestral sampling (benchmarks/README.md section 2, "Quality per step").
 
     python benchmarks/sampler_steps.py                        # digits, CPU: ~15 minutes on 2 cores
     python benchmarks/sampler_steps.py --dataset fashion-mnist --preset small --device cuda

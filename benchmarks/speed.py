@@ -1,7 +1,7 @@
 """Training and sampling speed of diffaug against the loop users would write instead: a Hugging Face diffusers
 `UNet2DModel` with class embeddings, `DDPMScheduler` training and `DDIMScheduler` sampling, at matched
 parameter count (within 10%), same resolution, batch, precision and device, in the same process,
-alternating, medians over repeats (shared/BENCHMARKS.md section 2).
+alternating, medians over repeats (benchmarks/README.md section 2).
 
     python benchmarks/speed.py                  # CPU: `tiny` at 1x8x8 and 1x28x28, fp32
     python benchmarks/speed.py --device cuda    # GPU: `small` and `base` at 3x32x32, bf16, batch 128 and 512
