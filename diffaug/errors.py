@@ -20,6 +20,10 @@ class MismatchError(DiffaugError):
 def require_extra(module: str, extra: str):
     """Import an optional dependency, or say which extra installs it."""
     import importlib
+    import os
+
+    if module == "albumentations":   # it asks pypi.org for a newer version on import: diffaug makes no network
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")   # calls (an explicit user setting still wins)
 
     try:
         return importlib.import_module(module)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 import diffaug
 
 torch.set_num_threads(2)
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")   # tests importing albumentations directly stay offline
 
 
 def draw_shapes(n_per_class, size=(28, 28), channels=1, num_classes=4, seed=0) -> diffaug.ImageData:

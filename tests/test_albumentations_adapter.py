@@ -130,3 +130,20 @@ def test_masks_boxes_and_keypoints_are_refused(bank, target):
 def test_the_old_name_explains_the_new_one():
     with pytest.raises(ImportError, match="AlbumentationsDiffusionAugment"):
         from diffaug.adapters.albumentations import DiffusionAugment  # noqa: F401
+
+
+def test_importing_the_adapter_makes_no_network_call():
+    import os
+    import subprocess
+    import sys
+    probe = ("import socket\n"
+             "calls = []\n"
+             "def refuse(*args, **kwargs):\n"
+             "    calls.append(args)\n"
+             "    raise OSError('offline')\n"
+             "socket.create_connection = refuse\n"
+             "import diffaug.adapters.albumentations\n"
+             "print(len(calls))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stdout + out.stderr
