@@ -182,7 +182,7 @@ def _rank_device(device, rank):
 @contextlib.contextmanager
 def _progress_bars(enabled: bool):
     """`datasets` draws its own bars (map, from_generator); honour progress=False for the call only."""
-    was_enabled = datasets.utils.are_progress_bars_disabled() is False
+    was_enabled = not datasets.utils.are_progress_bars_disabled()
     if not enabled and was_enabled:
         datasets.disable_progress_bars()
     try:
