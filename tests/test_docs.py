@@ -3,7 +3,7 @@ session), every `diffaug` command of its shell blocks; and every .md file the co
 
 The code is executed unchanged. Only the sizes that make the documented calls take minutes or hours on two
 CPU cores are capped, by wrapping the library functions the snippets call (fit steps, bank and expansion
-sizes, evaluation regimes and seeds); names, imports, signatures and the objects passed between the blocks
+sizes, evaluation regimes, seeds and parallel jobs); names, imports, signatures and the objects passed between the blocks
 are exactly the README's.
 """
 
@@ -48,7 +48,7 @@ def capped(monkeypatch, tmp_path):
     def small_evaluate(data="digits", test=None, **kw):
         tiny = dict(per_class=(3,), seeds=2, gen_steps=10, classifier_steps=10, synthetic_per_class=4, perturb_copies=1,
                     sample_steps=2, batch_size=16, cas_steps=10, reference_steps=10)
-        return evaluate(data, test, **{**kw, **tiny})
+        return evaluate(data, test, **{**kw, **tiny, "n_jobs": min(kw.get("n_jobs", 1), 2)})
 
     monkeypatch.setattr(diffaug, "fit", small_fit)
     monkeypatch.setattr(diffaug.generator, "fit", small_fit)   # what the CLI calls

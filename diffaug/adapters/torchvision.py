@@ -127,10 +127,9 @@ class DiffusionAugment(v2.Transform):
             return self.transform(inputs[0], self._draw(label)), inputs[1]
         flat, spec = tree_flatten(inputs if len(inputs) > 1 else inputs[0])
         self.check_inputs(flat)
-        images = [i for i, x in enumerate(flat) if isinstance(x, (PIL.Image.Image, tv_tensors.Image))]
+        images = {i for i, x in enumerate(flat) if isinstance(x, (PIL.Image.Image, tv_tensors.Image))}
         if not images:   # v2's rule: with no PIL image or tv_tensors.Image, the first plain tensor is the image
-            images = [next((i for i, x in enumerate(flat) if is_pure_tensor(x)), None)] if flat else []
-            images = [i for i in images if i is not None]
+            images = {next((i for i, x in enumerate(flat) if is_pure_tensor(x)), -1)}
         params = self._draw(label)
         return tree_unflatten([self.transform(x, params) if i in images else x for i, x in enumerate(flat)], spec)
 
