@@ -207,12 +207,11 @@ class ImageData:
                                 "(pass image_column=/label_column=)")
         feature = ds.features[label_column]
         names = list(getattr(feature, "names", None) or [])
-        fmt = ds.with_format("numpy")
         images = [_pil_or_array(x) for x in _column(ds, image_column)]
         shapes = {im.shape for im in images}
         if len(shapes) > 1:
             raise DataError(f"column {image_column!r} holds images of mixed sizes {sorted(shapes)[:4]}")
-        return cls.from_arrays(np.stack(images), np.asarray(fmt[label_column]), names or None)
+        return cls.from_arrays(np.stack(images), hf_column(ds, label_column), names or None)
 
     @classmethod
     def from_torchvision(cls, dataset, class_names: Sequence[str] | None = None) -> "ImageData":
@@ -225,6 +224,12 @@ class ImageData:
         pairs = [dataset[i] for i in range(len(dataset))]
         return cls.from_arrays(np.stack([_pil_or_array(x) for x, _ in pairs]),
                                np.array([int(y) for _, y in pairs]), names)
+
+
+def hf_column(ds, name: str) -> np.ndarray:
+    """A scalar column of a `datasets.Dataset` as a numpy array, read through Arrow: datasets' numpy formatter
+    imports torchvision.io.VideoReader, which torchvision 0.29 removed (datasets < 5.2 then fails)."""
+    return np.asarray(ds.with_format("arrow")[name].to_numpy(zero_copy_only=False))
 
 
 def _column(ds, name):

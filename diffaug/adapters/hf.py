@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data import ImageData, _to_uint8_nchw
+from ..data import ImageData, _to_uint8_nchw, hf_column
 from ..errors import DataError, MismatchError, require_extra
 from ..generator import Generator
 
@@ -110,9 +110,9 @@ def _real_rows(ds):
 
 def _real_counts(ds, label_column: str, num_classes: int) -> np.ndarray:
     """Images per class among the REAL rows (rows an earlier expansion made do not count)."""
-    labels = np.asarray(ds.with_format("numpy")[label_column])
+    labels = hf_column(ds, label_column)
     if "diffaug_synthetic" in ds.column_names:
-        labels = labels[~np.asarray(ds.with_format("numpy")["diffaug_synthetic"], dtype=bool)]
+        labels = labels[~hf_column(ds, "diffaug_synthetic").astype(bool)]
     return np.bincount(labels, minlength=num_classes)
 
 
