@@ -34,22 +34,27 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_fit(args) -> None:
+    from .diffusion.distributed import from_env
     from .generator import fit
     from .io import check_writable
 
     out = check_writable(args.out, args.overwrite)   # fail now, not after an hour of training
     data = _load(args)
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
-    print(f"fitting a {args.preset} generator on {data}; checkpoints in {ckpt}", file=sys.stderr)
+    main_rank = from_env().main   # under torchrun every rank runs this; rank 0 speaks and writes
+    if main_rank:
+        print(f"fitting a {args.preset} generator on {data}; checkpoints in {ckpt}", file=sys.stderr)
     options = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
                                      compile=args.compile, hflip=args.hflip, fast=args.fast).items()
                if v is not None}
     gen = fit(data, args.preset, args.steps, minutes=args.minutes, device=args.device, seed=args.seed,
-              out_dir=ckpt, resume=args.resume, progress=not args.quiet, **options)
-    gen.save(out, overwrite=True)   # `out` was checked above; it may have appeared only if --overwrite
+              out_dir=ckpt, resume=args.resume, progress=not args.quiet,
+              distributed=True if args.distributed else None, timeout_s=args.timeout, **options)
     train = gen.config["train"]
-    print(f"wrote {out}: {train['steps']} steps, {train['seconds']:.0f} s this run, "
-          f"{train['images_per_second']:.0f} img/s", file=sys.stderr)
+    if main_rank:   # every rank holds the same generator
+        gen.save(out, overwrite=True)   # `out` was checked above; it may have appeared only if --overwrite
+        print(f"wrote {out}: {train['steps']} steps, {train['seconds']:.0f} s this run, "
+              f"{train['images_per_second']:.0f} img/s on {train['world_size']} rank(s)", file=sys.stderr)
 
 
 def cmd_sample(args) -> None:
@@ -194,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fast-path", dest="fast", action="store_false", default=None,
                    help="run the eager reference training step instead of the graph-safe one (CUDA graphs on CUDA)")
     p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips (not for digits/text)")
+    p.add_argument("--distributed", action="store_true", help="data-parallel over torchrun's ranks (detected "
+                   "when torchrun launches more than one process; this flag insists)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds a rank waits for a lost rank before the run "
+                   "fails (distributed fitting)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fit)

@@ -266,22 +266,31 @@ class Generator:
 
 def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minutes: float | None = None,
         device="auto", seed: int = 0, out_dir=None, resume: bool = False, progress: bool = True,
-        **options) -> Generator:
+        distributed: bool | None = None, timeout_s: float = 300, **options) -> Generator:
     """Fit a class-conditional diffusion generator to `data` (ImageData, a built-in name or a path).
 
     `options` are further `TrainConfig` fields (batch_size, lr, ema_decay, label_dropout, schedule,
     prediction, min_snr_gamma, hflip, checkpoint_every, compile, warmup, ...). With `out_dir`,
     checkpoints are written there every `checkpoint_every` steps, and `resume=True` continues from one.
+
+    Under torchrun the fit is data-parallel over the launch's ranks (`distributed=None` detects it; True
+    insists, False fits in this process alone): `batch_size` is the global batch, rank 0 writes the
+    checkpoints, and every rank returns the same generator. A collective that waits `timeout_s` seconds
+    for a lost rank fails the run.
     """
     data = load_data(data) if not isinstance(data, ImageData) else data
     unknown = set(options) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise DataError(f"unknown training option(s) {sorted(unknown)}; see diffaug.TrainConfig")
     cfg = TrainConfig(preset=preset, steps=steps, minutes=minutes, seed=seed, **options)
-    trainer = Trainer(data, cfg, device=device, out_dir=out_dir, progress=progress)
-    if resume:
-        trainer.load_checkpoint()
-    summary = trainer.run()
+    trainer = Trainer(data, cfg, device=device, out_dir=out_dir, progress=progress, distributed=distributed,
+                      timeout_s=timeout_s)
+    try:
+        if resume:
+            trainer.load_checkpoint()
+        summary = trainer.run()
+    finally:
+        trainer.close()
     cfg = trainer.cfg   # with the defaults it resolved (batch size by device)
     ema = trainer.ema.float()
     config = {

@@ -42,13 +42,14 @@ class FastStep:
         self.lr.copy_(lr_at(self.step, cfg, tr.steps))
         x, y = tr.batch()
         with autocast(tr.device):
-            loss = tr.loss_fn(tr.forward, x, y, tr.rng)
+            loss = tr.loss_fn(tr.forward, x, y, tr.rng, tr.part)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
         tr.opt.step()
         tr.opt.zero_grad(set_to_none=False)   # keep the gradient buffers: a graph replays into fixed addresses
         self.step += 1
-        ema_update(tr.ema, tr.model, ema_decay_at(self.step, cfg))
+        if tr.ranks.main:
+            ema_update(tr.ema, tr.model, ema_decay_at(self.step, cfg))
         tr.loss_sum += loss.detach()
 
     def __call__(self) -> None:

@@ -78,13 +78,17 @@ class DiffusionLoss:
     prediction: str = "v"
     min_snr_gamma: float | None = 5.0
 
-    def __call__(self, net, x0: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
+    def __call__(self, net, x0: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+                 part: slice = slice(None)):
+        """The mean loss over x0[part]: t and noise are drawn for all of x0 (a data-parallel rank holds the global
+        batch and trains on its part of it, so N ranks draw what one process would)."""
         n = x0.shape[0]
         # Stratified t (one sample per 1/n interval) lowers the variance of the loss estimate (VDM, Kingma 2021).
         # No shuffle needed: the trainer draws the batch's images at random, so positions are exchangeable.
         u = torch.rand((), generator=generator, device=x0.device)
         t = (u + torch.arange(n, device=x0.device) / n) % 1.0
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x0, labels, t, eps = x0[part], labels[part], t[part], eps[part]
         logsnr = self.schedule(t)
         alpha, sigma = alpha_sigma(logsnr)
         z = _bc(alpha, x0) * x0 + _bc(sigma, x0) * eps

@@ -1,4 +1,5 @@
-"""The fit loop: AdamW with warm-up, gradient clipping, EMA, mixed precision, atomic checkpoints and resume."""
+"""The fit loop: AdamW with warm-up, gradient clipping, EMA, mixed precision, atomic checkpoints and resume,
+in one process or data-parallel over the ranks of a torchrun launch (distributed.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 from ..data import ImageData
 from ..errors import DiffaugError
 from ..io import atomic_path
+from . import distributed as ddp
 from .objectives import DiffusionLoss, check_prediction, drop_labels
 from .schedules import get_schedule
 from .unet import UNet, get_preset
@@ -32,7 +34,7 @@ class TrainConfig:
     preset: str = "tiny"
     steps: int | None = None          # optimizer steps; None: the preset's default (unless `minutes` is set)
     minutes: float | None = None      # wall-clock budget; training stops at whichever budget ends first
-    batch_size: int | None = None     # None: 128 on CPU, 512 on CUDA (a 128 batch leaves a GPU idle: issue 7)
+    batch_size: int | None = None     # the global batch (split over ranks); None: 128 on CPU, 512 on CUDA
     lr: float = 2e-3
     warmup: int = 200                 # linear LR warm-up steps; then cosine decay to 10% when `steps` is known
     weight_decay: float = 0.0
@@ -137,19 +139,32 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    """Fits a class-conditional UNet to `ImageData`; `run()` returns the EMA model."""
+    """Fits a class-conditional UNet to `ImageData`; `run()` trains, `ema` is the result.
 
-    def __init__(self, data: ImageData, config: TrainConfig, device="auto", out_dir=None, progress: bool = True):
-        self.data, self.progress = data, progress
+    Under torchrun (or `distributed=True`) every rank builds the same Trainer: the same seed gives the same
+    initial weights and the same global batches, each rank trains on its slice (DistributedDataParallel),
+    and rank 0 alone keeps the EMA, writes checkpoints and shows progress. Call `close()` when done.
+    """
+
+    def __init__(self, data: ImageData, config: TrainConfig, device="auto", out_dir=None, progress: bool = True,
+                 distributed: bool | None = None, timeout_s: float = ddp.DEFAULT_TIMEOUT_S):
+        self.data = data
         self.data_fingerprint = data.fingerprint()   # hashes every pixel: once, not at every checkpoint
-        self.device = resolve_device(device)
+        self.timeout_s = timeout_s
+        self.ranks, self.device, self._owns_group = ddp.setup(distributed, resolve_device(device), timeout_s)
+        self.progress = progress and self.ranks.main
         if config.batch_size is None:   # the resolved value is what the generator records
             config = replace(config, batch_size=DEFAULT_BATCH.get(self.device.type, 128))
+        if config.batch_size % self.ranks.world:
+            self.close()
+            raise DiffaugError(f"the batch size ({config.batch_size}) is the global batch and must split evenly "
+                               f"over the {self.ranks.world} ranks")
         self.cfg = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        torch.manual_seed(config.seed)   # weight init only; every later draw uses self.rng
+        torch.manual_seed(config.seed)   # weight init only (the same on every rank); every later draw uses self.rng
         net = UNet(data.channels, data.num_classes, get_preset(config.preset))
         self.model = prepare_model(net, self.device)
+        self._seed_dropout(0)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = make_optimizer(self.model, config, self.device)
         self.loss_fn = DiffusionLoss(get_schedule(config.schedule), config.prediction, config.min_snr_gamma)
@@ -160,7 +175,22 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)   # summed on the device, read every 25 steps
         self.loss_curve: list[tuple[int, float]] = []   # (step, mean loss since the previous entry)
         self.steps = config.steps if config.steps is not None or config.minutes else DEFAULT_STEPS[config.preset]
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.part = self.ranks.part(config.batch_size)   # this rank's slice of every global batch
+        net = self.model
+        if self.ranks.active:
+            from torch.nn.parallel import DistributedDataParallel
+            net = DistributedDataParallel(net, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(net) if config.compile else net
+
+    def _seed_dropout(self, step: int) -> None:
+        """Dropout draws from the global RNG: rank 0 keeps the one-process stream, other ranks get their own."""
+        if self.ranks.rank > 0:
+            torch.manual_seed(hash((self.cfg.seed, self.ranks.rank, step)) % 2**63)
+
+    def close(self) -> None:
+        """Leave the process group if this trainer joined it (a no-op in one process)."""
+        ddp.teardown(self._owns_group)
+        self._owns_group = False
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -169,6 +199,8 @@ class Trainer:
         return self.out_dir / CHECKPOINT if self.out_dir is not None else None
 
     def save_checkpoint(self) -> None:
+        if not self.ranks.main:
+            return
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                  "step": self.step, "rng": self.rng.get_state(), "global_rng": _global_rng_state(self.device),
                  "config": asdict(self.cfg),
@@ -195,8 +227,9 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.rng.set_state(state["rng"].cpu())   # generator states are CPU byte tensors, whatever the device
-        _set_global_rng_state(self.device, state.get("global_rng"))   # dropout draws from it
+        _set_global_rng_state(self.device, state.get("global_rng"))   # dropout draws from it (rank 0's)
         self.step = int(state["step"])
+        self._seed_dropout(self.step)
         self.loss_curve = [tuple(p) for p in state["loss_curve"]]
         return True
 
@@ -222,18 +255,30 @@ class Trainer:
                 group["lr"] = lr
         x, y = self.batch()
         with autocast(self.device):
-            loss = self.loss_fn(self.forward, x, y, self.rng)
+            loss = self.loss_fn(self.forward, x, y, self.rng, self.part)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip, foreach=True)
         self.opt.step()
         self.step += 1
-        ema_update(self.ema, self.model, ema_decay_at(self.step, self.cfg))
+        if self.ranks.main:
+            ema_update(self.ema, self.model, ema_decay_at(self.step, self.cfg))
         self.loss_sum += loss.detach()
 
     def run(self) -> dict:
         """Train until the step or time budget ends; returns a summary of the run."""
-        cfg = self.cfg
+        try:
+            return self._run()
+        except RuntimeError as e:
+            if not self.ranks.active:
+                raise
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            where = f"; resume from {self.checkpoint_path} with --resume" if self.checkpoint_path else ""
+            raise TrainingError(f"rank {self.ranks.rank} of {self.ranks.world} lost contact with the other ranks "
+                                f"(a rank crashed or the {self.timeout_s:.0f} s timeout passed): {first}{where}") from None
+
+    def _run(self) -> dict:
+        cfg, ranks = self.cfg, self.ranks
         start_step, t0 = self.step, time.perf_counter()
         deadline = t0 + 60 * cfg.minutes if cfg.minutes else math.inf
         total = self.steps if self.steps is not None else None
@@ -241,16 +286,17 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc="fit", unit="step",
                    dynamic_ncols=True)
         from .fastpath import FastStep   # the fast path is built on this module's reference step
-        step = FastStep(self) if cfg.fast else self.train_step
+        # DDP's gradient all-reduce is not captured in a CUDA graph: under several ranks the fast body runs eagerly
+        step = FastStep(self, capture=False if ranks.active else None) if cfg.fast else self.train_step
         self.loss_sum.zero_()
-        seen, last_step, last_time = 0, self.step, t0
+        seen, last_step, last_time, stop = 0, self.step, t0, False
         with bar:
-            while (self.steps is None or self.step < self.steps) and time.perf_counter() < deadline:
+            while (self.steps is None or self.step < self.steps) and not stop:
                 step()
                 seen += 1
                 bar.update(1)
                 if self.step % 25 == 0 or self.step % cfg.checkpoint_every == 0:
-                    mean = (self.loss_sum / max(1, seen)).item()   # the only host sync: every 25 steps
+                    mean = ddp.mean(self.loss_sum / max(1, seen), ranks).item()   # the only sync: every 25 steps
                     if not math.isfinite(mean):
                         where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else ""
                         raise TrainingError(f"the loss became {mean} by step {self.step} (try a lower lr){where}")
@@ -260,14 +306,19 @@ class Trainer:
                     self.loss_curve.append((self.step, round(mean, 5)))
                     self.loss_sum.zero_()
                     seen, last_step, last_time = 0, self.step, now
+                    # the ranks stop together: a rank leaving alone would leave the others waiting in a collective
+                    stop = ddp.any_rank(now >= deadline, ranks, self.device)
+                elif not ranks.active:
+                    stop = time.perf_counter() >= deadline
                 if self.out_dir is not None and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         if self.out_dir is not None and self.step > start_step:
             self.save_checkpoint()
+        ddp.broadcast_module(self.ema, ranks)   # every rank returns rank 0's EMA
         seconds = time.perf_counter() - t0
         return {"steps": self.step, "steps_this_run": self.step - start_step, "seconds": round(seconds, 2),
                 "images_per_second": round((self.step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
-                "loss_curve": self.loss_curve}
+                "world_size": ranks.world, "loss_curve": self.loss_curve}
 
 
 def _global_rng_state(device: torch.device) -> dict:

@@ -1,0 +1,124 @@
+"""`diffaug fit` under a real 2-process torchrun (gloo on the CPU): the same trajectory as one process with the
+same global batch and seed, resume under another number of ranks, and a killed rank fails the run fast.
+
+Tolerance (1e-4 relative on the logged losses): every rank draws the whole global batch (images, label dropout,
+times, noise) from the same seeded generator and trains on its half; DDP averages the two halves' gradients,
+which is the one-process gradient up to the order of floating-point sums (~1e-7 relative per step). 75 Adam
+steps keep that far below 1e-4, while any real difference (ranks drawing their own batches, summed instead of
+averaged gradients, another learning rate) moves the loss by percents.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffaug
+from diffaug.diffusion.trainer import TrainConfig, Trainer
+
+FIT = ["--steps", "75", "--batch-size", "32", "--device", "cpu", "--seed", "0", "--checkpoint-every", "25",
+       "--quiet"]
+
+
+def torchrun(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "diffaug", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits_file(digits_train, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ddp") / "digits.npz"
+    digits_train.to_npz(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(digits_file):
+    data = diffaug.ImageData.from_npz(digits_file)
+    return diffaug.fit(data, "tiny", 75, device="cpu", seed=0, batch_size=32, checkpoint_every=25, progress=False)
+
+
+def losses(gen) -> list[float]:
+    return [loss for _, loss in gen.config["train"]["loss_curve"]]
+
+
+def test_two_ranks_follow_the_one_process_trajectory(digits_file, one_process, tmp_path):
+    out = tmp_path / "two.safetensors"
+    finish(torchrun("fit", str(digits_file), "--out", str(out), *FIT))
+    two = diffaug.Generator.load(out)
+    assert two.config["train"]["world_size"] == 2
+    assert len(losses(two)) == 3
+    assert losses(two) == pytest.approx(losses(one_process), rel=1e-4)
+    # the saved generator loads and samples, and samples what the one-process generator samples
+    a, b = (g.sample(per_class=2, steps=5, seed=1) for g in (one_process, two))
+    assert a.shape == b.shape == (20, 1, 8, 8)
+    assert (a.int() - b.int()).abs().float().mean() < 1.0   # mean absolute difference under one uint8 level
+    assert [p.name for p in (tmp_path / "two.ckpt").iterdir()] == ["checkpoint.pt"]   # rank 0 alone wrote
+
+
+def test_a_one_process_checkpoint_resumes_on_two_ranks(digits_file, one_process, tmp_path):
+    data = diffaug.ImageData.from_npz(digits_file)
+    first = Trainer(data, TrainConfig(steps=75, batch_size=32, checkpoint_every=25), device="cpu",
+                    out_dir=tmp_path / "ckpt", progress=False)
+    for _ in range(50):
+        first.train_step()
+    first.save_checkpoint()
+    out = tmp_path / "resumed.safetensors"
+    finish(torchrun("fit", str(digits_file), "--out", str(out), "--checkpoint-dir", str(tmp_path / "ckpt"),
+                    "--resume", *FIT))
+    resumed = diffaug.Generator.load(out)
+    assert resumed.config["train"]["steps"] == 75
+    assert resumed.config["train"]["steps_this_run"] == 25
+    assert losses(resumed)[-1] == pytest.approx(losses(one_process)[-1], rel=1e-4)   # steps 51..75 alike
+    a, b = (g.sample(per_class=2, steps=5, seed=1) for g in (one_process, resumed))
+    assert (a.int() - b.int()).abs().float().mean() < 1.0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes through /proc")
+def test_a_killed_rank_fails_the_run_within_a_minute(digits_file, tmp_path):
+    out, ckpt = tmp_path / "k.safetensors", tmp_path / "k.ckpt"
+    proc = torchrun("fit", str(digits_file), "--out", str(out), "--steps", "1000000", "--batch-size", "32",
+                    "--device", "cpu", "--checkpoint-every", "10", "--quiet")
+    try:
+        deadline = time.monotonic() + 120
+        while not (ckpt / "checkpoint.pt").exists():   # both ranks are training
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(max(ranks), signal.SIGKILL)
+        killed = time.monotonic()
+        output, _ = proc.communicate(timeout=60)   # a hang raises TimeoutExpired
+        assert time.monotonic() - killed < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "lost contact with the other ranks" in output or "Signal 9 (SIGKILL)" in output, output[-3000:]
+    assert not out.exists()
+    assert torch.load(ckpt / "checkpoint.pt", weights_only=True)["step"] % 10 == 0   # the last checkpoint is whole
