@@ -257,6 +257,10 @@ class Generator:
                                          "upgrade diffaug to read it")
             model = UNet(config["channels"], len(config["class_names"]), UNetConfig.from_dict(config["unet"]))
             model.load_state_dict(tensors, strict=True)
+            if _weights_fingerprint(model, {k: v for k, v in config.items() if k != "fingerprint"}) \
+                    != config["fingerprint"]:
+                raise GeneratorFileError(f"{path} is damaged: its weights or config do not match the fingerprint "
+                                         "written with them")
         except GeneratorFileError:
             raise
         except Exception as e:

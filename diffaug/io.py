@@ -29,7 +29,10 @@ def atomic_path(path, overwrite: bool = True):
     Works for files and directories (a directory target is swapped in after the old one is moved aside).
     """
     path = check_writable(path, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    except OSError as e:
+        raise WriteError(path, e) from None
     try:
         yield tmp
         if tmp.is_dir() and path.exists():
@@ -38,5 +41,47 @@ def atomic_path(path, overwrite: bool = True):
             os.replace(tmp, path)
         else:
             os.replace(tmp, path)
+    except OSError as e:   # a full disk, a quota, a read-only mount: the old file stays as it was
+        raise WriteError(path, e) from None
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+class WriteError(DiffaugError):
+    """Writing an output failed part-way (e.g. the disk is full); whatever was at the path is untouched."""
+
+    def __init__(self, path, error: OSError):
+        reason = error.strerror or str(error) or type(error).__name__
+        had = "left as it was" if Path(path).exists() else "not created"
+        super().__init__(f"could not write {path}: {reason}; {path} was {had}")
+        self.errno = error.errno
+
+
+def digest(obj) -> str:
+    """sha256 of a nest of dicts, lists, tensors and plain values (a checkpoint's state), in a fixed order:
+    stored beside the data it describes, it shows a flipped bit or a torn write on reading."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k in sorted(x, key=str):
+                h.update(f"<{k}>".encode())
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        elif isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(x).encode())
+
+    walk(obj)
+    return h.hexdigest()

@@ -20,7 +20,9 @@ from ..generator import Generator
 from ..io import atomic_path
 
 BANK_FORMAT = "diffaug.bank"
+BANK_VERSION = 1
 META = "bank.json"
+ARRAYS = ("synthetic", "synthetic_labels", "perturbed", "perturbed_labels", "real_keys")
 
 
 def image_key(image: torch.Tensor | np.ndarray) -> bytes:
@@ -32,20 +34,51 @@ def image_key(image: torch.Tensor | np.ndarray) -> bytes:
 class SampleBank:
     """Synthetic images by class and perturbed copies of real images, stored as .npy files in a folder.
 
-    `SampleBank(path)` opens a bank lazily (memory-mapped on first lookup); `SampleBank(path, generator=gen)`
+    `SampleBank(path)` opens a bank and checks every array against the manifest (`bank.json`: shape, dtype,
+    sha256; `verify=False` skips the hashing); lookups map the arrays lazily. `SampleBank(path, generator=gen)`
     also checks that `gen` is the generator that built it."""
 
-    def __init__(self, path, generator: Generator | None = None):
+    def __init__(self, path, generator: Generator | None = None, verify: bool = True):
         self.path = Path(path)
         meta_file = self.path / META
         if not meta_file.is_file():
             raise DataError(f"{self.path} is not a sample bank (no {META}); build one with SampleBank.build")
-        self.meta = json.loads(meta_file.read_text())
-        if self.meta.get("format") != BANK_FORMAT:
+        try:
+            self.meta = json.loads(meta_file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{meta_file} is damaged ({e})") from None
+        if not isinstance(self.meta, dict) or self.meta.get("format") != BANK_FORMAT:
             raise DataError(f"{meta_file} is not a diffaug sample bank")
+        if self.meta.get("format_version", 1) > BANK_VERSION:
+            raise DataError(f"{self.path} was built by a newer diffaug (bank format {self.meta['format_version']}); "
+                            "upgrade diffaug to read it")
         self._arrays: dict | None = None
+        self._check_files(verify)
         if generator is not None:
             self.check_generator(generator)
+
+    def _check_files(self, verify: bool) -> None:
+        """Refuse a bank whose arrays are missing, torn, altered or not what the manifest says."""
+        m = self.meta
+        c, (h, w) = m["channels"], m["image_size"]
+        expected = {"synthetic": ((m["synthetic_count"], c, h, w), "uint8"),
+                    "synthetic_labels": ((m["synthetic_count"],), "int64"),
+                    "perturbed": ((m["real_count"], m["copies"], c, h, w), "uint8"),
+                    "perturbed_labels": ((m["real_count"],), "int64"),
+                    "real_keys": ((m["real_count"], 8), "uint8")}
+        files = m.get("files", {})
+        for name in ARRAYS:
+            f = self.path / f"{name}.npy"
+            try:
+                a = np.load(f, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise DataError(f"the bank {self.path} is damaged: cannot read {f.name} ({e})") from None
+            shape, dtype = expected[name]
+            if a.shape != shape or a.dtype != np.dtype(dtype):
+                raise DataError(f"the bank {self.path} is damaged: {f.name} holds {a.dtype}{list(a.shape)} but the "
+                                f"manifest says {dtype}{list(shape)}")
+            if verify and name in files and _sha256(f) != files[name]:
+                raise DataError(f"the bank {self.path} is damaged: {f.name} does not match the sha256 in {META}")
 
     # Pickling (spawn-started workers) sends only the path; each process maps the files itself.
     def __getstate__(self):
@@ -54,8 +87,7 @@ class SampleBank:
     def _load(self) -> dict:
         if self._arrays is None:
             # np.asarray drops the np.memmap subclass (same pages, no copy): indexing a plain view is ~10x cheaper.
-            a = {name: np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r"))
-                 for name in ("synthetic", "synthetic_labels", "perturbed", "perturbed_labels", "real_keys")}
+            a = {name: np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r")) for name in ARRAYS}
             labels = np.asarray(a["synthetic_labels"])
             a["by_class"] = [np.flatnonzero(labels == c) for c in range(len(self.class_names))]
             a["key_index"] = {bytes(k): i for i, k in enumerate(np.asarray(a["real_keys"]))}
@@ -156,7 +188,7 @@ class SampleBank:
         else:
             perturbed = torch.empty((0, 0, c, h, w), dtype=torch.uint8)
             real_labels, keys = np.zeros(0, np.int64), np.zeros((0, 8), np.uint8)
-        meta = {"format": BANK_FORMAT, "generator_fingerprint": gen.fingerprint, "class_names": gen.class_names,
+        meta = {"format": BANK_FORMAT, "format_version": BANK_VERSION, "generator_fingerprint": gen.fingerprint, "class_names": gen.class_names,
                 "image_size": list(gen.image_size), "channels": c, "synthetic_count": len(synthetic),
                 "per_class": per_class, "real_count": len(perturbed), "copies": copies, "strengths": strengths,
                 "steps": steps, "sampler": sampler, "guidance": guidance, "seed": seed,
@@ -168,5 +200,14 @@ class SampleBank:
             np.save(tmp / "perturbed.npy", perturbed.numpy())
             np.save(tmp / "perturbed_labels.npy", real_labels)
             np.save(tmp / "real_keys.npy", keys)
+            meta["files"] = {name: _sha256(tmp / f"{name}.npy") for name in ARRAYS}
             (tmp / META).write_text(json.dumps(meta, indent=2))
-        return cls(path)
+        return cls(path, verify=False)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -14,13 +14,14 @@ from tqdm.auto import tqdm
 
 from ..data import ImageData
 from ..errors import DiffaugError
-from ..io import atomic_path
+from ..io import atomic_path, digest
 from . import distributed as ddp
 from .objectives import DiffusionLoss, check_prediction, drop_labels
 from .schedules import get_schedule
 from .unet import UNet, get_preset
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
 
 
 class TrainingError(DiffaugError):
@@ -201,10 +202,12 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.ranks.main:
             return
-        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+        state = {"format_version": CHECKPOINT_VERSION,
+                 "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                  "step": self.step, "rng": self.rng.get_state(), "global_rng": _global_rng_state(self.device),
                  "config": asdict(self.cfg),
                  "fingerprint": self.data_fingerprint, "loss_curve": self.loss_curve}
+        state["digest"] = digest(state)   # a flipped bit or a torn copy shows on resume
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.checkpoint_path) as tmp:   # a kill mid-write leaves the previous checkpoint intact
             torch.save(state, tmp)
@@ -217,7 +220,18 @@ class Trainer:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)   # never unpickles code
         except Exception as e:
-            raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise TrainingError(f"cannot read checkpoint {path} (damaged, or not a diffaug checkpoint: {reason}); "
+                                "delete it to start afresh") from None
+        if not isinstance(state, dict) or not {"model", "ema", "opt", "step", "fingerprint"} <= set(state):
+            raise TrainingError(f"{path} is not a diffaug checkpoint")
+        if state.get("format_version", 1) > CHECKPOINT_VERSION:
+            raise TrainingError(f"checkpoint {path} was written by a newer diffaug (format "
+                                f"{state['format_version']}); upgrade diffaug to resume from it")
+        recorded = state.pop("digest", None)
+        if recorded is not None and digest(state) != recorded:
+            raise TrainingError(f"checkpoint {path} is damaged (its contents do not match the digest written with "
+                                "them); delete it to start afresh")
         if state["fingerprint"] != self.data_fingerprint:
             raise TrainingError(f"checkpoint {path} was made on other data; use another --checkpoint-dir "
                                 "or delete it to start afresh")
