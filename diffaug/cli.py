@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import time
 from pathlib import Path
 
 from .errors import DiffaugError
@@ -82,14 +84,21 @@ def cmd_sample(args) -> None:
 
 
 def cmd_expand(args) -> None:
+    from .diffusion.distributed import from_env
     from .generator import Generator
-    from .io import atomic_path, check_writable
+    from .io import check_writable
 
-    check_writable(args.out, args.overwrite)
+    ranks = from_env()
+    shards, index = (ranks.world, ranks.rank) if ranks.active and args.num_shards == 1 else \
+        (args.num_shards, args.shard_index)   # under torchrun each rank makes one shard
+    if not 0 <= index < shards:
+        raise DiffaugError(f"--shard-index must lie in 0..{shards - 1}, got {index}")
+    if shards == 1 or ranks.main:
+        check_writable(args.out, args.overwrite)
     from . import hf
     import datasets
 
-    gen = Generator.load(args.gen, device=args.device)
+    gen = Generator.load(args.gen, device=_rank_device(args.device, ranks))
     path = Path(args.data)
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         ds = datasets.load_from_disk(str(path))   # keep the dataset's own features and columns
@@ -97,17 +106,85 @@ def cmd_expand(args) -> None:
         ds = hf.to_hf_dataset(_load(args))
     common = dict(image_column=args.image_column, label_column=args.label_column, seed=args.seed,
                   batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                  num_shards=args.num_shards, shard_index=args.shard_index, splits=(args.split,),
-                  progress=not args.quiet)
-    if args.mode == "perturb":
-        out = hf.perturb_dataset(ds, gen, args.copies, strength=args.strength, **common)
+                  splits=(args.split,), progress=not args.quiet)
+
+    def make(num_shards: int, shard_index: int):
+        if args.mode == "perturb":
+            return hf.perturb_dataset(ds, gen, args.copies, strength=args.strength, num_shards=num_shards,
+                                      shard_index=shard_index, **common)
+        return hf.expand_dataset(ds, gen, args.per_class, ratio=args.ratio, num_shards=num_shards,
+                                 shard_index=shard_index, **common)
+
+    if args.mode == "synthesize" and (args.per_class is None) == (args.ratio is None):
+        raise DiffaugError("give --per-class N or --ratio R")
+    if shards == 1:
+        _save_dataset(make(1, 0), Path(args.out), args.overwrite)
+        return
+    # Sharded: each shard is its own dataset under OUT.parts/, written atomically and kept, so a rerun of the same
+    # command remakes only the shards that are missing; once all exist they are joined into OUT.
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "quiet", "overwrite", "shard_index")}
+    settings.update(generator=gen.fingerprint, num_shards=shards)
+    parts = Path(args.out).with_name(Path(args.out).name + ".parts")
+    part = parts / f"part-{index:05d}-of-{shards:05d}"
+    if _part_settings(part) == settings:
+        print(f"{part} is already made with these settings; keeping it", file=sys.stderr)
     else:
-        if (args.per_class is None) == (args.ratio is None):
-            raise DiffaugError("give --per-class N or --ratio R")
-        out = hf.expand_dataset(ds, gen, args.per_class, ratio=args.ratio, **common)
-    with atomic_path(args.out, overwrite=args.overwrite) as tmp:
-        out.save_to_disk(str(tmp))
-    print(f"wrote {args.out}: {out}", file=sys.stderr)
+        _save_dataset(make(shards, index), part, overwrite=True, note=settings)
+    names = [parts / f"part-{i:05d}-of-{shards:05d}" for i in range(shards)]
+    if ranks.active and not ranks.main:
+        return
+    if ranks.active:   # rank 0 joins once every rank's part is there (torchrun stops everyone if a rank fails)
+        while not all(_part_settings(n) == settings for n in names):
+            time.sleep(1.0)
+    missing = [n.name for n in names if _part_settings(n) != settings]
+    if missing:
+        print(f"wrote shard {index} of {shards} to {part}; {len(missing)} shard(s) to go before {args.out} is "
+              f"joined ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})", file=sys.stderr)
+        return
+    if Path(args.out).exists() and not args.overwrite:   # another shard's run joined them meanwhile
+        return
+    joined = _join_parts(names)
+    _save_dataset(joined, Path(args.out), args.overwrite)
+    shutil.rmtree(parts, ignore_errors=True)
+
+
+PART_NOTE = "diffaug_part.json"
+
+
+def _part_settings(part: Path):
+    try:
+        return json.loads((part / PART_NOTE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _join_parts(names):
+    import datasets
+
+    from .hf import concatenate_shards
+    loaded = [datasets.load_from_disk(str(n)) for n in names]
+    if isinstance(loaded[0], datasets.DatasetDict):
+        return datasets.DatasetDict({split: concatenate_shards([d[split] for d in loaded]) for split in loaded[0]})
+    return concatenate_shards(loaded)
+
+
+def _save_dataset(ds, out: Path, overwrite: bool, note: dict | None = None) -> None:
+    from .io import atomic_path
+
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        ds.save_to_disk(str(tmp))
+        if note is not None:   # written last, inside the atomic folder: a part with this note is complete
+            (tmp / PART_NOTE).write_text(json.dumps(note))
+    print(f"wrote {out}: {ds}", file=sys.stderr)
+
+
+def _rank_device(device: str, ranks):
+    """Under torchrun on CUDA, each rank takes the GPU of its local rank."""
+    import torch
+
+    if ranks.active and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{ranks.local % torch.cuda.device_count()}"
+    return device
 
 
 def _ints(text: str) -> tuple[int, ...]:

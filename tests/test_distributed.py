@@ -15,10 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import diffaug
+from diffaug.cli import main
 from diffaug.diffusion.trainer import TrainConfig, Trainer
 
 FIT = ["--steps", "75", "--batch-size", "32", "--device", "cpu", "--seed", "0", "--checkpoint-every", "25",
@@ -122,3 +124,39 @@ def test_a_killed_rank_fails_the_run_within_a_minute(digits_file, tmp_path):
     assert "lost contact with the other ranks" in output or "Signal 9 (SIGKILL)" in output, output[-3000:]
     assert not out.exists()
     assert torch.load(ckpt / "checkpoint.pt", weights_only=True)["step"] % 10 == 0   # the last checkpoint is whole
+
+
+def _rows(path):
+    import datasets
+    ds = datasets.load_from_disk(str(path))
+    return [(r["label"], r["diffaug_synthetic"], np.asarray(r["image"]).tobytes()) for r in ds]
+
+
+def test_expand_under_torchrun_makes_one_shard_per_rank_and_joins_them(digits_gen_file, tmp_path, capsys):
+    pytest.importorskip("datasets")
+    args = ["expand", "digits", "--gen", str(digits_gen_file), "--per-class", "3", "--steps", "2", "--batch-size",
+            "8", "--device", "cpu", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    finish(torchrun(*args, "--out", str(tmp_path / "two")))
+    assert _rows(tmp_path / "two") == _rows(tmp_path / "one")
+    assert not (tmp_path / "two.parts").exists()
+
+
+def test_a_lost_shard_is_remade_alone(digits_gen_file, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("datasets")
+    import diffaug.hf
+    args = ["expand", "digits", "--gen", str(digits_gen_file), "--per-class", "3", "--steps", "2", "--batch-size",
+            "8", "--quiet", "--num-shards", "2"]
+    out = tmp_path / "out"
+    assert main([*args, "--shard-index", "0", "--out", str(out)]) == 0
+    assert "1 shard(s) to go" in capsys.readouterr().err and not out.exists()
+    made = diffaug.hf.expand_dataset
+    monkeypatch.setattr(diffaug.hf, "expand_dataset", lambda *a, **kw: pytest.fail("shard 0 was made again"))
+    assert main([*args, "--shard-index", "0", "--out", str(out)]) == 0   # the rerun keeps the finished shard
+    assert "already made" in capsys.readouterr().err
+    monkeypatch.setattr(diffaug.hf, "expand_dataset", made)
+    assert main([*args, "--shard-index", "1", "--out", str(out)]) == 0   # the last shard joins them
+    assert main(["expand", "digits", "--gen", str(digits_gen_file), "--per-class", "3", "--steps", "2",
+                 "--batch-size", "8", "--quiet", "--out", str(tmp_path / "whole")]) == 0
+    assert _rows(out) == _rows(tmp_path / "whole")
+    assert not (tmp_path / "out.parts").exists()
