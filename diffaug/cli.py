@@ -84,7 +84,7 @@ def cmd_sample(args) -> None:
 
 
 def cmd_expand(args) -> None:
-    from .diffusion.distributed import from_env
+    from .diffusion.distributed import from_env, rank_device
     from .generator import Generator
     from .io import check_writable
 
@@ -98,7 +98,7 @@ def cmd_expand(args) -> None:
     from . import hf
     import datasets
 
-    gen = Generator.load(args.gen, device=_rank_device(args.device, ranks))
+    gen = Generator.load(args.gen, device=rank_device(args.device, ranks))
     path = Path(args.data)
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         ds = datasets.load_from_disk(str(path))   # keep the dataset's own features and columns
@@ -178,15 +178,6 @@ def _save_dataset(ds, out: Path, overwrite: bool, note: dict | None = None) -> N
     print(f"wrote {out}: {ds}", file=sys.stderr)
 
 
-def _rank_device(device: str, ranks):
-    """Under torchrun on CUDA, each rank takes the GPU of its local rank."""
-    import torch
-
-    if ranks.active and device in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{ranks.local % torch.cuda.device_count()}"
-    return device
-
-
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(0 if t.strip() == "all" else int(t) for t in text.split(","))
@@ -202,6 +193,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def cmd_evaluate(args) -> None:
+    from .diffusion.distributed import from_env
     from .evaluation import evaluate
     from .generator import Generator
 
@@ -225,8 +217,9 @@ def cmd_evaluate(args) -> None:
         options["arms"] = tuple(args.arms.split(","))
     result = evaluate(_load(args), test, gen=gen, out_dir=out, n_jobs=args.n_jobs, device=args.device,
                       progress=not args.quiet, resume=not args.overwrite, **options)
-    print(result.table())
-    print(f"\nreport: {out}/results.md, results.json and plots", file=sys.stderr)
+    if from_env().main:   # under torchrun every rank ends with the whole result; rank 0 reports it
+        print(result.table())
+        print(f"\nreport: {out}/results.md, results.json and plots", file=sys.stderr)
 
 
 def cmd_demo(args) -> None:

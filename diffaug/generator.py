@@ -257,8 +257,9 @@ class Generator:
                                          "upgrade diffaug to read it")
             model = UNet(config["channels"], len(config["class_names"]), UNetConfig.from_dict(config["unet"]))
             model.load_state_dict(tensors, strict=True)
-            if _weights_fingerprint(model, {k: v for k, v in config.items() if k != "fingerprint"}) \
-                    != config["fingerprint"]:
+            described = {k: v for k, v in config.items() if k != "fingerprint"}
+            if config["fingerprint"] not in (_weights_fingerprint(model, described),
+                                             _weights_fingerprint(model, described, wall_clock=True)):
                 raise GeneratorFileError(f"{path} is damaged: its weights or config do not match the fingerprint "
                                          "written with them")
         except GeneratorFileError:
@@ -311,9 +312,16 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
     return Generator(ema, config)   # stays on the training device, ready to sample
 
 
-def _weights_fingerprint(model: torch.nn.Module, config: dict) -> str:
+WALL_CLOCK = ("seconds", "images_per_second")   # differ between any two runs: not part of a generator's identity
+
+
+def _weights_fingerprint(model: torch.nn.Module, config: dict, wall_clock: bool = False) -> str:
+    """Hash of the config and weights: the same seed and data on the same machine give the same fingerprint.
+    (`wall_clock=True`: the hash diffaug <= 0.1.0 wrote, over the timings too; still accepted on load.)"""
     import hashlib
 
+    if "train" in config and not wall_clock:
+        config = {**config, "train": {k: v for k, v in config["train"].items() if k not in WALL_CLOCK}}
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())

@@ -8,6 +8,7 @@ steps keep that far below 1e-4, while any real difference (ranks drawing their o
 averaged gradients, another learning rate) moves the loss by percents.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -160,3 +161,28 @@ def test_a_lost_shard_is_remade_alone(digits_gen_file, tmp_path, monkeypatch, ca
                  "--batch-size", "8", "--quiet", "--out", str(tmp_path / "whole")]) == 0
     assert _rows(out) == _rows(tmp_path / "whole")
     assert not (tmp_path / "out.parts").exists()
+
+
+def test_evaluate_under_torchrun_spreads_the_units_and_reports_once(tmp_path, capsys):
+    args = ["evaluate", "digits", "--per-class", "4", "--seeds", "2", "--gen-steps", "20", "--classifier-steps", "10",
+            "--batch-size", "16", "--synthetic-per-class", "4", "--sample-steps", "2", "--arms",
+            "real,classical,synthesize", "--no-metrics", "--device", "cpu", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    table = capsys.readouterr().out
+    out = finish(torchrun(*args, "--out", str(tmp_path / "two")), timeout=300)
+    assert out.count("| 4 |") == table.count("| 4 |") > 0   # the table, printed once (by rank 0)
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert len(two["units"]) == 2
+    # the same units, whichever rank ran them (the generators' fingerprints aside: a rank runs on one thread, the
+    # one-process run on two, which sums floats in another order)
+    for unit in one["units"] + two["units"]:
+        unit["generator"].pop("fingerprint")
+    assert untimed(two["units"]) == untimed(one["units"])
+    assert untimed(two["summary"]) == untimed(one["summary"])
+
+
+def untimed(x):
+    """`x` without its wall-clock fields (which differ between any two runs)."""
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if "second" not in k}
+    return [untimed(v) for v in x] if isinstance(x, list) else x

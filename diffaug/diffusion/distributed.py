@@ -62,6 +62,13 @@ def from_env() -> Ranks:
         raise DiffaugError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (torchrun sets them)") from None
 
 
+def rank_device(device, ranks: Ranks):
+    """Under torchrun on CUDA, each rank takes the GPU of its local rank; otherwise `device` as given."""
+    if ranks.active and str(device) in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", ranks.local % torch.cuda.device_count())
+    return device
+
+
 def setup(distributed: bool | None, device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S):
     """Join the process group when launched by torchrun (or `distributed=True`); returns (ranks, device, owned).
 

@@ -23,6 +23,7 @@ import torch
 
 from .. import __version__
 from ..data import ImageData, load_data
+from ..diffusion.distributed import from_env, rank_device
 from ..diffusion.trainer import DEFAULT_STEPS, resolve_device
 from ..errors import DataError
 from ..generator import Generator, _weights_fingerprint, fit
@@ -217,7 +218,7 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     given = gen is not None
     if gen is None:
         gen = fit(subset, cfg.preset, cfg.gen_steps_for(len(subset)), seed=seed, device=device, progress=False,
-                  batch_size=cfg.gen_batch_size)
+                  batch_size=cfg.gen_batch_size, distributed=False)   # a unit is one process, even under torchrun
     fit_s = time.perf_counter() - t0
     pools = _pools(gen, subset, cfg, seed, device) if set(cfg.arms) - {"real", "classical"} else {}
 
@@ -345,17 +346,25 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                "diffaug": __version__, "generator": gen.fingerprint if gen is not None else None}
     tag = cfg.key(**context)
     runs = Path(out_dir) / "runs" if out_dir is not None else None
+    ranks = from_env()   # under torchrun each rank runs its share of the units; all of them then read every unit
+    if ranks.active and runs is None:
+        raise DataError("an evaluation spread over torchrun's ranks needs out_dir (the ranks share units through it)")
+    device = rank_device(device, ranks)
+    everything = [(k, seed) for k in cfg.per_class for seed in range(cfg.seeds)]
     todo, units = [], []
-    for k in cfg.per_class:
-        for seed in range(cfg.seeds):
-            cached = _cached(runs, k, seed, tag, train) if resume else None
-            (units.append(cached) if cached else todo.append((k, seed)))
+    for i, (k, seed) in enumerate(everything):
+        if i % ranks.world != ranks.rank:
+            continue
+        cached = _cached(runs, k, seed, tag, train) if resume else None
+        (units.append(cached) if cached else todo.append((k, seed)))
     reference = reference_for(train, test, cfg, device)
     threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs)) if n_jobs != 1 else None
     for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference):
         if runs is not None:
             _store(runs, unit, tag)
         units.append(unit)
+    if ranks.active:
+        units = _gather_units(runs, everything, tag, train)
     units.sort(key=lambda u: (u["k"], u["seed"]))
     result = EvalResult(config={**asdict(cfg), "data": split_note, "generator_given": gen is not None,
                                 "classifier": classifier_name, "reference_network": reference.info,
@@ -363,10 +372,25 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                                 "headline": f"primary arm declared in advance: {cfg.primary}; all diffusion arms "
                                             "also compared with Holm correction"},
                         units=units, summary=summarize(units, cfg), out_dir=str(out_dir) if out_dir else None)
-    if out_dir is not None:
+    if out_dir is not None and ranks.main:
         from .report import write_report
         write_report(result, train, gen)
     return result
+
+
+def _gather_units(runs: Path, everything: list, tag: str, train: ImageData, poll_s: float = 1.0) -> list:
+    """Every unit of the evaluation, waiting for the other ranks' files (torchrun stops all ranks if one fails)."""
+    units = {}
+    while len(units) < len(everything):
+        for k, seed in everything:
+            if (k, seed) not in units:
+                unit = _cached(runs, k, seed, tag, train)
+                if unit is not None:
+                    units[k, seed] = unit
+        if len(units) < len(everything):
+            time.sleep(poll_s)
+    return list(units.values())
+
 
 
 def _note_shared_gpu(n_jobs: int, device) -> None:
