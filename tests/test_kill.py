@@ -1,0 +1,99 @@
+"""SIGKILL a real process while it builds a bank, expands a dataset or evaluates; the rerun completes and gives
+what an uninterrupted run gives (bit for bit on the CPU), and nothing half-written is ever taken for a result.
+Same seeds, same thread count: determinism on one CPU is what these checks rely on and show."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import diffaug
+from diffaug import SampleBank
+from diffaug.cli import main
+
+from test_distributed import untimed
+
+
+def start(args, log: Path, **env) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds (the work is under way); fail if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the process ended before it could be killed ({what})"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+BANK_SCRIPT = """
+import sys, diffaug
+data = diffaug.load_data("digits").subset(per_class=10, seed=0)
+diffaug.SampleBank.build(diffaug.Generator.load(sys.argv[1]), sys.argv[2], per_class=40, data=data, copies=2,
+                         steps=20, batch_size=100, progress=True)
+"""
+
+
+def build_bank(gen, path):
+    data = diffaug.load_data("digits").subset(per_class=10, seed=0)
+    return SampleBank.build(gen, path, per_class=40, data=data, copies=2, steps=20, batch_size=100, progress=False)
+
+
+def test_a_killed_bank_build_leaves_nothing_and_the_rerun_equals_an_uninterrupted_one(digits_gen_file, tmp_path):
+    gen = diffaug.Generator.load(digits_gen_file)
+    log, path = tmp_path / "log", tmp_path / "bank"
+    proc = start(["-c", BANK_SCRIPT, str(digits_gen_file), str(path)], log)
+    kill_when(proc, lambda: "sample:" in log.read_text(), "sampling")
+    assert not path.exists()
+    with pytest.raises(diffaug.DiffaugError, match="not a sample bank"):
+        SampleBank(path)
+    build_bank(gen, path)   # the rerun
+    build_bank(gen, tmp_path / "whole")
+    for name in ("synthetic", "perturbed", "synthetic_labels", "perturbed_labels", "real_keys"):
+        assert np.array_equal(np.load(path / f"{name}.npy"), np.load(tmp_path / "whole" / f"{name}.npy")), name
+
+
+def test_a_killed_expand_writes_nothing_and_the_rerun_equals_an_uninterrupted_one(digits_gen_file, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    args = ["expand", "digits", "--gen", str(digits_gen_file), "--per-class", "60", "--steps", "20",
+            "--batch-size", "100"]
+    log, out = tmp_path / "log", tmp_path / "out"
+    # a fresh cache: `datasets` would reuse a finished run's generation
+    proc = start(["-m", "diffaug", *args, "--out", str(out)], log, HF_DATASETS_CACHE=str(tmp_path / "hf"))
+    kill_when(proc, lambda: "Generating" in log.read_text(), "generation")
+    assert not out.exists()
+    # the rerun (same cache, torn files and all), and an uninterrupted run with a cache of its own
+    for target, hf_cache in ((out, tmp_path / "hf"), (tmp_path / "whole", tmp_path / "hf-whole")):
+        proc = start(["-m", "diffaug", *args, "--out", str(target), "--quiet"], log, HF_DATASETS_CACHE=str(hf_cache))
+        assert proc.wait(timeout=300) == 0, log.read_text()[-2000:]
+    a, b = (datasets.load_from_disk(str(p)) for p in (out, tmp_path / "whole"))
+    assert len(a) == len(b) == 898 + 600
+    assert a["label"] == b["label"]
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a["image"][-600:], b["image"][-600:]))
+
+
+def test_a_killed_evaluation_resumes_to_the_uninterrupted_result(digits_gen_file, tmp_path):
+    args = ["evaluate", "digits", "--gen", str(digits_gen_file), "--per-class", "5", "--seeds", "3",
+            "--classifier-steps", "150", "--batch-size", "32", "--synthetic-per-class", "10", "--sample-steps", "4",
+            "--arms", "real,classical,synthesize", "--no-metrics", "--quiet"]
+    log, out = tmp_path / "log", tmp_path / "out"
+    proc = start(["-m", "diffaug", *args, "--out", str(out)], log)
+    kill_when(proc, lambda: len(list((out / "runs").glob("*.json"))) >= 1 if (out / "runs").exists() else False,
+              "finished unit")
+    finished = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert 1 <= len(finished) < 3 and not (out / "results.json").exists()
+    assert main([*args, "--out", str(out), "--resume"]) == 0   # reuses the finished units, runs the rest
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    a, b = (json.loads((p / "results.json").read_text()) for p in (out, tmp_path / "whole"))
+    assert untimed(a["units"]) == untimed(b["units"]) and untimed(a["summary"]) == untimed(b["summary"])
