@@ -278,6 +278,8 @@ def _to_uint8_nchw(images) -> torch.Tensor:
         raise DataError(f"images must have shape (N,H,W), (N,H,W,C) or (N,C,H,W); got {arr.shape}")
     if arr.shape[0] == 0:
         raise DataError("the dataset is empty: no images")
+    if arr.shape[1] == 0:
+        raise DataError(f"images of shape {arr.shape} have no channels")
     if min(arr.shape[2:]) < 2:
         raise DataError(f"images of size {arr.shape[2]}x{arr.shape[3]} are too small to be images")
     if arr.dtype.kind == "f":

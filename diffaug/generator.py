@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -92,6 +93,9 @@ class Generator:
                 if y not in names:
                     raise MismatchError(f"unknown class name {y!r}; this generator knows {self.class_names}")
                 y = names[y]
+            if isinstance(y, (bool, np.bool_)) or not isinstance(y, (int, np.integer, float, np.floating)) \
+                    or not float(y).is_integer():
+                raise MismatchError(f"labels must be class indices or class names, got {y!r}")
             y = int(y)
             if not 0 <= y < self.num_classes:
                 raise MismatchError(f"label {y} is not a class of this generator (classes 0..{self.num_classes - 1})")
@@ -149,9 +153,8 @@ class Generator:
     def _generate(self, labels: torch.Tensor | None, start: torch.Tensor | None, *, n: int, t_start: float,
                   steps: int, sampler: str, spacing: str, guidance: float, seed: int, batch_size: int, progress,
                   desc: str) -> torch.Tensor:
+        _check_generation(self, n, steps, sampler, guidance, seed, batch_size)
         sample_fn = get_sampler(sampler)
-        if guidance < 0:
-            raise DataError(f"guidance must be >= 0, got {guidance}")
         rng = torch.Generator().manual_seed(int(seed))   # CPU generator: same noise on every device
         c, (h, w) = self.channels, self.image_size
         ts = timesteps(steps, t_start, 0.0, schedule=self._schedule, spacing=spacing or SPACING.get(sampler, "time"))
@@ -188,7 +191,9 @@ class Generator:
         if (labels is None) == (per_class is None):
             raise DataError("pass either labels or per_class")
         if per_class is not None:
-            labels = torch.arange(self.num_classes).repeat_interleave(int(per_class))
+            per_class = whole_number(per_class, "per_class", low=0)
+            check_output_size(self, per_class * self.num_classes)
+            labels = torch.arange(self.num_classes).repeat_interleave(per_class)
         y = self.class_index(labels)
         if device is not None:
             self.to(device)
@@ -204,8 +209,9 @@ class Generator:
         `steps` counts steps of a whole trajectory; a perturbation takes ceil(steps * strength) of them,
         as diffusers' img2img does.
         """
-        if not 0.0 < float(strength) <= 1.0:
-            raise DataError(f"strength must lie in (0, 1], got {strength}")
+        if not isinstance(strength, (int, float, np.floating, np.integer)) or not 0.0 < float(strength) <= 1.0:
+            raise DataError(f"strength must lie in (0, 1], got {strength!r}")
+        whole_number(steps, "steps", low=1, high=MAX_SAMPLER_STEPS)
         x = self.check_images(images)
         y = None
         if labels is not None:
@@ -267,6 +273,49 @@ class Generator:
         except Exception as e:
             raise GeneratorFileError(f"{path} has a damaged diffaug config or weights ({str(e)[:200]})") from None
         return cls(prepare_model(model, resolve_device(device)), config)
+
+
+MAX_SAMPLER_STEPS = 10_000
+
+
+def whole_number(value, name: str, low: int | None = None, high: int | None = None) -> int:
+    """`value` as an int within [low, high], or a DataError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise DataError(f"{name} must be a whole number, got {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise DataError(f"{name} must lie in {low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+                        f", got {value}")
+    return value
+
+
+def check_output_size(gen: "Generator", n: int) -> None:
+    """Refuse, before any work, an output that cannot fit in this machine's memory."""
+    c, (h, w) = gen.channels, gen.image_size
+    need = n * c * h * w
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):   # not a POSIX system: no check
+        return
+    if need > have:
+        raise DataError(f"{n:,} images of {c}x{h}x{w} need {need / 2**30:,.1f} GiB, more than this machine's "
+                        f"{have / 2**30:,.1f} GiB of memory; generate in parts (e.g. expand_dataset's num_shards)")
+
+
+def check_sampling(steps, sampler, guidance) -> None:
+    """The sampling options every entry point takes, checked before any work."""
+    whole_number(steps, "steps", low=1, high=MAX_SAMPLER_STEPS)
+    get_sampler(sampler)
+    if isinstance(guidance, (bool, np.bool_)) or not isinstance(guidance, (int, float, np.floating, np.integer)) \
+            or not 0 <= guidance < math.inf:
+        raise DataError(f"guidance must be a finite number >= 0, got {guidance!r}")
+
+
+def _check_generation(gen: "Generator", n: int, steps, sampler, guidance, seed, batch_size) -> None:
+    check_sampling(steps, sampler, guidance)
+    whole_number(batch_size, "batch_size", low=1)
+    whole_number(seed, "seed", low=-(2 ** 63), high=2 ** 64 - 1)
+    check_output_size(gen, n)
 
 
 def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minutes: float | None = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -15,7 +15,6 @@ from .source import AugmentSource, check_options, choose
 
 A = require_extra("albumentations", "albumentations")
 from albumentations.core.transforms_interface import BaseTransformInitSchema, ImageOnlyTransform  # noqa: E402
-from pydantic import Field  # noqa: E402  (albumentations' own dependency)
 
 
 def _to_uint8_chw(img: np.ndarray) -> torch.Tensor:
@@ -26,6 +25,8 @@ def _to_uint8_chw(img: np.ndarray) -> torch.Tensor:
     else:
         raise DataError(f"images must be uint8 or float32 (albumentations' types), got {img.dtype}")
     arr = arr[:, :, None] if arr.ndim == 2 else arr
+    if arr.ndim != 3:
+        raise DataError(f"an image must be HxW or HxWxC, got shape {img.shape} (pass a batch as images=[...])")
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
@@ -64,22 +65,26 @@ class AlbumentationsDiffusionAugment(ImageOnlyTransform):
     """
 
     class InitSchema(BaseTransformInitSchema):
+        # Checked by diffaug itself (check_options, AugmentSource) so that bad values raise a DataError naming
+        # them, as every diffaug entry point does, rather than a pydantic report.
+        p: Any
         source: Any
-        mode: Literal["synthesize", "perturb", "mix"]
-        mix: float = Field(ge=0, le=1)
-        strength: Union[float, tuple[float, float]]
-        steps: int = Field(ge=1)
-        sampler: Literal["dpmpp_2m", "ddim", "ddpm"]
-        guidance: float = Field(ge=0)
-        label_key: str
+        mode: Any
+        mix: Any
+        strength: Any
+        steps: Any
+        sampler: Any
+        guidance: Any
+        label_key: Any
 
     def __init__(self, source, mode: Literal["synthesize", "perturb", "mix"] = "synthesize", mix: float = 0.5,
                  strength: float | tuple[float, float] = 0.4, steps: int = 20,
                  sampler: Literal["dpmpp_2m", "ddim", "ddpm"] = "dpmpp_2m", guidance: float = 2.0,
                  label_key: str = "class_label", p: float = 0.5):
+        options = check_options(p, mode, mix, strength)   # before albumentations' own check of p: a DataError
         super().__init__(p=p)
         self.source = source
-        _, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
+        _, self.mode, self.mix, self.strength = options
         self.steps, self.sampler, self.guidance, self.label_key = steps, sampler, guidance, label_key
         self._source = AugmentSource(_resolve(source), steps=steps, sampler=sampler, guidance=guidance)
 
@@ -99,7 +104,7 @@ class AlbumentationsDiffusionAugment(ImageOnlyTransform):
         if mode == "synthesize" and label is None:
             raise DataError(f"mode='synthesize' needs the class label: call aug(image=img, {self.label_key}=y) "
                             f"(label_key={self.label_key!r})")
-        return {"mode": mode, "label": None if label is None else int(label), "strength": strength,
+        return {"mode": mode, "label": None if label is None else self._source.label_index(label), "strength": strength,
                 "choice": self.py_random.random(), "seed": self.py_random.randrange(2 ** 31 - 1)}
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 
 from ..data import ImageData
 from ..errors import DataError, MismatchError
-from ..generator import Generator
+from ..generator import Generator, check_output_size, whole_number, check_sampling
 from ..io import atomic_path
 
 BANK_FORMAT = "diffaug.bank"
@@ -168,8 +168,9 @@ class SampleBank:
 
         `strength` may be a (low, high) range: each copy then gets its own strength, spread evenly over it.
         """
-        if per_class < 0 or copies < 0:
-            raise DataError("per_class and copies must be >= 0")
+        per_class, copies = whole_number(per_class, "per_class", low=0), whole_number(copies, "copies", low=0)
+        check_sampling(steps, sampler, guidance)
+        check_output_size(gen, per_class * gen.num_classes + copies * (len(data) if data is not None else 0))
         if copies and data is None:
             raise DataError("perturbations need the real images: pass data= (an ImageData)")
         kw = dict(steps=steps, sampler=sampler, guidance=guidance, batch_size=batch_size, device=device,

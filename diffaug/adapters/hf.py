@@ -18,7 +18,7 @@ import torch
 from .. import __version__
 from ..data import ImageData, _to_uint8_nchw, hf_column
 from ..errors import DataError, MismatchError, require_extra
-from ..generator import Generator
+from ..generator import Generator, check_output_size, whole_number, check_sampling
 
 datasets = require_extra("datasets", "hf")
 
@@ -120,17 +120,17 @@ def _counts(ds, label_column: str, gen: Generator, per_class, ratio) -> list[int
     if (per_class is None) == (ratio is None):
         raise DataError("pass exactly one of per_class= (an int or a {class: count} dict) and ratio=")
     if ratio is not None:
-        if ratio <= 0:
-            raise DataError(f"ratio must be positive, got {ratio}")
-        return [int(round(ratio * c)) for c in _real_counts(ds, label_column, gen.num_classes)]
-    if isinstance(per_class, Mapping):
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.number)) or not 0 < ratio < math.inf:
+            raise DataError(f"ratio must be a positive finite number, got {ratio!r}")
+        counts = [int(round(ratio * c)) for c in _real_counts(ds, label_column, gen.num_classes)]
+    elif isinstance(per_class, Mapping):
         counts = [0] * gen.num_classes
         for key, n in per_class.items():
-            counts[int(gen.class_index([key])[0])] = int(n)
-        return counts
-    if int(per_class) < 0:
-        raise DataError(f"per_class must be >= 0, got {per_class}")
-    return [int(per_class)] * gen.num_classes
+            counts[int(gen.class_index([key])[0])] = whole_number(n, f"per_class[{key!r}]", low=0)
+    else:
+        counts = [whole_number(per_class, "per_class", low=0)] * gen.num_classes
+    check_output_size(gen, sum(counts))
+    return counts
 
 
 def _fingerprint(**settings) -> str:
@@ -236,6 +236,7 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
             batch_size=batch_size, steps=steps, sampler=sampler, guidance=guidance, device=device,
             num_shards=num_shards, shard_index=shard_index, num_proc=num_proc, progress=progress))
     _check_dataset(ds)
+    _check_options(batch_size, steps, sampler, guidance, seed, num_shards, shard_index)
     _check_columns(ds, image_column, label_column)
     _check_generator(ds, gen, label_column)
     codec = _ImageCodec(ds, image_column)
@@ -259,10 +260,22 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
     fingerprint = _fingerprint(kind="synthesize", generator=gen.fingerprint, counts=counts, seed=seed,
                                batch_size=batch_size, steps=steps, sampler=sampler, guidance=guidance, chunks=chunks,
                                features=features.to_dict(), image_column=image_column, label_column=label_column)
-    with _progress_bars(progress):
-        synthetic = datasets.Dataset.from_generator(rows, features=features, gen_kwargs={"chunks": chunks},
-                                                    num_proc=_procs(num_proc, chunks), fingerprint=fingerprint)
+    if not chunks:   # nothing to make here (per_class=0, or more shards than batches)
+        synthetic = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    else:
+        with _progress_bars(progress):
+            synthetic = datasets.Dataset.from_generator(rows, features=features, gen_kwargs={"chunks": chunks},
+                                                        num_proc=_procs(num_proc, chunks), fingerprint=fingerprint)
     return _finish(ds, synthetic, include_real=shard_index == 0)
+
+
+def _check_options(batch_size, steps, sampler, guidance, seed, num_shards, shard_index) -> None:
+    """The options both expanders take, checked before any work."""
+    whole_number(batch_size, "batch_size", low=1)
+    whole_number(seed, "seed", low=-(2 ** 63), high=2 ** 64 - 1)
+    whole_number(num_shards, "num_shards", low=1)
+    whole_number(shard_index, "shard_index", low=0, high=num_shards - 1)
+    check_sampling(steps, sampler, guidance)
 
 
 def _procs(num_proc: int | None, chunks: list) -> int | None:
@@ -287,8 +300,11 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.
             seed=split_seed, batch_size=batch_size, steps=steps, sampler=sampler, guidance=guidance, device=device,
             num_shards=num_shards, shard_index=shard_index, num_proc=num_proc, progress=progress))
     _check_dataset(ds)
-    if copies < 1:
-        raise DataError(f"copies must be at least 1, got {copies}")
+    _check_options(batch_size, steps, sampler, guidance, seed, num_shards, shard_index)
+    whole_number(copies, "copies", low=1)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.number)) or not 0 < strength <= 1:
+        raise DataError(f"strength must lie in (0, 1], got {strength!r}")
+    check_output_size(gen, copies * len(ds))
     _check_columns(ds, image_column, label_column)
     _check_generator(ds, gen, label_column)
     codec = _ImageCodec(ds, image_column)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, MismatchError
-from ..generator import Generator
+from ..generator import Generator, check_sampling
 from .bank import SampleBank
 
 MODES = ("synthesize", "perturb", "mix")
@@ -18,16 +18,22 @@ MODES = ("synthesize", "perturb", "mix")
 
 def check_options(p: float, mode: str, mix: float, strength) -> tuple[float, str, float, tuple[float, float]]:
     """The options every adapter shares, validated: (p, mode, mix, (strength_low, strength_high))."""
-    if not 0.0 <= p <= 1.0:
-        raise DataError(f"p must lie in [0, 1], got {p}")
+    if not _number(p) or not 0.0 <= p <= 1.0:
+        raise DataError(f"p must lie in [0, 1], got {p!r}")
     if mode not in MODES:
         raise DataError(f"mode must be one of {MODES}, got {mode!r}")
-    if not 0.0 <= mix <= 1.0:
-        raise DataError(f"mix (the share of 'synthesize' in mode='mix') must lie in [0, 1], got {mix}")
-    lo, hi = (strength, strength) if np.isscalar(strength) else tuple(strength)
-    if not 0.0 < lo <= hi <= 1.0:
-        raise DataError(f"strength must be a float or a (low, high) range within (0, 1], got {strength}")
+    if not _number(mix) or not 0.0 <= mix <= 1.0:
+        raise DataError(f"mix (the share of 'synthesize' in mode='mix') must lie in [0, 1], got {mix!r}")
+    pair = (strength, strength) if _number(strength) else strength
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(map(_number, pair)) \
+            or not 0.0 < pair[0] <= pair[1] <= 1.0:
+        raise DataError(f"strength must be a float or a (low, high) range within (0, 1], got {strength!r}")
+    lo, hi = pair
     return p, mode, mix, (float(lo), float(hi))
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def choose(mode: str, mix: float, strength: tuple[float, float], u_mode: float, u_strength: float) -> tuple[str, float]:
@@ -46,6 +52,7 @@ class AugmentSource:
         if not isinstance(source, (Generator, SampleBank)):
             raise DataError(f"the augmentation source must be a diffaug Generator or SampleBank, "
                             f"got {type(source).__name__}")
+        check_sampling(steps, sampler, guidance)
         self.source = source
         self.options = dict(steps=steps, sampler=sampler, guidance=guidance, progress=False)
 
@@ -61,6 +68,19 @@ class AugmentSource:
                 f"the pipeline's images are {shape[-3]}x{shape[-2]}x{shape[-1]} (CxHxW) but the "
                 f"{'bank' if self.is_bank else 'generator'} makes {c}x{h}x{w}: put v2.Resize(({h}, {w})) "
                 f"(and a grayscale/RGB conversion) before DiffusionAugment, or fit a generator at this size")
+
+    def label_index(self, y) -> int:
+        """A label as a class index: a whole number (or a one-element tensor/array of one) or a class name."""
+        if isinstance(y, (torch.Tensor, np.ndarray)) and y.size == 1 if isinstance(y, np.ndarray) else \
+                isinstance(y, torch.Tensor) and y.numel() == 1:
+            y = y.item()
+        if isinstance(y, str):
+            if y not in self.source.class_names:
+                raise MismatchError(f"unknown class name {y!r}; the classes are {self.source.class_names[:10]}")
+            return self.source.class_names.index(y)
+        if not _number(y) or not float(y).is_integer():
+            raise DataError(f"a label must be a class index or a class name, got {y!r}")
+        return self.check_label(int(y))
 
     def check_label(self, label: int) -> int:
         if not 0 <= label < self.source.num_classes:

@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import DiffaugError
+
 from .schedules import alpha_sigma
 
 PREDICTIONS = ("v", "eps", "x0")
@@ -17,7 +19,7 @@ PREDICTIONS = ("v", "eps", "x0")
 
 def check_prediction(prediction: str) -> str:
     if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction type {prediction!r}; choose one of {PREDICTIONS}")
+        raise DiffaugError(f"unknown prediction type {prediction!r}; choose one of {PREDICTIONS}")
     return prediction
 
 

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import DiffaugError
+
 from .schedules import alpha_sigma
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -97,4 +99,4 @@ def get_sampler(name: str):
     try:
         return SAMPLERS[name]
     except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
+        raise DiffaugError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None

@@ -13,6 +13,8 @@ import math
 import numpy as np
 import torch
 
+from ..errors import DiffaugError
+
 LOGSNR_MIN, LOGSNR_MAX = -15.0, 15.0   # sigma(0) ~ 5e-4 and alpha(1) ~ 5e-4: indistinguishable from clean/noise in uint8
 
 
@@ -45,7 +47,7 @@ def get_schedule(name: str):
     try:
         return SCHEDULES[name]
     except KeyError:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}") from None
+        raise DiffaugError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}") from None
 
 
 def alpha_sigma(logsnr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,13 +66,13 @@ def timesteps(n: int, t_start: float = 1.0, t_end: float = 0.0, device=None, sch
     "karras": EDM's rho = 7 ramp in sigma/alpha (Karras et al. 2022, eq. 5), dense near the data.
     The last two need the schedule; they invert it numerically on a dense grid (schedules are monotone)."""
     if n < 1:
-        raise ValueError(f"the number of sampler steps must be at least 1, got {n}")
+        raise DiffaugError(f"the number of sampler steps must be at least 1, got {n}")
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown time spacing {spacing!r}; choose one of {SPACINGS}")
+        raise DiffaugError(f"unknown time spacing {spacing!r}; choose one of {SPACINGS}")
     if spacing == "time":
         return torch.linspace(t_start, t_end, n + 1, device=device, dtype=torch.float64)
     if schedule is None:
-        raise ValueError(f"spacing {spacing!r} needs the schedule")
+        raise DiffaugError(f"spacing {spacing!r} needs the schedule")
     lo, hi = (float(v) for v in schedule(torch.tensor([t_start, t_end], dtype=torch.float64)))
     i = torch.linspace(0, 1, n + 1, dtype=torch.float64)
     if spacing == "logsnr":

@@ -55,17 +55,35 @@ class TrainConfig:
         get_preset(self.preset)
         get_schedule(self.schedule)
         check_prediction(self.prediction)
-        for name in ("batch_size", "checkpoint_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise DiffaugError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise DiffaugError(f"steps must be at least 1, got {self.steps}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise DiffaugError(f"minutes must be positive, got {self.minutes}")
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise DiffaugError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1), ("warmup", 1), ("seed", None)):
+            value = getattr(self, name)
+            if value is None and name in ("steps", "batch_size"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) \
+                    or (name != "seed" and value > MAX_COUNT):
+                raise DiffaugError(f"{name} must be a whole number{f' in {low}..{MAX_COUNT}' if low else ''}, "
+                                   f"got {value!r}")
+        if not -(2 ** 63) <= self.seed < 2 ** 64:
+            raise DiffaugError(f"seed must lie in -2**63..2**64-1, got {self.seed}")
+        if self.batch_size is not None and self.batch_size > MAX_BATCH:
+            raise DiffaugError(f"batch_size {self.batch_size:,} is beyond any device (at most {MAX_BATCH:,})")
+        for name, low, high, closed in (("lr", 0.0, 10.0, False), ("grad_clip", 0.0, 1e6, False),
+                                        ("weight_decay", 0.0, 1e3, True), ("ema_decay", 0.0, 1.0, True),
+                                        ("label_dropout", 0.0, 1.0, True), ("minutes", 0.0, 1e9, False),
+                                        ("min_snr_gamma", 0.0, 1e6, False)):
+            value = getattr(self, name)
+            if value is None and name in ("minutes", "min_snr_gamma"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not (low <= value if closed else low < value) or not value < high:
+                where = f"{'[' if closed else '('}{low:g}, {high:g})"
+                raise DiffaugError(f"{name} must be a finite number in {where}, got {value!r}")
+        if not isinstance(self.hflip, bool):
+            raise DiffaugError(f"hflip must be True or False, got {self.hflip!r}")
 
 
+MAX_BATCH = 2 ** 20
+MAX_COUNT = 2 ** 40   # steps, warm-up, checkpoint interval: beyond this a number is a typo, not a plan
 DEFAULT_STEPS = {"tiny": 2000, "small": 20000, "base": 50000}
 DEFAULT_BATCH = {"cpu": 128, "cuda": 512}
 
@@ -78,7 +96,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DiffaugError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DiffaugError(f"diffaug runs on cpu, cuda or mps, not {device.type!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DiffaugError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto")
     return device
@@ -291,6 +314,11 @@ class Trainer:
             raise TrainingError(f"rank {self.ranks.rank} of {self.ranks.world} lost contact with the other ranks "
                                 f"(a rank crashed or the {self.timeout_s:.0f} s timeout passed): {first}{where}") from None
 
+    def _check_loss(self, mean: float) -> None:
+        if not math.isfinite(mean):
+            where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else ""
+            raise TrainingError(f"the loss became {mean} by step {self.step} (try a lower lr){where}")
+
     def _run(self) -> dict:
         cfg, ranks = self.cfg, self.ranks
         start_step, t0 = self.step, time.perf_counter()
@@ -311,9 +339,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % 25 == 0 or self.step % cfg.checkpoint_every == 0:
                     mean = ddp.mean(self.loss_sum / max(1, seen), ranks).item()   # the only sync: every 25 steps
-                    if not math.isfinite(mean):
-                        where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else ""
-                        raise TrainingError(f"the loss became {mean} by step {self.step} (try a lower lr){where}")
+                    self._check_loss(mean)
                     now = time.perf_counter()
                     rate = (self.step - last_step) * cfg.batch_size / max(1e-9, now - last_time)
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
@@ -326,6 +352,8 @@ class Trainer:
                     stop = time.perf_counter() >= deadline
                 if self.out_dir is not None and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+        if seen:   # the steps since the last read: a diverged short run must not pass as a generator
+            self._check_loss(ddp.mean(self.loss_sum / seen, ranks).item())
         if self.out_dir is not None and self.step > start_step:
             self.save_checkpoint()
         ddp.broadcast_module(self.ema, ranks)   # every rank returns rank 0's EMA

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DiffaugError
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -50,7 +52,7 @@ def get_preset(name: str) -> UNetConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise DiffaugError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

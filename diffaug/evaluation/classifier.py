@@ -72,7 +72,7 @@ def train_classifier(next_batch: BatchFn, in_channels: int, num_classes: int, *,
     # One-cycle: linear warm-up over the first 20% of steps, then linear decay to zero.
     warm = max(1, steps // 5)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / (steps - warm)))
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
     model.train()
     for step in range(steps):
         x, y = next_batch(step)

@@ -26,7 +26,7 @@ from ..data import ImageData, load_data
 from ..diffusion.distributed import from_env, rank_device
 from ..diffusion.trainer import DEFAULT_STEPS, resolve_device
 from ..errors import DataError
-from ..generator import Generator, _weights_fingerprint, fit
+from ..generator import Generator, _weights_fingerprint, check_sampling, fit, whole_number
 from ..io import atomic_path
 from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, augment_batch, classical_augment
@@ -74,9 +74,22 @@ class EvalConfig:
                                            # None: the first of PRIMARY_ORDER among the arms run
 
     def __post_init__(self):
-        self.per_class = tuple(int(k) for k in self.per_class)
-        self.arms = tuple(self.arms)
-        self.strength = tuple(self.strength) if not np.isscalar(self.strength) else (self.strength, self.strength)
+        per_class = (self.per_class,) if isinstance(self.per_class, (int, np.integer)) else tuple(self.per_class)
+        self.per_class = tuple(dict.fromkeys(whole_number(k, "per_class", low=0) for k in per_class))   # no repeats
+        if not self.per_class:
+            raise DataError("per_class must name at least one regime (images per class; 0 = all)")
+        self.arms = tuple(dict.fromkeys(self.arms))
+        for name in ("seeds", "batch_size", "synthetic_per_class", "perturb_copies", "sample_steps", "cas_steps",
+                     "reference_steps", "gen_batch_size", "classifier_steps", "gen_steps"):
+            if getattr(self, name) is not None:
+                whole_number(getattr(self, name), name, low=1)
+        check_sampling(self.sample_steps, "dpmpp_2m", self.guidance)
+        lo, hi = (self.strength, self.strength) if np.isscalar(self.strength) else tuple(self.strength)
+        if not all(isinstance(v, (int, float, np.number)) for v in (lo, hi)) or not 0 < lo <= hi <= 1:
+            raise DataError(f"strength must be a number or a (low, high) range within (0, 1], got {self.strength!r}")
+        self.strength = (float(lo), float(hi))
+        if not isinstance(self.synthetic_share, (int, float)) or not 0.0 <= self.synthetic_share < 1.0:
+            raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share!r}")
         unknown = set(self.arms) - set(ARMS)
         if unknown:
             raise DataError(f"unknown arm(s) {sorted(unknown)}; choose from {ARMS}")
@@ -84,10 +97,6 @@ class EvalConfig:
             raise DataError(f"the arms must include {BASELINE!r}: every gain is measured against it")
         if self.classical not in CLASSICAL:
             raise DataError(f"unknown classical augmentation {self.classical!r}; choose one of {CLASSICAL}")
-        if self.seeds < 1 or any(k < 0 for k in self.per_class):
-            raise DataError("seeds must be >= 1 and per_class values >= 0 (0 = all)")
-        if not 0.0 <= self.synthetic_share < 1.0:
-            raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share}")
         if self.primary is None:
             self.primary = next((a for a in PRIMARY_ORDER if a in self.arms), None)
         if self.primary not in self.arms or self.primary in (BASELINE, "real"):
