@@ -81,6 +81,10 @@ class ImageData:
         h.update("\x00".join(self.class_names).encode())
         return h.hexdigest()[:16]
 
+    def image_hashes(self) -> np.ndarray:
+        """One 8-byte hash per image, uint8 (N, 8): finds the same picture in another dataset (leakage checks)."""
+        return np.stack([np.frombuffer(image_hash(x), np.uint8) for x in self.images.numpy()])
+
     def __repr__(self) -> str:
         c, h, w = self.images.shape[1:]
         return (f"ImageData({len(self)} images, {c}x{h}x{w}, {self.num_classes} classes, "
@@ -224,6 +228,12 @@ class ImageData:
         pairs = [dataset[i] for i in range(len(dataset))]
         return cls.from_arrays(np.stack([_pil_or_array(x) for x, _ in pairs]),
                                np.array([int(y) for _, y in pairs]), names)
+
+
+def image_hash(image) -> bytes:
+    """A short hash of one uint8 (C,H,W) image's pixels."""
+    arr = image.numpy() if isinstance(image, torch.Tensor) else image
+    return hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=8).digest()
 
 
 def hf_column(ds, name: str) -> np.ndarray:

@@ -25,6 +25,7 @@ from .io import atomic_path
 FORMAT = "diffaug.generator"
 FORMAT_VERSION = 1
 METADATA_KEY = "diffaug"
+HASHES_KEY = "diffaug.data_hashes"   # a uint8 (N, 8) tensor beside the weights: hashes of the training images
 # Default step placement per sampler, from benchmarks/sampler_steps.py (digits, own-feature FID against 250-step
 # ancestral sampling): DPM-Solver++(2M) on EDM's rho=7 ramp is within noise of it at 10 steps and below it at 20
 # (evenly in time: +39% at 20); DDIM and DDPM do best evenly in time.
@@ -34,9 +35,10 @@ SPACING = {"dpmpp_2m": "karras", "ddim": "time", "ddpm": "time"}
 class Generator:
     """A class-conditional diffusion model fitted to one dataset; generates uint8 images of that dataset's size."""
 
-    def __init__(self, model: UNet, config: dict):
+    def __init__(self, model: UNet, config: dict, data_hashes: np.ndarray | None = None):
         self.model = model.eval().requires_grad_(False)
         self.config = config
+        self.data_hashes = data_hashes   # uint8 (N, 8): one hash per training image (ImageData.image_hashes)
         self.device = next(model.parameters()).device
         self._schedule = get_schedule(config["schedule"])
         self.fast = True        # on CUDA, replay the network as CUDA graphs while sampling (False: eager)
@@ -232,6 +234,8 @@ class Generator:
 
         with atomic_path(path, overwrite=overwrite) as tmp:   # refuses an existing file unless overwrite
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            if self.data_hashes is not None:   # what evaluate's leakage guard compares test images against
+                tensors[HASHES_KEY] = torch.from_numpy(np.ascontiguousarray(self.data_hashes))
             save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(self.config)})
         return Path(path)
 
@@ -261,6 +265,7 @@ class Generator:
             if config.get("format_version", 0) > FORMAT_VERSION:
                 raise GeneratorFileError(f"{path} was written by a newer diffaug ({config.get('diffaug_version')}); "
                                          "upgrade diffaug to read it")
+            hashes = tensors.pop(HASHES_KEY, None)
             model = UNet(config["channels"], len(config["class_names"]), UNetConfig.from_dict(config["unet"]))
             model.load_state_dict(tensors, strict=True)
             described = {k: v for k, v in config.items() if k != "fingerprint"}
@@ -272,7 +277,8 @@ class Generator:
             raise
         except Exception as e:
             raise GeneratorFileError(f"{path} has a damaged diffaug config or weights ({str(e)[:200]})") from None
-        return cls(prepare_model(model, resolve_device(device)), config)
+        return cls(prepare_model(model, resolve_device(device)), config,
+                   hashes.numpy() if hashes is not None else None)
 
 
 MAX_SAMPLER_STEPS = 10_000
@@ -358,7 +364,7 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
     }
     config = json.loads(json.dumps(config))   # exactly what save/load will give back (tuples become lists)
     config["fingerprint"] = _weights_fingerprint(ema, config)
-    return Generator(ema, config)   # stays on the training device, ready to sample
+    return Generator(ema, config, data.image_hashes())   # stays on the training device, ready to sample
 
 
 WALL_CLOCK = ("seconds", "images_per_second")   # differ between any two runs: not part of a generator's identity

@@ -202,3 +202,34 @@ def test_a_full_disk_during_a_bank_build_keeps_the_previous_bank(bank_copy, digi
         SampleBank.build(digits_gen, bank_copy, per_class=1, steps=2, progress=False, overwrite=True)
     assert {p.name: p.read_bytes() for p in bank_copy.iterdir()} == before
     assert sorted(p.name for p in bank_copy.parent.iterdir()) == ["bank"]
+
+
+# --- the evaluation's leakage guard ---------------------------------------------------------------------
+
+def test_evaluate_refuses_a_generator_that_saw_test_images(digits_train, digits_test, tmp_path):
+    few = dict(per_class=[3], seeds=1, classifier_steps=2, sample_steps=2, synthetic_per_class=2, metrics=False,
+               arms=("real", "classical", "synthesize"), progress=False, device="cpu")
+    leaky_data = diffaug.ImageData(torch.cat([digits_train.images, digits_test.images[:7]]),
+                                   torch.cat([digits_train.labels, digits_test.labels[:7]]), digits_train.class_names)
+    leaky = diffaug.fit(leaky_data, steps=2, batch_size=8, progress=False)
+    leaky.save(tmp_path / "leaky.safetensors")
+    for gen in (leaky, diffaug.Generator.load(tmp_path / "leaky.safetensors")):   # in memory and from its file
+        with pytest.raises(DataError, match=r"saw 7 of the \d+ test images"):
+            diffaug.evaluate(digits_train, digits_test, gen=gen, **few)
+    clean = diffaug.fit(digits_train, steps=2, batch_size=8, progress=False)
+    assert len(diffaug.evaluate(digits_train, digits_test, gen=clean, **few).units) == 1
+
+
+# --- determinism on one CPU -------------------------------------------------------------------------------------
+
+def test_the_same_seed_gives_bit_identical_generators_samples_and_banks(digits_train, tmp_path):
+    """(Expansions: tests/test_kill.py compares two runs with separate caches.)"""
+    data = digits_train.subset(per_class=8, seed=0)
+    a, b = (diffaug.fit(data, steps=30, batch_size=16, seed=3, progress=False) for _ in range(2))
+    assert a.fingerprint == b.fingerprint
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert torch.equal(a.sample(per_class=2, steps=4, seed=5), b.sample(per_class=2, steps=4, seed=5))
+    assert not torch.equal(a.sample(per_class=2, steps=4, seed=5), a.sample(per_class=2, steps=4, seed=6))
+    banks = [SampleBank.build(g, tmp_path / name, per_class=2, data=data, copies=1, steps=3, progress=False)
+             for g, name in ((a, "a"), (b, "b"))]
+    assert banks[0].meta["files"] == banks[1].meta["files"]   # sha256 of every array

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import ImageData
+from ..data import ImageData, image_hash
 from ..errors import DataError, MismatchError
 from ..generator import Generator, check_output_size, whole_number, check_sampling
 from ..io import atomic_path
@@ -23,12 +23,6 @@ BANK_FORMAT = "diffaug.bank"
 BANK_VERSION = 1
 META = "bank.json"
 ARRAYS = ("synthetic", "synthetic_labels", "perturbed", "perturbed_labels", "real_keys")
-
-
-def image_key(image: torch.Tensor | np.ndarray) -> bytes:
-    """A short hash of one uint8 (C,H,W) image's pixels: finds a real image's perturbations."""
-    arr = image.numpy() if isinstance(image, torch.Tensor) else image
-    return hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=8).digest()
 
 
 class SampleBank:
@@ -146,7 +140,7 @@ class SampleBank:
 
     def find(self, image) -> int | None:
         """The row of a real uint8 (C,H,W) image in the bank (by pixel hash), or None."""
-        return self._load()["key_index"].get(image_key(image))
+        return self._load()["key_index"].get(image_hash(image))
 
     def perturbed(self, row: int, choice: float) -> np.ndarray:
         """One of the stored perturbations of real image `row` (a read-only uint8 (C,H,W) view);
@@ -185,7 +179,7 @@ class SampleBank:
             perturbed = torch.stack([gen.perturb(real, data.labels, strength=s, seed=seed + 1 + m, **kw)
                                      for m, s in enumerate(strengths)], dim=1) if copies else \
                 torch.empty((len(real), 0, c, h, w), dtype=torch.uint8)
-            real_labels, keys = data.labels.numpy(), np.array([np.frombuffer(image_key(x), np.uint8) for x in real])
+            real_labels, keys = data.labels.numpy(), data.image_hashes()
         else:
             perturbed = torch.empty((0, 0, c, h, w), dtype=torch.uint8)
             real_labels, keys = np.zeros(0, np.int64), np.zeros((0, 8), np.uint8)

@@ -350,6 +350,8 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     if gen is not None and (gen.image_size != train.size or gen.channels != train.channels):
         raise DataError(f"the generator makes {gen.channels}x{gen.image_size} images, the data is "
                         f"{train.channels}x{train.size}")
+    if gen is not None:
+        check_leakage(gen, train, test)
     classifier_name = "SmallCNN" if classifier is None else f"{classifier.__module__}.{classifier.__qualname__}"
     context = {"train": train.fingerprint(), "test": test.fingerprint(), "classifier": classifier_name,
                "diffaug": __version__, "generator": gen.fingerprint if gen is not None else None}
@@ -409,6 +411,27 @@ def _note_shared_gpu(n_jobs: int, device) -> None:
                       "takes turns on the card. That pays for small presets, whose steps leave the card idle "
                       "(measured: 5 `tiny` units on one H200, benchmarks/results/gains_fashion-mnist.md); with large "
                       "presets or little GPU memory use n_jobs=1", stacklevel=3)
+
+
+def check_leakage(gen: Generator, train: ImageData, test: ImageData) -> None:
+    """Refuse a given generator that saw test images: it would make the diffusion arms look better than they are.
+
+    Compares image hashes (the generator file records one per training image), not only whole-set fingerprints,
+    so a generator fitted on train + test, or on any set holding test images, is caught. A test image that also
+    lies in the training pool (a duplicate across the split) is no leak: any fair generator may have seen it."""
+    if gen.config.get("data_fingerprint") == test.fingerprint():
+        raise DataError("the given generator was fitted on the test data itself; fit it on the training data only")
+    if gen.data_hashes is None:
+        warnings.warn("the given generator's file records no training-image hashes (written by an older diffaug): "
+                      "evaluate cannot check that it never saw a test image", stacklevel=3)
+        return
+    seen = {bytes(h) for h in gen.data_hashes}
+    allowed = {bytes(h) for h in train.image_hashes()}
+    leaked = [i for i, h in enumerate(test.image_hashes()) if bytes(h) in seen and bytes(h) not in allowed]
+    if leaked:
+        raise DataError(f"the given generator saw {len(leaked)} of the {len(test)} test images during fitting "
+                        f"(test rows {leaked[:5]}{' ...' if len(leaked) > 5 else ''}): its gains would be "
+                        "inflated; fit it on training images only (diffaug fit DATA --split train)")
 
 
 def _splits(data, test):
