@@ -201,12 +201,15 @@ def cmd_evaluate(args) -> None:
     if out.exists() and not (args.resume or args.overwrite):
         raise DiffaugError(f"{out} already exists; pass --resume to continue it (finished runs are reused) "
                            "or --overwrite to start again")
+    from .data import is_builtin, load_data
+
     gen = Generator.load(args.gen) if args.gen else None
     test = None
     if args.test:
-        from .data import load_data
         test = load_data(args.test, "test", root=args.root, image_column=args.image_column,
                          label_column=args.label_column)
+    elif is_builtin(args.data) and args.split == "train":   # a built-in's own test split, as --help says
+        test = load_data(args.data, "test", root=args.root)
     options = dict(per_class=_ints(args.per_class), seeds=args.seeds, classical=args.classical,
                    classifier_steps=args.classifier_steps, batch_size=args.batch_size,
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,

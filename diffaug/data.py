@@ -20,6 +20,12 @@ FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 BUILTINS = ("digits", "fashion-mnist")
+FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fmnist")
+
+
+def is_builtin(source) -> bool:
+    """A built-in data set's name (they come with their own train/test split)."""
+    return isinstance(source, str) and (source == "digits" or source in FASHION_MNIST_NAMES)
 
 
 @dataclass(frozen=True)
@@ -324,7 +330,7 @@ def load_data(source="digits", split: str = "train", *, image_column: str = "ima
     name = str(source)
     if name == "digits":
         return _digits(split)
-    if name in ("fashion-mnist", "fashion_mnist", "fmnist"):
+    if name in FASHION_MNIST_NAMES:
         return _fashion_mnist(split, root)
     path = Path(name)
     if not path.exists():

@@ -95,8 +95,7 @@ class Generator:
                 if y not in names:
                     raise MismatchError(f"unknown class name {y!r}; this generator knows {self.class_names}")
                 y = names[y]
-            if isinstance(y, (bool, np.bool_)) or not isinstance(y, (int, np.integer, float, np.floating)) \
-                    or not float(y).is_integer():
+            if not is_number(y) or not float(y).is_integer():
                 raise MismatchError(f"labels must be class indices or class names, got {y!r}")
             y = int(y)
             if not 0 <= y < self.num_classes:
@@ -211,7 +210,7 @@ class Generator:
         `steps` counts steps of a whole trajectory; a perturbation takes ceil(steps * strength) of them,
         as diffusers' img2img does.
         """
-        if not isinstance(strength, (int, float, np.floating, np.integer)) or not 0.0 < float(strength) <= 1.0:
+        if not is_number(strength) or not 0.0 < float(strength) <= 1.0:
             raise DataError(f"strength must lie in (0, 1], got {strength!r}")
         whole_number(steps, "steps", low=1, high=MAX_SAMPLER_STEPS)
         x = self.check_images(images)
@@ -284,6 +283,11 @@ class Generator:
 MAX_SAMPLER_STEPS = 10_000
 
 
+def is_number(x) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
 def whole_number(value, name: str, low: int | None = None, high: int | None = None) -> int:
     """`value` as an int within [low, high], or a DataError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -312,8 +316,7 @@ def check_sampling(steps, sampler, guidance) -> None:
     """The sampling options every entry point takes, checked before any work."""
     whole_number(steps, "steps", low=1, high=MAX_SAMPLER_STEPS)
     get_sampler(sampler)
-    if isinstance(guidance, (bool, np.bool_)) or not isinstance(guidance, (int, float, np.floating, np.integer)) \
-            or not 0 <= guidance < math.inf:
+    if not is_number(guidance) or not 0 <= guidance < math.inf:
         raise DataError(f"guidance must be a finite number >= 0, got {guidance!r}")
 
 

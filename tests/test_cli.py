@@ -110,6 +110,11 @@ def test_evaluate_cli_writes_a_report(tmp_path, capsys):
                  "--perturb-copies", "1", "--sample-steps", "2", "--arms", "real,classical,perturb",
                  "--quiet"]) == 0
     assert "| 4 |" in capsys.readouterr().out and (out / "results.json").exists()
+    # a built-in is tested on its own test split (as --help says), not on half of its training split
+    import json
+    from diffaug import load_data
+    units = json.loads((out / "results.json").read_text())["units"]
+    assert {u["test_fingerprint"] for u in units} == {load_data("digits", "test").fingerprint()}
     assert main(["evaluate", "digits", "--out", str(out), "--per-class", "4,x", "--resume"]) == 2
     assert "comma-separated whole numbers" in capsys.readouterr().err
 

@@ -16,7 +16,7 @@ import torch
 
 from ..data import ImageData, image_hash
 from ..errors import DataError, MismatchError
-from ..generator import Generator, check_output_size, whole_number, check_sampling
+from ..generator import Generator, check_output_size, check_sampling, whole_number
 from ..io import atomic_path
 
 BANK_FORMAT = "diffaug.bank"

@@ -18,7 +18,7 @@ import torch
 from .. import __version__
 from ..data import ImageData, _to_uint8_nchw, hf_column
 from ..errors import DataError, MismatchError, require_extra
-from ..generator import Generator, check_output_size, whole_number, check_sampling
+from ..generator import Generator, check_output_size, check_sampling, is_number, whole_number
 
 datasets = require_extra("datasets", "hf")
 
@@ -120,7 +120,7 @@ def _counts(ds, label_column: str, gen: Generator, per_class, ratio) -> list[int
     if (per_class is None) == (ratio is None):
         raise DataError("pass exactly one of per_class= (an int or a {class: count} dict) and ratio=")
     if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.number)) or not 0 < ratio < math.inf:
+        if not is_number(ratio) or not 0 < ratio < math.inf:
             raise DataError(f"ratio must be a positive finite number, got {ratio!r}")
         counts = [int(round(ratio * c)) for c in _real_counts(ds, label_column, gen.num_classes)]
     elif isinstance(per_class, Mapping):
@@ -302,7 +302,7 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.
     _check_dataset(ds)
     _check_options(batch_size, steps, sampler, guidance, seed, num_shards, shard_index)
     whole_number(copies, "copies", low=1)
-    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.number)) or not 0 < strength <= 1:
+    if not is_number(strength) or not 0 < strength <= 1:
         raise DataError(f"strength must lie in (0, 1], got {strength!r}")
     check_output_size(gen, copies * len(ds))
     _check_columns(ds, image_column, label_column)

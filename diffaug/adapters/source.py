@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, MismatchError
-from ..generator import Generator, check_sampling
+from ..generator import Generator, check_sampling, is_number
 from .bank import SampleBank
 
 MODES = ("synthesize", "perturb", "mix")
@@ -18,22 +18,18 @@ MODES = ("synthesize", "perturb", "mix")
 
 def check_options(p: float, mode: str, mix: float, strength) -> tuple[float, str, float, tuple[float, float]]:
     """The options every adapter shares, validated: (p, mode, mix, (strength_low, strength_high))."""
-    if not _number(p) or not 0.0 <= p <= 1.0:
+    if not is_number(p) or not 0.0 <= p <= 1.0:
         raise DataError(f"p must lie in [0, 1], got {p!r}")
     if mode not in MODES:
         raise DataError(f"mode must be one of {MODES}, got {mode!r}")
-    if not _number(mix) or not 0.0 <= mix <= 1.0:
+    if not is_number(mix) or not 0.0 <= mix <= 1.0:
         raise DataError(f"mix (the share of 'synthesize' in mode='mix') must lie in [0, 1], got {mix!r}")
-    pair = (strength, strength) if _number(strength) else strength
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(map(_number, pair)) \
+    pair = (strength, strength) if is_number(strength) else strength
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(map(is_number, pair)) \
             or not 0.0 < pair[0] <= pair[1] <= 1.0:
         raise DataError(f"strength must be a float or a (low, high) range within (0, 1], got {strength!r}")
     lo, hi = pair
     return p, mode, mix, (float(lo), float(hi))
-
-
-def _number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def choose(mode: str, mix: float, strength: tuple[float, float], u_mode: float, u_strength: float) -> tuple[str, float]:
@@ -71,14 +67,15 @@ class AugmentSource:
 
     def label_index(self, y) -> int:
         """A label as a class index: a whole number (or a one-element tensor/array of one) or a class name."""
-        if isinstance(y, (torch.Tensor, np.ndarray)) and y.size == 1 if isinstance(y, np.ndarray) else \
-                isinstance(y, torch.Tensor) and y.numel() == 1:
+        if isinstance(y, (torch.Tensor, np.ndarray)):
+            if y.size != 1 if isinstance(y, np.ndarray) else y.numel() != 1:
+                raise DataError(f"a label must be one class index, got an array of shape {tuple(y.shape)}")
             y = y.item()
         if isinstance(y, str):
             if y not in self.source.class_names:
                 raise MismatchError(f"unknown class name {y!r}; the classes are {self.source.class_names[:10]}")
             return self.source.class_names.index(y)
-        if not _number(y) or not float(y).is_integer():
+        if not is_number(y) or not float(y).is_integer():
             raise DataError(f"a label must be a class index or a class name, got {y!r}")
         return self.check_label(int(y))
 

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data import ImageData, load_data
+from ..data import ImageData, is_builtin, load_data
 from ..diffusion.distributed import from_env, rank_device
 from ..diffusion.trainer import DEFAULT_STEPS, resolve_device
 from ..errors import DataError
-from ..generator import Generator, _weights_fingerprint, check_sampling, fit, whole_number
+from ..generator import Generator, _weights_fingerprint, check_sampling, fit, is_number, whole_number
 from ..io import atomic_path
 from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, augment_batch, classical_augment
@@ -85,7 +85,7 @@ class EvalConfig:
                 whole_number(getattr(self, name), name, low=1)
         check_sampling(self.sample_steps, "dpmpp_2m", self.guidance)
         lo, hi = (self.strength, self.strength) if np.isscalar(self.strength) else tuple(self.strength)
-        if not all(isinstance(v, (int, float, np.number)) for v in (lo, hi)) or not 0 < lo <= hi <= 1:
+        if not (is_number(lo) and is_number(hi)) or not 0 < lo <= hi <= 1:
             raise DataError(f"strength must be a number or a (low, high) range within (0, 1], got {self.strength!r}")
         self.strength = (float(lo), float(hi))
         if not isinstance(self.synthetic_share, (int, float)) or not 0.0 <= self.synthetic_share < 1.0:
@@ -439,7 +439,7 @@ def _splits(data, test):
         train = data
     else:
         train = load_data(data, "train")
-        if test is None and str(data) in ("digits", "fashion-mnist", "fashion_mnist", "fmnist"):
+        if test is None and is_builtin(data):
             test = load_data(data, "test")
             return train, test, f"{data}: built-in train/test split"
     if test is None:
