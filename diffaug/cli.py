@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
 from .errors import DiffaugError
@@ -86,7 +84,7 @@ def cmd_sample(args) -> None:
 def cmd_expand(args) -> None:
     from .diffusion.distributed import from_env, rank_device
     from .generator import Generator
-    from .io import check_writable
+    from .io import check_writable, make_shard
 
     ranks = from_env()
     shards, index = (ranks.world, ranks.rank) if ranks.active and args.num_shards == 1 else \
@@ -120,61 +118,32 @@ def cmd_expand(args) -> None:
     if shards == 1:
         _save_dataset(make(1, 0), Path(args.out), args.overwrite)
         return
-    # Sharded: each shard is its own dataset under OUT.parts/, written atomically and kept, so a rerun of the same
-    # command remakes only the shards that are missing; once all exist they are joined into OUT.
+    # Sharded: each part is its own dataset under OUT.parts/ (io.make_shard), joined into OUT once all exist.
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "quiet", "overwrite", "shard_index")}
     settings.update(generator=gen.fingerprint, num_shards=shards)
-    parts = Path(args.out).with_name(Path(args.out).name + ".parts")
-    part = parts / f"part-{index:05d}-of-{shards:05d}"
-    if _part_settings(part) == settings:
-        print(f"{part} is already made with these settings; keeping it", file=sys.stderr)
-    else:
-        _save_dataset(make(shards, index), part, overwrite=True, note=settings)
-    names = [parts / f"part-{i:05d}-of-{shards:05d}" for i in range(shards)]
-    if ranks.active and not ranks.main:
-        return
-    if ranks.active:   # rank 0 joins once every rank's part is there (torchrun stops everyone if a rank fails)
-        while not all(_part_settings(n) == settings for n in names):
-            time.sleep(1.0)
-    missing = [n.name for n in names if _part_settings(n) != settings]
-    if missing:
-        print(f"wrote shard {index} of {shards} to {part}; {len(missing)} shard(s) to go before {args.out} is "
-              f"joined ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})", file=sys.stderr)
-        return
-    if Path(args.out).exists() and not args.overwrite:   # another shard's run joined them meanwhile
-        return
-    joined = _join_parts(names)
-    _save_dataset(joined, Path(args.out), args.overwrite)
-    shutil.rmtree(parts, ignore_errors=True)
+    joiner = not ranks.active or ranks.main   # under torchrun rank 0 joins; the other ranks make their part only
+    if make_shard(args.out, settings, shards, index, lambda tmp: make(shards, index).save_to_disk(str(tmp)),
+                  _join_parts if joiner else None, wait=ranks.active, overwrite=args.overwrite):
+        print(f"wrote {args.out}", file=sys.stderr)
 
 
-PART_NOTE = "diffaug_part.json"
-
-
-def _part_settings(part: Path):
-    try:
-        return json.loads((part / PART_NOTE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _join_parts(names):
+def _join_parts(names, tmp) -> None:
     import datasets
 
     from .hf import concatenate_shards
     loaded = [datasets.load_from_disk(str(n)) for n in names]
     if isinstance(loaded[0], datasets.DatasetDict):
-        return datasets.DatasetDict({split: concatenate_shards([d[split] for d in loaded]) for split in loaded[0]})
-    return concatenate_shards(loaded)
+        joined = datasets.DatasetDict({split: concatenate_shards([d[split] for d in loaded]) for split in loaded[0]})
+    else:
+        joined = concatenate_shards(loaded)
+    joined.save_to_disk(str(tmp))
 
 
-def _save_dataset(ds, out: Path, overwrite: bool, note: dict | None = None) -> None:
+def _save_dataset(ds, out: Path, overwrite: bool) -> None:
     from .io import atomic_path
 
     with atomic_path(out, overwrite=overwrite) as tmp:
         ds.save_to_disk(str(tmp))
-        if note is not None:   # written last, inside the atomic folder: a part with this note is complete
-            (tmp / PART_NOTE).write_text(json.dumps(note))
     print(f"wrote {out}: {ds}", file=sys.stderr)
 
 

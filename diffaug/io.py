@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import DiffaugError
@@ -85,3 +88,50 @@ def digest(obj) -> str:
 
     walk(obj)
     return h.hexdigest()
+
+
+PART_NOTE = "diffaug_part.json"
+
+
+def _part_settings(part: Path):
+    try:
+        return json.loads((part / PART_NOTE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def make_shard(out, settings: dict, shards: int, index: int, make_part, join, *, wait: bool,
+               overwrite: bool = False) -> bool:
+    """One shard of a job split over ranks or machines; True once `out` holds the joined result.
+
+    Part `index` is written atomically to OUT.parts/part-<index>-of-<shards>/ by `make_part(folder)`, with the
+    `settings` that made it; a part already made with the same settings is kept, so rerunning the same job
+    remakes only the missing shards. When every part is there, `join(part_folders, tmp)` writes the whole
+    result to a temporary folder that becomes `out` in one rename, and the parts are removed. Under torchrun
+    rank 0 passes `wait=True` (it waits for the other shards, then joins) and the other ranks `join=None`;
+    by hand, whichever shard finishes last joins.
+    """
+    out = Path(out)
+    parts_dir = out.with_name(out.name + ".parts")
+    parts = [parts_dir / f"part-{i:05d}-of-{shards:05d}" for i in range(shards)]
+    if _part_settings(parts[index]) == settings:
+        print(f"{parts[index]} is already made with these settings; keeping it", file=sys.stderr)
+    else:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(parts[index], overwrite=True) as tmp:
+            make_part(tmp)
+            (tmp / PART_NOTE).write_text(json.dumps(settings))   # last: a part with this note is complete
+    if join is None:   # a rank that leaves the joining to rank 0
+        return False
+    while wait and not all(_part_settings(p) == settings for p in parts):
+        time.sleep(1.0)   # torchrun stops every rank if one fails, so this cannot wait for a dead shard
+    missing = [p.name for p in parts if _part_settings(p) != settings]
+    if missing:
+        print(f"wrote shard {index} of {shards} to {parts[index]}; {len(missing)} shard(s) to go before {out} is "
+              f"joined ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})", file=sys.stderr)
+        return False
+    if overwrite or not out.exists():   # (another shard's run may have joined them meanwhile)
+        with atomic_path(out, overwrite=overwrite) as tmp:
+            join(parts, tmp)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return True

@@ -186,3 +186,42 @@ def untimed(x):
     if isinstance(x, dict):
         return {k: untimed(v) for k, v in x.items() if "second" not in k}
     return [untimed(v) for v in x] if isinstance(x, list) else x
+
+
+BANK = """
+import sys, diffaug
+data = diffaug.load_data("digits").subset(per_class=3, seed=0)
+bank = diffaug.SampleBank.build(diffaug.Generator.load(sys.argv[1]), sys.argv[2], per_class=3, data=data, copies=2,
+                                steps=2, batch_size=8, progress=False, device="cpu")
+print("bank", bank.meta["synthetic_count"], bank.meta["real_count"])
+"""
+
+
+def _bank_arrays(path):
+    return {name: np.load(Path(path) / f"{name}.npy") for name in
+            ("synthetic", "synthetic_labels", "perturbed", "perturbed_labels", "real_keys")}
+
+
+def test_bank_shards_by_hand_and_under_torchrun_join_to_the_one_process_bank(digits_gen, digits_file, tmp_path):
+    data = diffaug.load_data("digits").subset(per_class=3, seed=0)
+    kw = dict(per_class=3, data=data, copies=2, steps=2, batch_size=8, progress=False, device="cpu")
+    whole = _bank_arrays(diffaug.SampleBank.build(digits_gen, tmp_path / "whole", **kw).path)
+    assert diffaug.SampleBank.build(digits_gen, tmp_path / "hand", num_shards=3, shard_index=2, **kw) is None
+    assert diffaug.SampleBank.build(digits_gen, tmp_path / "hand", num_shards=3, shard_index=0, **kw) is None
+    joined = diffaug.SampleBank.build(digits_gen, tmp_path / "hand", num_shards=3, shard_index=1, **kw)
+    assert joined is not None and not (tmp_path / "hand.parts").exists()
+    for name, a in _bank_arrays(joined.path).items():
+        assert np.array_equal(a, whole[name]), name
+
+    gen_file = tmp_path / "g.safetensors"
+    digits_gen.save(gen_file)
+    script = tmp_path / "bank.py"
+    script.write_text(BANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(gen_file), str(tmp_path / "ranks")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("bank 30 30") == 2   # every rank returns the joined bank
+    for name, a in _bank_arrays(tmp_path / "ranks").items():
+        assert np.array_equal(a, whole[name]), name

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data import ImageData, image_hash
+from ..diffusion.distributed import from_env, rank_device
 from ..errors import DataError, MismatchError
 from ..generator import Generator, check_output_size, check_sampling, whole_number
-from ..io import atomic_path
+from ..io import atomic_path, make_shard
+from .shards import chunk_seed, shard_range
 
 BANK_FORMAT = "diffaug.bank"
 BANK_VERSION = 1
@@ -156,48 +160,99 @@ class SampleBank:
     def build(cls, gen: Generator, path, *, per_class: int = 200, data: ImageData | None = None, copies: int = 0,
               strength: float | tuple[float, float] = 0.4, steps: int = 20, sampler: str = "dpmpp_2m",
               guidance: float = 2.0, seed: int = 0, batch_size: int = 500, device=None, progress: bool = True,
-              overwrite: bool = False) -> "SampleBank":
+              overwrite: bool = False, num_shards: int | None = None, shard_index: int | None = None):
         """Generate `per_class` synthetic images of every class and `copies` perturbations of each image of
         `data`, in large batches, and write them to the folder `path` atomically.
 
         `strength` may be a (low, high) range: each copy then gets its own strength, spread evenly over it.
+        Every batch has its own seed, so the work splits into shards that join into exactly this bank:
+        under torchrun each rank makes one shard (rank 0 joins them; every rank returns the bank), or
+        `num_shards`/`shard_index` make one shard by hand on machines sharing a file system. A shard is kept
+        under PATH.parts/ until all are there (rerunning remakes only missing ones); it returns None until the
+        bank is joined.
         """
         per_class, copies = whole_number(per_class, "per_class", low=0), whole_number(copies, "copies", low=0)
         check_sampling(steps, sampler, guidance)
+        whole_number(batch_size, "batch_size", low=1)
         check_output_size(gen, per_class * gen.num_classes + copies * (len(data) if data is not None else 0))
         if copies and data is None:
             raise DataError("perturbations need the real images: pass data= (an ImageData)")
-        kw = dict(steps=steps, sampler=sampler, guidance=guidance, batch_size=batch_size, device=device,
-                  progress=progress)
-        c, (h, w) = gen.channels, gen.image_size
-        labels = torch.arange(gen.num_classes).repeat_interleave(per_class)
-        synthetic = gen.sample(labels, seed=seed, **kw) if per_class else torch.empty((0, c, h, w), dtype=torch.uint8)
         lo, hi = (strength, strength) if np.isscalar(strength) else strength
         strengths = [float(lo + (hi - lo) * (m + 0.5) / copies) for m in range(copies)] if copies else []
-        if data is not None:
-            real = gen.check_images(data.images)
-            perturbed = torch.stack([gen.perturb(real, data.labels, strength=s, seed=seed + 1 + m, **kw)
-                                     for m, s in enumerate(strengths)], dim=1) if copies else \
-                torch.empty((len(real), 0, c, h, w), dtype=torch.uint8)
-            real_labels, keys = data.labels.numpy(), data.image_hashes()
-        else:
-            perturbed = torch.empty((0, 0, c, h, w), dtype=torch.uint8)
-            real_labels, keys = np.zeros(0, np.int64), np.zeros((0, 8), np.uint8)
-        meta = {"format": BANK_FORMAT, "format_version": BANK_VERSION, "generator_fingerprint": gen.fingerprint, "class_names": gen.class_names,
-                "image_size": list(gen.image_size), "channels": c, "synthetic_count": len(synthetic),
-                "per_class": per_class, "real_count": len(perturbed), "copies": copies, "strengths": strengths,
-                "steps": steps, "sampler": sampler, "guidance": guidance, "seed": seed,
+        meta = {"format": BANK_FORMAT, "format_version": BANK_VERSION, "generator_fingerprint": gen.fingerprint,
+                "class_names": gen.class_names, "image_size": list(gen.image_size), "channels": gen.channels,
+                "per_class": per_class, "copies": copies, "strengths": strengths, "steps": steps, "sampler": sampler,
+                "guidance": guidance, "seed": seed, "batch_size": batch_size,
                 "data_fingerprint": data.fingerprint() if data is not None else None}
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            tmp.mkdir()
-            np.save(tmp / "synthetic.npy", synthetic.numpy())
-            np.save(tmp / "synthetic_labels.npy", labels.numpy())
-            np.save(tmp / "perturbed.npy", perturbed.numpy())
-            np.save(tmp / "perturbed_labels.npy", real_labels)
-            np.save(tmp / "real_keys.npy", keys)
-            meta["files"] = {name: _sha256(tmp / f"{name}.npy") for name in ARRAYS}
-            (tmp / META).write_text(json.dumps(meta, indent=2))
-        return cls(path, verify=False)
+        ranks = from_env()
+        if num_shards is None:
+            num_shards, shard_index = (ranks.world, ranks.rank) if ranks.active else (1, 0)
+        num_shards = whole_number(num_shards, "num_shards", low=1)
+        shard_index = whole_number(shard_index or 0, "shard_index", low=0, high=num_shards - 1)
+        options = dict(steps=steps, sampler=sampler, guidance=guidance, batch_size=batch_size,
+                       device=rank_device(device, ranks), progress=progress)
+
+        def make_part(folder: Path) -> None:
+            arrays = _generate(gen, per_class, data, strengths, seed, num_shards, shard_index, options)
+            _write(folder, arrays, meta)
+
+        if num_shards == 1:
+            with atomic_path(path, overwrite=overwrite) as tmp:
+                make_part(tmp)
+            return cls(path, verify=False)
+        if (not ranks.active or ranks.main) and Path(path).exists() and not overwrite:
+            raise DataError(f"{path} already exists; pass overwrite=True to replace it")
+        joiner = not ranks.active or ranks.main   # under torchrun rank 0 joins
+        joined = make_shard(path, meta, num_shards, shard_index, make_part, _join if joiner else None,
+                            wait=ranks.active, overwrite=overwrite)
+        while ranks.active and not Path(path).exists():   # the other ranks return the bank rank 0 joins
+            time.sleep(1.0)
+        return cls(path) if joined or ranks.active else None
+
+
+def _generate(gen: Generator, per_class: int, data, strengths: list, seed: int, num_shards: int, shard_index: int,
+              options: dict) -> dict:
+    """This shard's arrays: its batches of the synthetic images, and of the real rows with their perturbations."""
+    c, (h, w) = gen.channels, gen.image_size
+    b = options["batch_size"]
+    labels = torch.arange(gen.num_classes).repeat_interleave(per_class)
+    chunks = shard_range(math.ceil(len(labels) / b), num_shards, shard_index)
+    rows = slice(chunks.start * b, min(len(labels), chunks.stop * b))
+    synthetic = [gen.sample(labels[i * b:(i + 1) * b], seed=chunk_seed(seed, i), **options) for i in chunks]
+    out = {"synthetic": torch.cat(synthetic) if synthetic else torch.empty((0, c, h, w), dtype=torch.uint8),
+           "synthetic_labels": labels[rows].numpy()}
+    if data is None:
+        return {**out, "perturbed": np.zeros((0, 0, c, h, w), np.uint8),
+                "perturbed_labels": np.zeros(0, np.int64), "real_keys": np.zeros((0, 8), np.uint8)}
+    real = gen.check_images(data.images)
+    chunks = shard_range(math.ceil(len(real) / b), num_shards, shard_index)
+    rows = slice(chunks.start * b, min(len(real), chunks.stop * b))
+    perturbed = [torch.stack([gen.perturb(real[i * b:(i + 1) * b], data.labels[i * b:(i + 1) * b], strength=s,
+                                          seed=chunk_seed(seed + 1 + m, i), **options)
+                              for m, s in enumerate(strengths)], dim=1) if strengths else
+                 torch.empty((len(real[i * b:(i + 1) * b]), 0, c, h, w), dtype=torch.uint8) for i in chunks]
+    return {**out, "perturbed": torch.cat(perturbed) if perturbed else torch.empty((0, len(strengths), c, h, w),
+                                                                                   dtype=torch.uint8),
+            "perturbed_labels": data.labels[rows].numpy(), "real_keys": data.image_hashes()[rows]}
+
+
+def _write(folder: Path, arrays: dict, meta: dict) -> None:
+    """A bank's files in `folder`: the arrays, then bank.json with their counts and sha256."""
+    folder.mkdir(exist_ok=True)
+    for name in ARRAYS:
+        a = arrays[name]
+        np.save(folder / f"{name}.npy", a.numpy() if isinstance(a, torch.Tensor) else a)
+    meta = {**meta, "synthetic_count": len(arrays["synthetic"]), "real_count": len(arrays["perturbed"]),
+            "files": {name: _sha256(folder / f"{name}.npy") for name in ARRAYS}}
+    (folder / META).write_text(json.dumps(meta, indent=2))
+
+
+def _join(parts: list, folder: Path) -> None:
+    """One bank from the shards' banks, in shard order: exactly what one process would have built."""
+    banks = [SampleBank(p) for p in parts]
+    arrays = {name: np.concatenate([np.load(b.path / f"{name}.npy") for b in banks]) for name in ARRAYS}
+    meta = {k: v for k, v in banks[0].meta.items() if k not in ("synthetic_count", "real_count", "files")}
+    _write(folder, arrays, meta)
 
 
 def _sha256(path: Path) -> str:

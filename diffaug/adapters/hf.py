@@ -19,6 +19,7 @@ from .. import __version__
 from ..data import ImageData, _to_uint8_nchw, hf_column
 from ..errors import DataError, MismatchError, require_extra
 from ..generator import Generator, check_output_size, check_sampling, is_number, whole_number
+from .shards import chunk_seed, shard_range
 
 datasets = require_extra("datasets", "hf")
 
@@ -192,17 +193,6 @@ def _progress_bars(enabled: bool):
             datasets.enable_progress_bars()
 
 
-def _shard(n_chunks: int, num_shards: int, shard_index: int) -> range:
-    if not 0 <= shard_index < num_shards:
-        raise DataError(f"shard_index must lie in 0..{num_shards - 1}, got {shard_index}")
-    return range(n_chunks * shard_index // num_shards, n_chunks * (shard_index + 1) // num_shards)
-
-
-def _chunk_seed(seed: int, chunk: int) -> int:
-    # One seed per chunk, so a shard makes exactly the rows the unsharded run makes at those positions.
-    return (int(seed) * 1_000_003 + chunk) % (2 ** 63)
-
-
 def _empty_row(features, image_column: str, label_column: str) -> dict:
     return {k: None for k in features if k not in (image_column, label_column)}
 
@@ -245,12 +235,12 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
     labels = torch.arange(gen.num_classes).repeat_interleave(torch.tensor(counts))
     features = datasets.Features({**ds.features, **PROVENANCE})
     blank = _empty_row(features, image_column, label_column)
-    chunks = list(_shard(math.ceil(len(labels) / batch_size), num_shards, shard_index))
+    chunks = list(shard_range(math.ceil(len(labels) / batch_size), num_shards, shard_index))
 
     def rows(chunks: list[int]) -> Iterator[dict]:
         for c in chunks:
             y = labels[c * batch_size:(c + 1) * batch_size]
-            images = gen.sample(y, steps=steps, sampler=sampler, guidance=guidance, seed=_chunk_seed(seed, c),
+            images = gen.sample(y, steps=steps, sampler=sampler, guidance=guidance, seed=chunk_seed(seed, c),
                                 batch_size=batch_size, device=device, progress=False)
             for x, label in zip(images, y.tolist()):
                 yield {**blank, image_column: codec.write(x), label_column: label, "diffaug_synthetic": True,
@@ -309,7 +299,7 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.
     _check_generator(ds, gen, label_column)
     codec = _ImageCodec(ds, image_column)
     features = datasets.Features({**ds.features, **PROVENANCE})
-    part = _shard(math.ceil(len(ds) / batch_size), num_shards, shard_index)   # whole batches per shard
+    part = shard_range(math.ceil(len(ds) / batch_size), num_shards, shard_index)   # whole batches per shard
     first = part.start * batch_size
     source = ds.select(range(first, min(part.stop * batch_size, len(ds))))
 
@@ -319,7 +309,7 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.
         out = {name: [] for name in features}
         for m in range(copies):
             images = gen.perturb(x, batch[label_column], strength=strength, steps=steps, sampler=sampler,
-                                 guidance=guidance, seed=_chunk_seed(seed, number * copies + m), batch_size=batch_size,
+                                 guidance=guidance, seed=chunk_seed(seed, number * copies + m), batch_size=batch_size,
                                  device=_rank_device(device, rank), progress=False)
             for name in batch:
                 if name not in PROVENANCE:   # an earlier expansion's provenance is replaced below
