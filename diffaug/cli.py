@@ -121,9 +121,9 @@ def cmd_expand(args) -> None:
     # Sharded: each part is its own dataset under OUT.parts/ (io.make_shard), joined into OUT once all exist.
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "quiet", "overwrite", "shard_index")}
     settings.update(generator=gen.fingerprint, num_shards=shards)
-    joiner = not ranks.active or ranks.main   # under torchrun rank 0 joins; the other ranks make their part only
+    # under torchrun rank 0 joins; the other ranks make their part only
     if make_shard(args.out, settings, shards, index, lambda tmp: make(shards, index).save_to_disk(str(tmp)),
-                  _join_parts if joiner else None, wait=ranks.active, overwrite=args.overwrite):
+                  _join_parts if ranks.main else None, wait=ranks.active, overwrite=args.overwrite):
         print(f"wrote {args.out}", file=sys.stderr)
 
 

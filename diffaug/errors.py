@@ -17,6 +17,12 @@ class MismatchError(DiffaugError):
     """A generator, bank and data disagree (image size, channels, classes, fingerprint)."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when it has none): what a one-line error quotes."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 def require_extra(module: str, extra: str):
     """Import an optional dependency, or say which extra installs it."""
     import importlib

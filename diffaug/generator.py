@@ -19,7 +19,7 @@ from .diffusion.samplers import get_sampler
 from .diffusion.schedules import alpha_sigma, get_schedule, timesteps
 from .diffusion.trainer import TrainConfig, Trainer, autocast, prepare_model, resolve_device, to_unit
 from .diffusion.unet import UNet, UNetConfig, get_preset
-from .errors import DataError, GeneratorFileError, MismatchError
+from .errors import DataError, GeneratorFileError, MismatchError, first_line
 from .io import atomic_path
 
 FORMAT = "diffaug.generator"
@@ -251,8 +251,7 @@ class Generator:
                 metadata = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:   # safetensors raises its own error types for bad headers / short files
-            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise GeneratorFileError(f"{path} is not a readable safetensors file ({reason}); "
+            raise GeneratorFileError(f"{path} is not a readable safetensors file ({first_line(e)}); "
                                      "a generator is written by Generator.save or `diffaug fit`") from None
         if METADATA_KEY not in metadata:
             raise GeneratorFileError(f"{path} is a safetensors file but not a diffaug generator "
@@ -312,6 +311,11 @@ def check_output_size(gen: "Generator", n: int) -> None:
                         f"{have / 2**30:,.1f} GiB of memory; generate in parts (e.g. expand_dataset's num_shards)")
 
 
+def check_seed(seed) -> None:
+    """A seed torch.Generator takes: a whole number in -2**63..2**64-1."""
+    whole_number(seed, "seed", low=-(2 ** 63), high=2 ** 64 - 1)
+
+
 def check_sampling(steps, sampler, guidance) -> None:
     """The sampling options every entry point takes, checked before any work."""
     whole_number(steps, "steps", low=1, high=MAX_SAMPLER_STEPS)
@@ -323,7 +327,7 @@ def check_sampling(steps, sampler, guidance) -> None:
 def _check_generation(gen: "Generator", n: int, steps, sampler, guidance, seed, batch_size) -> None:
     check_sampling(steps, sampler, guidance)
     whole_number(batch_size, "batch_size", low=1)
-    whole_number(seed, "seed", low=-(2 ** 63), high=2 ** 64 - 1)
+    check_seed(seed)
     check_output_size(gen, n)
 
 

@@ -20,7 +20,7 @@ from ..data import ImageData, image_hash
 from ..diffusion.distributed import from_env, rank_device
 from ..errors import DataError, MismatchError
 from ..generator import Generator, check_output_size, check_sampling, whole_number
-from ..io import atomic_path, make_shard
+from ..io import atomic_path, check_writable, make_shard
 from .shards import chunk_seed, shard_range
 
 BANK_FORMAT = "diffaug.bank"
@@ -200,10 +200,9 @@ class SampleBank:
             with atomic_path(path, overwrite=overwrite) as tmp:
                 make_part(tmp)
             return cls(path, verify=False)
-        if (not ranks.active or ranks.main) and Path(path).exists() and not overwrite:
-            raise DataError(f"{path} already exists; pass overwrite=True to replace it")
-        joiner = not ranks.active or ranks.main   # under torchrun rank 0 joins
-        joined = make_shard(path, meta, num_shards, shard_index, make_part, _join if joiner else None,
+        if ranks.main:   # (under torchrun rank 0 checks and joins)
+            check_writable(path, overwrite)
+        joined = make_shard(path, meta, num_shards, shard_index, make_part, _join if ranks.main else None,
                             wait=ranks.active, overwrite=overwrite)
         while ranks.active and not Path(path).exists():   # the other ranks return the bank rank 0 joins
             time.sleep(1.0)
@@ -227,13 +226,16 @@ def _generate(gen: Generator, per_class: int, data, strengths: list, seed: int, 
     real = gen.check_images(data.images)
     chunks = shard_range(math.ceil(len(real) / b), num_shards, shard_index)
     rows = slice(chunks.start * b, min(len(real), chunks.stop * b))
-    perturbed = [torch.stack([gen.perturb(real[i * b:(i + 1) * b], data.labels[i * b:(i + 1) * b], strength=s,
-                                          seed=chunk_seed(seed + 1 + m, i), **options)
-                              for m, s in enumerate(strengths)], dim=1) if strengths else
-                 torch.empty((len(real[i * b:(i + 1) * b]), 0, c, h, w), dtype=torch.uint8) for i in chunks]
-    return {**out, "perturbed": torch.cat(perturbed) if perturbed else torch.empty((0, len(strengths), c, h, w),
-                                                                                   dtype=torch.uint8),
-            "perturbed_labels": data.labels[rows].numpy(), "real_keys": data.image_hashes()[rows]}
+
+    def copies_of(i: int) -> torch.Tensor:   # (rows, copies, C, H, W) for batch i of the real rows
+        x, y = real[i * b:(i + 1) * b], data.labels[i * b:(i + 1) * b]
+        return torch.stack([gen.perturb(x, y, strength=s, seed=chunk_seed(seed + 1 + m, i), **options)
+                            for m, s in enumerate(strengths)], dim=1)
+
+    perturbed = torch.cat([copies_of(i) for i in chunks]) if strengths and chunks else \
+        torch.empty((len(real[rows]), len(strengths), c, h, w), dtype=torch.uint8)
+    return {**out, "perturbed": perturbed, "perturbed_labels": data.labels[rows].numpy(),
+            "real_keys": data.image_hashes()[rows]}
 
 
 def _write(folder: Path, arrays: dict, meta: dict) -> None:

@@ -18,7 +18,7 @@ import torch
 from .. import __version__
 from ..data import ImageData, _to_uint8_nchw, hf_column
 from ..errors import DataError, MismatchError, require_extra
-from ..generator import Generator, check_output_size, check_sampling, is_number, whole_number
+from ..generator import Generator, check_output_size, check_sampling, check_seed, is_number, whole_number
 from .shards import chunk_seed, shard_range
 
 datasets = require_extra("datasets", "hf")
@@ -262,7 +262,7 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
 def _check_options(batch_size, steps, sampler, guidance, seed, num_shards, shard_index) -> None:
     """The options both expanders take, checked before any work."""
     whole_number(batch_size, "batch_size", low=1)
-    whole_number(seed, "seed", low=-(2 ** 63), high=2 ** 64 - 1)
+    check_seed(seed)
     whole_number(num_shards, "num_shards", low=1)
     whole_number(shard_index, "shard_index", low=0, high=num_shards - 1)
     check_sampling(steps, sampler, guidance)

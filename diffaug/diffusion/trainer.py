@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import ImageData
-from ..errors import DiffaugError
+from ..errors import DiffaugError, first_line
 from ..io import atomic_path, digest
 from . import distributed as ddp
 from .objectives import DiffusionLoss, check_prediction, drop_labels
@@ -243,8 +243,8 @@ class Trainer:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)   # never unpickles code
         except Exception as e:
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise TrainingError(f"cannot read checkpoint {path} (damaged, or not a diffaug checkpoint: {reason}); "
+            raise TrainingError(f"cannot read checkpoint {path} (damaged, or not a diffaug checkpoint: "
+                                f"{first_line(e)}); "
                                 "delete it to start afresh") from None
         if not isinstance(state, dict) or not {"model", "ema", "opt", "step", "fingerprint"} <= set(state):
             raise TrainingError(f"{path} is not a diffaug checkpoint")
@@ -309,10 +309,10 @@ class Trainer:
         except RuntimeError as e:
             if not self.ranks.active:
                 raise
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             where = f"; resume from {self.checkpoint_path} with --resume" if self.checkpoint_path else ""
             raise TrainingError(f"rank {self.ranks.rank} of {self.ranks.world} lost contact with the other ranks "
-                                f"(a rank crashed or the {self.timeout_s:.0f} s timeout passed): {first}{where}") from None
+                                f"(a rank crashed or the {self.timeout_s:.0f} s timeout passed): {first_line(e, 300)}"
+                                f"{where}") from None
 
     def _check_loss(self, mean: float) -> None:
         if not math.isfinite(mean):
