@@ -29,8 +29,8 @@ def _kornia_ops():
         # torchvision's shear by atan(m) about (0, 0) is kornia's shear by factor -m (the opposite sign convention)
         "ShearX": lambda x, m: geo.shear(x, torch.stack([-m, zeros(m)], 1), mode="nearest", align_corners=True),
         "ShearY": lambda x, m: geo.shear(x, torch.stack([zeros(m), -m], 1), mode="nearest", align_corners=True),
-        "TranslateX": lambda x, m: geo.translate(x, torch.stack([m.trunc(), zeros(m)], 1), mode="nearest"),
-        "TranslateY": lambda x, m: geo.translate(x, torch.stack([zeros(m), m.trunc()], 1), mode="nearest"),
+        "TranslateX": lambda x, m: shift(x, torch.stack([m.trunc(), zeros(m)], 1).long()),   # whole pixels, as torchvision
+        "TranslateY": lambda x, m: shift(x, torch.stack([zeros(m), m.trunc()], 1).long()),
         "Rotate": lambda x, m: geo.rotate(x, m, mode="nearest"),
         # torchvision's Brightness blends with black, i.e. scales: kornia's adjust_contrast is that scaling.
         "Brightness": lambda x, m: enh.adjust_contrast(x, 1.0 + m),
@@ -44,6 +44,18 @@ def _kornia_ops():
         "Equalize": lambda x, m: TF.to_dtype(TF.equalize(TF.to_dtype(x, torch.uint8, scale=True)), torch.float32,
                                              scale=True),
     }
+
+
+def shift(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Each image moved by its own whole-pixel (dx, dy), zeros shifted in: one gather from a padded batch."""
+    n, c, h, w = images.shape
+    pad = int(shifts.abs().max()) if len(shifts) else 0
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dev = images.device
+    rows = (pad - shifts[:, 1:2].to(dev)) + torch.arange(h, device=dev)   # (n, h): source row of each output row
+    cols = (pad - shifts[:, 0:1].to(dev)) + torch.arange(w, device=dev)
+    return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
 
 
 class BatchAugment:
@@ -67,6 +79,16 @@ class BatchAugment:
             unknown = set(self.space) - set(self.ops)
             if unknown:   # a newer torchvision added ops: refuse rather than silently skip them
                 raise DataError(f"torchvision's {name} has ops diffaug's batched version lacks: {sorted(unknown)}")
+            # the same space as a table, so a batch's magnitudes are one lookup: row = op, column = magnitude bin
+            self.names = list(dict.fromkeys([*self.space, "Identity"]))   # AutoAugment's space has no Identity
+            self.index = {op: i for i, op in enumerate(self.names)}
+            bins = max((v.numel() for v, _ in self.space.values() if v is not None and v.ndim > 0), default=1)
+            self.table = torch.zeros(len(self.names), bins)
+            self.signed = torch.zeros(len(self.names), dtype=torch.bool)
+            for i, (values, signed) in enumerate(self.space.get(op, (None, False)) for op in self.names):
+                if values is not None and values.ndim > 0:
+                    self.table[i, :values.numel()] = values.float()
+                    self.signed[i] = signed
 
     # --- drawing: per op slot, (op name per image, magnitude per image); slots are applied in sequence ---
 
@@ -74,46 +96,37 @@ class BatchAugment:
         """The random part: for each op slot, the op name of every image and its magnitude (torchvision's units)."""
         rand = lambda *shape: torch.rand(shape, generator=generator)   # noqa: E731
         randint = lambda hi, *shape: torch.randint(hi, shape, generator=generator)   # noqa: E731
-        names = list(self.space)
         slots = []
         if self.name == "trivialaugment":
-            slots.append(self._pick(names, randint(len(names), n), randint(self.policy.num_magnitude_bins, n), rand(n)))
+            slots.append(self._magnitudes(randint(len(self.names), n), randint(self.policy.num_magnitude_bins, n),
+                                          rand(n)))
         elif self.name == "randaugment":
             bins = torch.full((n,), self.policy.magnitude, dtype=torch.long)
             for _ in range(self.policy.num_ops):
-                slots.append(self._pick(names, randint(len(names), n), bins, rand(n)))
+                slots.append(self._magnitudes(randint(len(self.names), n), bins, rand(n)))
         elif self.name == "autoaugment":
             policies = self.policy._policies
             which = randint(len(policies), n)
             for slot in range(2):   # every AutoAugment sub-policy is two (op, probability, magnitude bin) steps
                 ops = [policies[i][slot] for i in which.tolist()]
                 apply = rand(n) <= torch.tensor([p for _, p, _ in ops])
-                op_names = [op if ok else "Identity" for (op, _, _), ok in zip(ops, apply.tolist())]
+                op_idx = torch.tensor([self.index[op] for op, _, _ in ops])
+                op_idx = torch.where(apply, op_idx, self.index["Identity"])
                 bins = torch.tensor([b if b is not None else 0 for _, _, b in ops])
-                slots.append(self._magnitudes(op_names, bins, rand(n)))
+                slots.append(self._magnitudes(op_idx, bins, rand(n)))
         return slots
 
-    def _pick(self, names, op_idx, bins, sign_draw):
-        return self._magnitudes([names[i] for i in op_idx.tolist()], bins, sign_draw)
-
-    def _magnitudes(self, op_names, bins, sign_draw):
-        mags = torch.zeros(len(op_names))
-        for i, (op, b) in enumerate(zip(op_names, bins.tolist())):
-            if op == "Identity":
-                continue
-            values, signed = self.space[op]
-            if values is not None and values.ndim > 0:
-                mags[i] = float(values[b])
-                if signed and sign_draw[i] <= 0.5:
-                    mags[i] = -mags[i]
-        return op_names, mags
+    def _magnitudes(self, op_idx: torch.Tensor, bins: torch.Tensor, sign_draw: torch.Tensor):
+        """Op names and magnitudes of one slot: the table's bin, negated for signed ops when sign_draw <= 0.5."""
+        mags = self.table[op_idx, bins.clamp(max=self.table.shape[1] - 1)]
+        mags = torch.where(self.signed[op_idx] & (sign_draw <= 0.5), -mags, mags)
+        return [self.names[i] for i in op_idx.tolist()], mags
 
     # --- applying -----------------------------------------------------------------------------------------
 
     def apply(self, images: torch.Tensor, slots, shifts: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
         """Deterministic: crop shifts (n, 2) in pixels, optional flips (n,), then each slot's ops."""
-        x = images.float() / 255.0
-        x = kornia.geometry.transform.translate(x, shifts.to(x), mode="nearest")   # = RandomCrop(padding=pad, fill=0) of the same offset
+        x = shift(images, shifts.long()).float() / 255.0   # = RandomCrop(padding=pad, fill=0) of the same offset
         if flips is not None:
             x = torch.where(flips.to(x.device)[:, None, None, None], x.flip(-1), x)
         for op_names, mags in slots:
