@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_expand)
 
+    from dataclasses import fields
+
+    from .evaluation.protocol import EvalConfig
+    EVAL = {f.name: f.default for f in fields(EvalConfig)}   # one source for the defaults: the Python API's
     p = sub.add_parser("evaluate", help="measure the downstream gain over classical augmentation, with CIs")
     _data_args(p)
     p.add_argument("--out", required=True, help="report folder (results.json, results.md, plots, runs/)")
@@ -283,26 +287,27 @@ def build_parser() -> argparse.ArgumentParser:
                                  "default: fit one per regime and seed on that regime's images only")
     p.add_argument("--test", help="test data (default: the built-in's test split, else a 50/50 split of DATA)")
     p.add_argument("--per-class", default="10,50,100", help="real images per class, comma-separated ('all' ok)")
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=EVAL["seeds"])
     p.add_argument("--arms", help="comma-separated subset of real,classical,synthesize,perturb,classical+synthesize")
-    p.add_argument("--classical", default="trivialaugment",
+    p.add_argument("--classical", default=EVAL["classical"],
                    choices=["crop", "trivialaugment", "randaugment", "autoaugment", "albumentations"])
     p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
                                                         "(default: 50 epochs of the real subset, 500 to 5000)")
     p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
                                      "(default: classical+synthesize if run, else synthesize, else perturb)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--synthetic-share", type=float, default=0.5, help="share of each batch that is synthetic")
-    p.add_argument("--synthetic-per-class", type=int, default=500)
-    p.add_argument("--perturb-copies", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
+    p.add_argument("--synthetic-share", type=float, default=EVAL["synthetic_share"],
+                   help="share of each batch that is synthetic")
+    p.add_argument("--synthetic-per-class", type=int, default=EVAL["synthetic_per_class"])
+    p.add_argument("--perturb-copies", type=int, default=EVAL["perturb_copies"])
     p.add_argument("--strength", default="0.3,0.6", help="perturb strength, or low,high")
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=EVAL["guidance"])
+    p.add_argument("--sample-steps", type=int, default=EVAL["sample_steps"])
     p.add_argument("--filter-confidence", type=float, help="keep synthetic images a real-trained classifier "
                                                            "gives at least this probability of their class")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
-    p.add_argument("--gen-steps", type=int, help="generator fit steps per run (default: 320 epochs of the real "
-                   "subset, 200 to the preset's default; longer fits of small subsets memorize)")
+    p.add_argument("--preset", default=EVAL["preset"], choices=["tiny", "small", "base"])
+    p.add_argument("--gen-steps", type=int, help="generator fit steps per run (default: 160 epochs of the real "
+                   "subset, 250 to the preset's default; longer fits of small subsets memorize)")
     p.add_argument("--no-metrics", action="store_true", help="skip CAS/FID/KID/precision/recall/memorization")
     p.add_argument("--n-jobs", type=int, default=1, help="runs in parallel (joblib)")
     p.add_argument("--device", default="auto")
