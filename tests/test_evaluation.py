@@ -194,8 +194,9 @@ def test_own_feature_metrics_use_one_reference_network_trained_on_the_training_p
 
 def test_generator_fit_budget_scales_with_the_subset():
     cfg = EvalConfig()
-    assert cfg.gen_steps_for(100) == 250 and cfg.gen_steps_for(500) == 1250   # 320 epochs at batch 128
-    assert cfg.gen_steps_for(10) == 200 and cfg.gen_steps_for(60000) == 2000  # floor, and the preset's default
+    assert cfg.gen_steps_for(500) == 625 and cfg.gen_steps_for(1000) == 1250   # 160 epochs at batch 128
+    assert cfg.gen_steps_for(10) == cfg.gen_steps_for(100) == 250              # the floor
+    assert cfg.gen_steps_for(60000) == 2000                                    # the preset's default
     assert EvalConfig(gen_steps=77).gen_steps_for(100) == 77
     with pytest.raises(diffaug.DataError, match="unknown preset 'huge'"):
         EvalConfig(preset="huge")

@@ -40,9 +40,11 @@ PRIMARY_ORDER = ("classical+synthesize", "synthesize", "perturb")   # the defaul
 # within that) and at most 5000 (~11 epochs of Fashion-MNIST's 60k at batch 128).
 STEPS_PER_EPOCHS, STEPS_MIN, STEPS_MAX = 50, 500, 5000
 # Generator fit steps when not given: GEN_EPOCHS passes over the real subset, at least GEN_STEPS_MIN and at most the
-# preset's default. Chosen on a validation split (benchmarks/gen_budget.py, digits, 10 per class): 250 steps on
-# 100 images (320 epochs) memorized 1.9% of samples, 500 steps 34%, the old fixed 2000 steps 97%.
-GEN_EPOCHS, GEN_STEPS_MIN = 320, 200
+# preset's default. Chosen on a validation split of digits (never the test split): on 100 images, 250 steps
+# memorized 1.9% of samples, 500 steps 34%, the old fixed 2000 steps 97% (benchmarks/gen_budget.py); on 500
+# images, 625 steps (160 epochs) gave a better own-feature FID and recall than 1250 at the same CAS, in half
+# the time (benchmarks/knobs.py).
+GEN_EPOCHS, GEN_STEPS_MIN = 160, 250
 
 
 @dataclass
@@ -61,8 +63,11 @@ class EvalConfig:
     synthetic_per_class: int = 500
     perturb_copies: int = 4
     strength: tuple = (0.3, 0.6)           # perturb: copies spread evenly over this range
-    guidance: float = 2.0
-    sample_steps: int = 20
+    guidance: float = 1.0                  # no classifier-free guidance: on a digits validation split, guidance 1
+                                           # gave half the own-feature FID and twice the recall of guidance 2 at the
+                                           # same CAS (benchmarks/results/knobs_digits.md), and one network call per step
+    sample_steps: int = 10                 # DPM-Solver++(2M), Karras spacing: 10 steps match 20 and 250-step ancestral
+                                           # in own-feature FID (benchmarks/results/sampler_steps_digits.md)
     filter_confidence: float | None = None  # keep synthetic images a real-trained classifier gives >= this
     preset: str = "tiny"
     gen_steps: int | None = None           # generator fit steps per unit; None: scaled with the subset (gen_steps_for)
@@ -230,6 +235,7 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
                   batch_size=cfg.gen_batch_size, distributed=False)   # a unit is one process, even under torchrun
     fit_s = time.perf_counter() - t0
     pools = _pools(gen, subset, cfg, seed, device) if set(cfg.arms) - {"real", "classical"} else {}
+    pools_s = time.perf_counter() - t0 - fit_s
 
     steps = cfg.steps_for(len(subset))
     common = dict(in_channels=train.channels, num_classes=train.num_classes, steps=steps, seed=seed, device=device,
@@ -262,12 +268,15 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
             "test_fingerprint": test.fingerprint(), "device": str(device),
             "generator": {"given": given, "fingerprint": gen.fingerprint,
                           "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
-                          "steps": gen.config["train"]["steps"]}}
+                          "steps": gen.config["train"]["steps"]},
+            "pools_seconds": round(pools_s, 1)}
     if "synthesize" in pools:   # a preview grid for the report: the first 8 synthetic images of every class
         images, labels = (t.cpu() for t in pools["synthesize"])
         unit["_arrays"] = {"samples": torch.cat([images[labels == c][:8] for c in range(train.num_classes)])}
     if cfg.metrics and "synthesize" in pools:
+        t1 = time.perf_counter()
         unit["quality"] = _quality(pools["synthesize"], subset, reference, cfg, seed, device)
+        unit["quality_seconds"] = round(time.perf_counter() - t1, 1)
         worst = [w["synthetic"] for w in unit["quality"]["memorization_worst"]]
         nearest = [w["nearest_train"] for w in unit["quality"]["memorization_worst"]]
         unit["_arrays"].update(memorized=pools["synthesize"][0][worst].cpu(), nearest_train=subset.images[nearest])
