@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's checks and timings, in two stages that each fit one device call; every step writes its
 # results as it goes, and each stage ends by packing benchmarks/results into $OUT (when set).
-#   bash benchmarks/gpu_session.sh speed   # every sampler on CUDA, graph vs eager, speed.py beside diffusers
+#   bash benchmarks/gpu_session.sh speed   # every sampler on CUDA, graph vs eager, speed.py beside diffusers, DDP smoke
 #   bash benchmarks/gpu_session.sh eval    # Fashion-MNIST evaluation, 10 and 50 per class, 5 seeds
 #   QUICK=1 DEVICE=cpu bash benchmarks/gpu_session.sh speed|eval   # the same steps at toy sizes on a CPU
 # Without a registry: WHEELS=dir installs kornia/diffusers wheels into /tmp/site first; FMNIST=dir points at
@@ -25,6 +25,9 @@ case "$stage" in
   speed)
     timeout 120 python benchmarks/gpu_check.py --device "$DEVICE" $Q; echo "gpu_check exit $?"
     timeout 270 python benchmarks/speed.py --device "$DEVICE" --section gpu $Q; echo "speed exit $?"
+    # DDP smoke on the one card: NCCL (gloo on a CPU) init, the all-reduced step and rank 0's writes, under torchrun
+    timeout 90 python -m torch.distributed.run --standalone --nproc-per-node 1 -m diffaug fit digits --steps 60 \
+      --device "$DEVICE" --distributed --quiet --overwrite --out /tmp/ddp_smoke.safetensors; echo "ddp smoke exit $?"
     ;;
   eval)
     if [ -n "${QUICK:-}" ]; then
