@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dataclasses import fields
 
+    from .evaluation.classical import CLASSICAL
     from .evaluation.protocol import EvalConfig
     EVAL = {f.name: f.default for f in fields(EvalConfig)}   # one source for the defaults: the Python API's
     p = sub.add_parser("evaluate", help="measure the downstream gain over classical augmentation, with CIs")
@@ -286,11 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen", help="use this generator in every run (only fair if it saw only training data); "
                                  "default: fit one per regime and seed on that regime's images only")
     p.add_argument("--test", help="test data (default: the built-in's test split, else a 50/50 split of DATA)")
-    p.add_argument("--per-class", default="10,50,100", help="real images per class, comma-separated ('all' ok)")
+    p.add_argument("--per-class", default=",".join(map(str, EVAL["per_class"])),
+                   help="real images per class, comma-separated ('all' ok)")
     p.add_argument("--seeds", type=int, default=EVAL["seeds"])
     p.add_argument("--arms", help="comma-separated subset of real,classical,synthesize,perturb,classical+synthesize")
     p.add_argument("--classical", default=EVAL["classical"],
-                   choices=["crop", "trivialaugment", "randaugment", "autoaugment", "albumentations"])
+                   choices=CLASSICAL)
     p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
                                                         "(default: 50 epochs of the real subset, 500 to 5000)")
     p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
@@ -300,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each batch that is synthetic")
     p.add_argument("--synthetic-per-class", type=int, default=EVAL["synthetic_per_class"])
     p.add_argument("--perturb-copies", type=int, default=EVAL["perturb_copies"])
-    p.add_argument("--strength", default="0.3,0.6", help="perturb strength, or low,high")
-    p.add_argument("--guidance", type=float, default=EVAL["guidance"])
+    p.add_argument("--strength", default=",".join(map(str, EVAL["strength"])), help="perturb strength, or low,high")
+    p.add_argument("--guidance", type=float, default=EVAL["guidance"],
+                   help="classifier-free guidance of the synthetic pools (1 = none)")
     p.add_argument("--sample-steps", type=int, default=EVAL["sample_steps"])
     p.add_argument("--filter-confidence", type=float, help="keep synthetic images a real-trained classifier "
                                                            "gives at least this probability of their class")
