@@ -224,13 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffaug {__import__('diffaug').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .diffusion.trainer import DEFAULT_BATCH
     p = sub.add_parser("fit", help="fit a class-conditional diffusion generator to labelled images")
     _data_args(p)
     p.add_argument("--out", required=True, help="generator file to write (.safetensors)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
     p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
     p.add_argument("--minutes", type=float, help="wall-clock budget; stops at whichever budget ends first")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="the global batch (default: "
+                   f"{DEFAULT_BATCH['cpu']} on CPU, {DEFAULT_BATCH['cuda']} on CUDA)")
     p.add_argument("--lr", type=float)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
