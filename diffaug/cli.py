@@ -225,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     from .diffusion.trainer import DEFAULT_BATCH
+    from .diffusion.unet import PRESETS
     p = sub.add_parser("fit", help="fit a class-conditional diffusion generator to labelled images")
     _data_args(p)
     p.add_argument("--out", required=True, help="generator file to write (.safetensors)")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS))
     p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
     p.add_argument("--minutes", type=float, help="wall-clock budget; stops at whichever budget ends first")
     p.add_argument("--batch-size", type=int, help="the global batch (default: "
@@ -281,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     from dataclasses import fields
 
     from .evaluation.classical import CLASSICAL
-    from .evaluation.protocol import EvalConfig
-    EVAL = {f.name: f.default for f in fields(EvalConfig)}   # one source for the defaults: the Python API's
+    from .evaluation import protocol
+    EVAL = {f.name: f.default for f in fields(protocol.EvalConfig)}   # one source for the defaults: the Python API's
     p = sub.add_parser("evaluate", help="measure the downstream gain over classical augmentation, with CIs")
     _data_args(p)
     p.add_argument("--out", required=True, help="report folder (results.json, results.md, plots, runs/)")
@@ -293,10 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real images per class, comma-separated ('all' ok)")
     p.add_argument("--seeds", type=int, default=EVAL["seeds"])
     p.add_argument("--arms", help="comma-separated subset of real,classical,synthesize,perturb,classical+synthesize")
-    p.add_argument("--classical", default=EVAL["classical"],
-                   choices=CLASSICAL)
+    p.add_argument("--classical", default=EVAL["classical"], choices=CLASSICAL)
     p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
-                                                        "(default: 50 epochs of the real subset, 500 to 5000)")
+                   f"(default: {protocol.STEPS_PER_EPOCHS} epochs of the real subset, {protocol.STEPS_MIN} to "
+                   f"{protocol.STEPS_MAX})")
     p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
                                      "(default: classical+synthesize if run, else synthesize, else perturb)")
     p.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
@@ -310,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-steps", type=int, default=EVAL["sample_steps"])
     p.add_argument("--filter-confidence", type=float, help="keep synthetic images a real-trained classifier "
                                                            "gives at least this probability of their class")
-    p.add_argument("--preset", default=EVAL["preset"], choices=["tiny", "small", "base"])
-    p.add_argument("--gen-steps", type=int, help="generator fit steps per run (default: 160 epochs of the real "
-                   "subset, 250 to the preset's default; longer fits of small subsets memorize)")
+    p.add_argument("--preset", default=EVAL["preset"], choices=list(PRESETS))
+    p.add_argument("--gen-steps", type=int, help="generator fit steps per run (default: "
+                   f"{protocol.GEN_EPOCHS} epochs of the real subset, {protocol.GEN_STEPS_MIN} to the preset's "
+                   "default; longer fits of small subsets memorize)")
     p.add_argument("--no-metrics", action="store_true", help="skip CAS/FID/KID/precision/recall/memorization")
     p.add_argument("--n-jobs", type=int, default=1, help="runs in parallel (joblib)")
     p.add_argument("--device", default="auto")

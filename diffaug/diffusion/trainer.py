@@ -85,7 +85,7 @@ class TrainConfig:
 MAX_BATCH = 2 ** 20
 MAX_COUNT = 2 ** 40   # steps, warm-up, checkpoint interval: beyond this a number is a typo, not a plan
 DEFAULT_STEPS = {"tiny": 2000, "small": 20000, "base": 50000}
-# CPU: batch 64 fits digits (2000 steps) in 171 s against 244 s at batch 128, at the same quality (logistic
+# CPU: batch 64 fits digits (2000 steps) in 174 s against 244 s at batch 128, at the same quality (logistic
 # regression on 5,000 samples -> real test half: 0.957 vs 0.952; benchmarks/core_digits.py); the small step is
 # overhead-bound, so halving the batch saves 30%, not 50%.
 DEFAULT_BATCH = {"cpu": 64, "cuda": 512}
