@@ -161,6 +161,15 @@ def _floats(text: str) -> tuple[float, ...]:
         raise DiffaugError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
 def cmd_evaluate(args) -> None:
     from .diffusion.distributed import from_env
     from .evaluation import evaluate
@@ -184,7 +193,8 @@ def cmd_evaluate(args) -> None:
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
                    perturb_copies=args.perturb_copies, strength=_floats(args.strength), guidance=args.guidance,
                    sample_steps=args.sample_steps, filter_confidence=args.filter_confidence, preset=args.preset,
-                   gen_steps=args.gen_steps, metrics=not args.no_metrics, primary=args.primary)
+                   gen_steps=args.gen_steps, metrics=not args.no_metrics, primary=args.primary,
+                   augment_synthetic=args.augment_synthetic, classifier_repeats=args.classifier_repeats)
     if args.arms:
         options["arms"] = tuple(args.arms.split(","))
     result = evaluate(_load(args), test, gen=gen, out_dir=out, n_jobs=args.n_jobs, device=args.device,
@@ -303,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
     p.add_argument("--synthetic-share", type=float, default=EVAL["synthetic_share"],
                    help="share of each batch that is synthetic")
+    p.add_argument("--augment-synthetic", action=argparse.BooleanOptionalAction, default=EVAL["augment_synthetic"],
+                   help="classical+synthesize: the classical augmentation on the synthetic rows too, not only the "
+                        "real ones")
+    p.add_argument("--classifier-repeats", type=int, default=EVAL["classifier_repeats"],
+                   help="classifiers trained per arm and run; a run's accuracy is their mean")
     p.add_argument("--synthetic-per-class", type=int, default=EVAL["synthetic_per_class"])
     p.add_argument("--perturb-copies", type=int, default=EVAL["perturb_copies"])
     p.add_argument("--strength", default=",".join(map(str, EVAL["strength"])), help="perturb strength, or low,high")
@@ -316,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{protocol.GEN_EPOCHS} epochs of the real subset, {protocol.GEN_STEPS_MIN} to the preset's "
                    "default; longer fits of small subsets memorize)")
     p.add_argument("--no-metrics", action="store_true", help="skip CAS/FID/KID/precision/recall/memorization")
-    p.add_argument("--n-jobs", type=int, default=1, help="runs in parallel (joblib)")
+    p.add_argument("--n-jobs", type=_jobs, default="auto", help="runs in parallel processes (joblib); auto: one "
+                   "per CPU core on a CPU, one on a GPU (default: %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue in an existing --out, reusing finished runs")
     p.add_argument("--overwrite", action="store_true")

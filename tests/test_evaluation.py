@@ -200,3 +200,42 @@ def test_generator_fit_budget_scales_with_the_subset():
     assert EvalConfig(gen_steps=77).gen_steps_for(100) == 77
     with pytest.raises(diffaug.DataError, match="unknown preset 'huge'"):
         EvalConfig(preset="huge")
+
+
+def test_classifier_replicates_are_paired_by_seed_and_averaged(digits_train, digits_test):
+    one = evaluate(digits_train, digits_test, classifier_repeats=1, **{**TINY, "metrics": False})
+    two = evaluate(digits_train, digits_test, classifier_repeats=2, **{**TINY, "metrics": False})
+    for arm, a in two.units[0]["arms"].items():
+        assert len(a["replicates"]) == 2 and a["accuracy"] == pytest.approx(np.mean(a["replicates"]))
+        # replicate 0 is the unit's own seed: the same classifier a single-replicate run trains
+        assert a["replicates"][0] == one.units[0]["arms"][arm]["accuracy"]
+    assert "mean of 2 classifiers" in two.table()
+    with pytest.raises(diffaug.DataError, match="classifier_repeats"):
+        EvalConfig(classifier_repeats=0)
+
+
+def test_classical_augmentation_can_spare_the_synthetic_rows(digits_train):
+    from diffaug.evaluation.batched import BatchAugment
+    from diffaug.evaluation.protocol import _batches
+    subset = digits_train.subset(per_class=5, seed=0)
+    pool = (torch.zeros(40, 1, 8, 8, dtype=torch.uint8) + 77, torch.arange(10).repeat(4))
+    aug = BatchAugment("trivialaugment", digits_train.size)
+    spared = _batches(subset, pool, 0.5, 32, aug, 0, "cpu", augment_synthetic=False)(0)[0]
+    assert (spared[16:] == 77).all()                     # synthetic rows exactly as sampled
+    augmented = _batches(subset, pool, 0.5, 32, aug, 0, "cpu", augment_synthetic=True)(0)[0]
+    assert not (augmented[16:] == 77).all()              # ... or augmented like the real ones
+    plain = _batches(subset, pool, 0.5, 32, None, 0, "cpu")(0)[0]
+    assert not torch.equal(spared[:16], plain[:16])      # the real rows are augmented either way
+    with pytest.raises(diffaug.DataError, match="augment_synthetic"):
+        EvalConfig(augment_synthetic="yes")
+
+
+def test_n_jobs_auto_is_one_process_per_core_on_a_cpu_and_bad_values_are_refused(digits_train, digits_test):
+    import os
+    from diffaug.evaluation.protocol import jobs_for
+    assert jobs_for(1, "cpu") == 1 and jobs_for(1000, "cpu") == (os.cpu_count() or 1)
+    result = evaluate(digits_train, digits_test, n_jobs="auto", **{**TINY, "metrics": False})
+    assert len(result.units) == 1
+    for bad in (0, "many", 1.5, True):
+        with pytest.raises(diffaug.DataError, match="n_jobs"):
+            evaluate(digits_train, digits_test, n_jobs=bad, **TINY)

@@ -25,7 +25,9 @@ def markdown_table(result) -> str:
     arms = list(cfg["arms"])
     primary = cfg["primary"]
     fmt = lambda d: f"{100 * d['mean']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"   # noqa: E731
-    lines = [f"Test accuracy (%) over {cfg['seeds']} seeds; gain = paired difference against `{BASELINE}` "
+    repeats = cfg.get("classifier_repeats", 1)
+    each = f" (each seed: the mean of {repeats} classifiers trained per arm)" if repeats > 1 else ""
+    lines = [f"Test accuracy (%) over {cfg['seeds']} seeds{each}; gain = paired difference against `{BASELINE}` "
              f"({cfg['classical']}), 95% CI in brackets. A gain whose interval includes 0 is not a gain. "
              f"Headline: primary arm (declared in advance): {primary}.", "",
              "| real / class | " + " | ".join(arms) + f" | gain of {primary} vs classical (points) |",

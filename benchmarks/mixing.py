@@ -1,0 +1,122 @@
+"""How the `classical+synthesize` arm should mix classical augmentation with synthetic images, and how much
+of a unit's noise repeated classifier trainings remove, by cross-validation WITHIN the training pool
+(the test split is never touched).
+
+    python benchmarks/mixing.py --dataset digits --folds 3 --seeds 2 --repeats 2
+
+The training pool is cut into `--folds` stratified folds; each fold in turn is the validation set and the real
+subsets (k per class, seed) are drawn from the other folds, so every training image is validated on once and
+the validation set is as large as the pool (a single 30% split of digits holds 270 images, too few to rank
+accuracy knobs: benchmarks/results/knobs_digits.md). Per (fold, k, seed) one generator is fitted on the subset;
+every variant trains `--repeats` classifiers (replicate r: same init and batch stream in every variant), paired
+against the classical arm. Variants:
+
+- `classical+synthesize (augment all)`: the classical augmentation on every row of the batch (the old default);
+- `classical+synthesize (augment real)`: on the real rows only, synthetic rows as sampled;
+- `synthesize`: no classical augmentation at all.
+
+Units run in parallel processes, one thread each (`--n-jobs`); results are rewritten after every unit (a killed
+run keeps them): results/mixing_<dataset>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import diffaug  # noqa: E402
+from _common import write_results  # noqa: E402
+from diffaug.evaluation.batched import BatchAugment  # noqa: E402
+from diffaug.evaluation.classifier import accuracy, train_classifier  # noqa: E402
+from diffaug.evaluation.metrics import paired_ci  # noqa: E402
+from diffaug.evaluation.protocol import EvalConfig, _batches, _pools, replicate_seed  # noqa: E402
+
+VARIANTS = {"classical": (False, True, True), "classical+synthesize (augment all)": (True, True, True),
+            "classical+synthesize (augment real)": (True, True, False), "synthesize": (True, False, False)}
+#            name: (synthetic pool, classical augmentation, augment the synthetic rows)
+
+
+def folds(data, n: int) -> list:
+    """(training part, validation fold) pairs: stratified, seed 1."""
+    from sklearn.model_selection import StratifiedKFold
+    cv = StratifiedKFold(n, shuffle=True, random_state=1)
+    return [(data.select(tr), data.select(va)) for tr, va in cv.split(np.zeros(len(data)), data.labels.numpy())]
+
+
+def unit(pool, validation, fold: int, k: int, seed: int, repeats: int, device: str) -> dict:
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    cfg = EvalConfig(arms=("classical", "classical+synthesize"))
+    subset = pool.subset(per_class=k, seed=seed)
+    gen = diffaug.fit(subset, cfg.preset, cfg.gen_steps_for(len(subset)), seed=seed, device=device, progress=False,
+                      batch_size=cfg.gen_batch_size)
+    syn = _pools(gen, subset, cfg, seed, device)["synthesize"]
+    aug = BatchAugment(cfg.classical, pool.size)
+    steps = cfg.steps_for(len(subset))
+    accs = {}
+    for name, (use_pool, classical, augment_synthetic) in VARIANTS.items():
+        for r in range(repeats):
+            s = replicate_seed(seed, r)
+            batches = _batches(subset, syn if use_pool else None, cfg.synthetic_share if use_pool else 0.0,
+                               cfg.batch_size, aug if classical else None, s, device, augment_synthetic)
+            model = train_classifier(batches, pool.channels, pool.num_classes, steps=steps, seed=s, device=device)
+            accs.setdefault(name, []).append(accuracy(model, validation.images, validation.labels, device))
+    return {"fold": fold, "k": k, "seed": seed, "accuracy": accs, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--per-class", default="10,50")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    from joblib import Parallel, delayed
+
+    data = diffaug.load_data(args.dataset, "train")
+    jobs = [delayed(unit)(tr, va, f, int(k), seed, args.repeats, args.device)
+            for f, (tr, va) in enumerate(folds(data, args.folds))
+            for k in args.per_class.split(",") for seed in range(args.seeds)]
+    units = []
+    for u in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
+        units.append(u)
+        print(f"fold {u['fold']} k={u['k']} seed={u['seed']}: {u['seconds']:.0f} s", flush=True)
+        report(args, units, len(data))
+
+
+def report(args, units: list, n: int) -> None:
+    rows = []
+    for k in sorted({u["k"] for u in units}):
+        mine = [u for u in units if u["k"] == k]
+        for name in VARIANTS:
+            if name == "classical":
+                continue
+            # per unit: the replicate-mean paired difference; spread: replicate-to-replicate vs unit-to-unit
+            diffs = np.array([np.subtract(u["accuracy"][name], u["accuracy"]["classical"]) for u in mine])
+            ci = paired_ci(list(diffs.mean(1)))
+            within = np.sqrt(np.mean(diffs.var(1, ddof=1))) if diffs.shape[1] > 1 else float("nan")
+            rows.append(f"| {k} | {name} | {100 * ci['mean']:+.2f} [{100 * ci['ci_low']:+.2f}, "
+                        f"{100 * ci['ci_high']:+.2f}] | {len(mine)} | {100 * diffs.mean(1).std(ddof=1):.2f} | "
+                        f"{100 * within:.2f} |")
+    head = ("| real / class | variant | gain vs classical (points) [95% CI] | units | sd across units | "
+            "sd across classifier replicates |")
+    table = (f"Command: `python benchmarks/mixing.py {' '.join(sys.argv[1:])}`. {args.folds}-fold stratified "
+             f"cross-validation within the {args.dataset} training pool ({n} images; every image validated on "
+             "once); real subsets drawn from the other folds; the test split is never touched. Each unit: one "
+             f"generator fit on its subset, {args.repeats} classifier replicates per variant (paired by replicate), "
+             "evaluation defaults otherwise. Gain = replicate-mean accuracy minus the classical arm's, per unit.\n\n"
+             + "\n".join([head, "|" + " --- |" * (head.count("|") - 1), *rows]))
+    write_results(f"mixing_{args.dataset}", {"folds": args.folds, "repeats": args.repeats, "units": units}, table)
+
+
+if __name__ == "__main__":
+    main()
