@@ -25,9 +25,11 @@ def _load(args):
 
 
 def _gen_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    from .generator import GUIDANCE, SAMPLE_STEPS
+    p.add_argument("--steps", type=int, default=SAMPLE_STEPS, help="sampler steps (default: %(default)s)")
     p.add_argument("--sampler", default="dpmpp_2m", choices=["dpmpp_2m", "ddim", "ddpm"])
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--guidance", type=float, default=GUIDANCE,
+                   help="classifier-free guidance scale (1 = none; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=500, help="images per network call")

@@ -30,6 +30,10 @@ HASHES_KEY = "diffaug.data_hashes"   # a uint8 (N, 8) tensor beside the weights:
 # ancestral sampling): DPM-Solver++(2M) on EDM's rho=7 ramp is within noise of it at 10 steps and below it at 20
 # (evenly in time: +39% at 20); DDIM and DDPM do best evenly in time.
 SPACING = {"dpmpp_2m": "karras", "ddim": "time", "ddpm": "time"}
+# The sampling defaults of every way to draw from a generator (Generator.sample/perturb, DiffusionAugment, the
+# albumentations transform, SampleBank, the HF adapters, the CLI): sampler steps and classifier-free guidance.
+# The evaluation samples with its own (EvalConfig: guidance 1, 10 steps, chosen on digits).
+SAMPLE_STEPS, GUIDANCE = 20, 2.0
 
 
 class Generator:
@@ -114,7 +118,7 @@ class Generator:
                 f"and v2.Grayscale/RGB conversion) or fit a generator at this size")
         return x
 
-    def denoiser(self, labels: torch.Tensor | None, guidance: float = 2.0):
+    def denoiser(self, labels: torch.Tensor | None, guidance: float = GUIDANCE):
         """x0-predicting callable for the samplers; classifier-free guidance in ONE batched forward pass.
 
         guidance w: x0 = x0_null + w (x0_cond - x0_null); w = 1 is plain conditional, labels=None unconditional.
@@ -179,8 +183,8 @@ class Generator:
                 bar.update(j - i)
         return out
 
-    def sample(self, labels=None, *, per_class: int | None = None, steps: int = 20, sampler: str = "dpmpp_2m",
-               spacing: str | None = None, guidance: float = 2.0, seed: int = 0, batch_size: int = 500, device=None,
+    def sample(self, labels=None, *, per_class: int | None = None, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
+               spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0, batch_size: int = 500, device=None,
                progress: bool | None = None) -> torch.Tensor:
         """New images of the given classes: uint8 (N,C,H,W) on the CPU.
 
@@ -201,8 +205,8 @@ class Generator:
         return self._generate(y, None, n=len(y), t_start=1.0, steps=steps, sampler=sampler, spacing=spacing,
                               guidance=guidance, seed=seed, batch_size=batch_size, progress=progress, desc="sample")
 
-    def perturb(self, images, labels=None, *, strength: float = 0.4, steps: int = 20, sampler: str = "dpmpp_2m",
-                spacing: str | None = None, guidance: float = 2.0, seed: int = 0, batch_size: int = 500, device=None,
+    def perturb(self, images, labels=None, *, strength: float = 0.4, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
+                spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0, batch_size: int = 500, device=None,
                 progress: bool | None = None) -> torch.Tensor:
         """Variations of real images: noise them to t = strength, then denoise conditioned on their class.
 

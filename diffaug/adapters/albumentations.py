@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, require_extra
-from ..generator import Generator
+from ..generator import GUIDANCE, SAMPLE_STEPS, Generator
 from .bank import SampleBank
 from .source import AugmentSource, check_options, choose
 
@@ -78,8 +78,8 @@ class AlbumentationsDiffusionAugment(ImageOnlyTransform):
         label_key: Any
 
     def __init__(self, source, mode: Literal["synthesize", "perturb", "mix"] = "synthesize", mix: float = 0.5,
-                 strength: float | tuple[float, float] = 0.4, steps: int = 20,
-                 sampler: Literal["dpmpp_2m", "ddim", "ddpm"] = "dpmpp_2m", guidance: float = 2.0,
+                 strength: float | tuple[float, float] = 0.4, steps: int = SAMPLE_STEPS,
+                 sampler: Literal["dpmpp_2m", "ddim", "ddpm"] = "dpmpp_2m", guidance: float = GUIDANCE,
                  label_key: str = "class_label", p: float = 0.5):
         options = check_options(p, mode, mix, strength)   # before albumentations' own check of p: a DataError
         super().__init__(p=p)

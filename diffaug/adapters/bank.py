@@ -19,7 +19,7 @@ import torch
 from ..data import ImageData, image_hash
 from ..diffusion.distributed import from_env, rank_device
 from ..errors import DataError, MismatchError
-from ..generator import Generator, check_output_size, check_sampling, whole_number
+from ..generator import GUIDANCE, SAMPLE_STEPS, Generator, check_output_size, check_sampling, whole_number
 from ..io import atomic_path, check_writable, make_shard
 from .shards import chunk_seed, shard_range
 
@@ -158,8 +158,8 @@ class SampleBank:
 
     @classmethod
     def build(cls, gen: Generator, path, *, per_class: int = 200, data: ImageData | None = None, copies: int = 0,
-              strength: float | tuple[float, float] = 0.4, steps: int = 20, sampler: str = "dpmpp_2m",
-              guidance: float = 2.0, seed: int = 0, batch_size: int = 500, device=None, progress: bool = True,
+              strength: float | tuple[float, float] = 0.4, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
+              guidance: float = GUIDANCE, seed: int = 0, batch_size: int = 500, device=None, progress: bool = True,
               overwrite: bool = False, num_shards: int | None = None, shard_index: int | None = None):
         """Generate `per_class` synthetic images of every class and `copies` perturbations of each image of
         `data`, in large batches, and write them to the folder `path` atomically.

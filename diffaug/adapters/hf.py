@@ -18,7 +18,8 @@ import torch
 from .. import __version__
 from ..data import ImageData, _to_uint8_nchw, hf_column
 from ..errors import DataError, MismatchError, require_extra
-from ..generator import Generator, check_output_size, check_sampling, check_seed, is_number, whole_number
+from ..generator import (GUIDANCE, SAMPLE_STEPS, Generator, check_output_size, check_sampling, check_seed, is_number,
+                        whole_number)
 from .shards import chunk_seed, shard_range
 
 datasets = require_extra("datasets", "hf")
@@ -207,7 +208,7 @@ def _finish(ds, synthetic, include_real: bool):
 
 def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *, ratio: float | None = None,
                    image_column: str = "image", label_column: str = "label", seed: int = 0,
-                   batch_size: int = 500, steps: int = 20, sampler: str = "dpmpp_2m", guidance: float = 2.0,
+                   batch_size: int = 500, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m", guidance: float = GUIDANCE,
                    device=None, num_shards: int = 1, shard_index: int = 0, splits=("train",),
                    num_proc: int | None = None, progress: bool = True):
     """The real rows plus synthetic rows: `per_class` new images of every class (or a {class: n} dict, e.g.
@@ -274,8 +275,8 @@ def _procs(num_proc: int | None, chunks: list) -> int | None:
 
 
 def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.4, image_column: str = "image",
-                    label_column: str = "label", seed: int = 0, batch_size: int = 500, steps: int = 20,
-                    sampler: str = "dpmpp_2m", guidance: float = 2.0, device=None, num_shards: int = 1,
+                    label_column: str = "label", seed: int = 0, batch_size: int = 500, steps: int = SAMPLE_STEPS,
+                    sampler: str = "dpmpp_2m", guidance: float = GUIDANCE, device=None, num_shards: int = 1,
                     shard_index: int = 0, splits=("train",), num_proc: int | None = None, progress: bool = True):
     """The real rows plus `copies` perturbed copies of each (noised to `strength`, denoised given the class).
 

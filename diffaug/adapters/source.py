@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, MismatchError
-from ..generator import Generator, check_sampling, is_number
+from ..generator import GUIDANCE, SAMPLE_STEPS, Generator, check_sampling, is_number
 from .bank import SampleBank
 
 MODES = ("synthesize", "perturb", "mix")
@@ -43,8 +43,8 @@ def choose(mode: str, mix: float, strength: tuple[float, float], u_mode: float, 
 class AugmentSource:
     """Turns random draws into images: synthetic ones of a class, or perturbations of a given image."""
 
-    def __init__(self, source: Generator | SampleBank, *, steps: int = 20, sampler: str = "dpmpp_2m",
-                 guidance: float = 2.0):
+    def __init__(self, source: Generator | SampleBank, *, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
+                 guidance: float = GUIDANCE):
         if not isinstance(source, (Generator, SampleBank)):
             raise DataError(f"the augmentation source must be a diffaug Generator or SampleBank, "
                             f"got {type(source).__name__}")
