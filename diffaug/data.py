@@ -35,6 +35,7 @@ class ImageData:
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str] = field(default_factory=list)
+    source: str = field(default="", compare=False, repr=False)   # where load_data found it, for reports
 
     def __post_init__(self):
         images, labels = self.images, self.labels
@@ -327,7 +328,16 @@ def load_data(source="digits", split: str = "train", *, image_column: str = "ima
         return source
     if split not in ("train", "test", "all"):
         raise DataError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    name = str(source)
+    data = _load(str(source), split, image_column, label_column, root)
+    if is_builtin(source):
+        described = f"{source} (built-in), {split} split"
+    else:   # only a saved DatasetDict has splits; an .npz, a folder or a saved Dataset is what it is
+        described = f"{source}, {split} split" if (Path(source) / "dataset_dict.json").exists() else str(source)
+    object.__setattr__(data, "source", described)
+    return data
+
+
+def _load(name: str, split: str, image_column: str, label_column: str, root) -> ImageData:
     if name == "digits":
         return _digits(split)
     if name in FASHION_MNIST_NAMES:

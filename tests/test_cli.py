@@ -113,8 +113,9 @@ def test_evaluate_cli_writes_a_report(tmp_path, capsys):
     # a built-in is tested on its own test split (as --help says), not on half of its training split
     import json
     from diffaug import load_data
-    units = json.loads((out / "results.json").read_text())["units"]
-    assert {u["test_fingerprint"] for u in units} == {load_data("digits", "test").fingerprint()}
+    payload = json.loads((out / "results.json").read_text())
+    assert {u["test_fingerprint"] for u in payload["units"]} == {load_data("digits", "test").fingerprint()}
+    assert payload["config"]["data"] == "train: digits (built-in), train split; test: digits (built-in), test split"
     assert main(["evaluate", "digits", "--out", str(out), "--per-class", "4,x", "--resume"]) == 2
     assert "comma-separated whole numbers" in capsys.readouterr().err
 
@@ -149,7 +150,8 @@ def test_evaluate_test_data_uses_the_column_options(tmp_path, capsys, digits_tra
                  "--gen-steps", "4", "--classifier-steps", "4", "--batch-size", "8", "--perturb-copies", "1",
                  "--sample-steps", "2", "--no-metrics", "--quiet"]) == 0, capsys.readouterr().err
     import json
-    assert "given train and test data" in json.loads((tmp_path / "r" / "results.json").read_text())["config"]["data"]
+    # the report names where each split came from
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["config"]["data"] == f"train: {train}; test: {test}"
 
 
 def test_n_jobs_on_one_gpu_says_what_it_does(monkeypatch, tmp_path):

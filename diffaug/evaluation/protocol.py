@@ -497,7 +497,7 @@ def _splits(data, test):
     test = test if isinstance(test, ImageData) else load_data(test, "test")
     if test.size != train.size or test.channels != train.channels or test.num_classes != train.num_classes:
         raise DataError("the test data differs from the training data in image size, channels or classes")
-    return train, test, "given train and test data"
+    return train, test, f"train: {train.source or 'given in memory'}; test: {test.source or 'given in memory'}"
 
 
 def _unit_path(runs: Path, k: int, seed: int, tag: str) -> Path:
