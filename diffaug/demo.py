@@ -49,7 +49,7 @@ def run_demo(out: Path, overwrite: bool = False, progress: bool = True) -> None:
 
     say("[4/4] evaluating: 10 real images per class, 3 seeds, a generator refitted on each subset")
     from .evaluation import evaluate
-    result = evaluate(train, test, out_dir=out / "evaluation", progress=progress, **DEMO_EVAL)
+    result = evaluate(train, test, out_dir=out / "evaluation", progress=progress, n_jobs="auto", **DEMO_EVAL)
     print(result.table())
     say(f"\ndone in {time.perf_counter() - t0:.0f} s. Generator: {out / 'digits.safetensors'}; grid: "
         f"{out / 'samples.png'}; report: {out / 'evaluation' / 'results.md'} (+ plots, results.json)")
