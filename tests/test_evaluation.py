@@ -230,10 +230,14 @@ def test_classical_augmentation_can_spare_the_synthetic_rows(digits_train):
         EvalConfig(augment_synthetic="yes")
 
 
-def test_n_jobs_auto_is_one_process_per_core_on_a_cpu_and_bad_values_are_refused(digits_train, digits_test):
+def test_n_jobs_auto_is_one_process_per_core_on_a_cpu_and_bad_values_are_refused(digits_train, digits_test,
+                                                                                  monkeypatch):
     import os
     from diffaug.evaluation.protocol import jobs_for
     assert jobs_for(1, "cpu") == 1 and jobs_for(1000, "cpu") == (os.cpu_count() or 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * (os.cpu_count() or 1)))   # torchrun's ranks share the cores
+    assert jobs_for(1000, "cpu") == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     result = evaluate(digits_train, digits_test, n_jobs="auto", **{**TINY, "metrics": False})
     assert len(result.units) == 1
     for bad in (0, "many", 1.5, True):

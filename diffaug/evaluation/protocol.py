@@ -444,13 +444,15 @@ def _gather_units(runs: Path, everything: list, tag: str, train: ImageData, poll
 
 def jobs_for(units: int, device) -> int:
     """n_jobs="auto": on a CPU one process per core, at most one per unit; on a GPU one (see _note_shared_gpu).
+    Under torchrun the ranks on one machine share its cores.
 
     A unit's steps are small (8x8 to 28x28 images, batch 128) and use a second thread poorly: on 2 cores, two
     one-thread units at once ran at 1.47x the throughput of one two-thread unit (digits, 10 per class: 91 s
     each side by side against 67 s alone)."""
     if resolve_device(device).type != "cpu":
         return 1
-    return max(1, min(units, os.cpu_count() or 1))
+    cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(units, cores))
 
 
 def _note_shared_gpu(n_jobs: int, device) -> None:
