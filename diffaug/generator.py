@@ -183,9 +183,9 @@ class Generator:
                 bar.update(j - i)
         return out
 
-    def sample(self, labels=None, *, per_class: int | None = None, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
-               spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0, batch_size: int = 500, device=None,
-               progress: bool | None = None) -> torch.Tensor:
+    def sample(self, labels=None, *, per_class: int | None = None, steps: int = SAMPLE_STEPS,
+               sampler: str = "dpmpp_2m", spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0,
+               batch_size: int = 500, device=None, progress: bool | None = None) -> torch.Tensor:
         """New images of the given classes: uint8 (N,C,H,W) on the CPU.
 
         `labels` are class indices or names; `per_class=k` asks for k of every class instead.
@@ -205,9 +205,9 @@ class Generator:
         return self._generate(y, None, n=len(y), t_start=1.0, steps=steps, sampler=sampler, spacing=spacing,
                               guidance=guidance, seed=seed, batch_size=batch_size, progress=progress, desc="sample")
 
-    def perturb(self, images, labels=None, *, strength: float = 0.4, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
-                spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0, batch_size: int = 500, device=None,
-                progress: bool | None = None) -> torch.Tensor:
+    def perturb(self, images, labels=None, *, strength: float = 0.4, steps: int = SAMPLE_STEPS,
+                sampler: str = "dpmpp_2m", spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0,
+                batch_size: int = 500, device=None, progress: bool | None = None) -> torch.Tensor:
         """Variations of real images: noise them to t = strength, then denoise conditioned on their class.
 
         uint8 in, uint8 out (N,C,H,W). Without labels the null class is used (unconditional denoising).

@@ -208,9 +208,9 @@ def _finish(ds, synthetic, include_real: bool):
 
 def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *, ratio: float | None = None,
                    image_column: str = "image", label_column: str = "label", seed: int = 0,
-                   batch_size: int = 500, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m", guidance: float = GUIDANCE,
-                   device=None, num_shards: int = 1, shard_index: int = 0, splits=("train",),
-                   num_proc: int | None = None, progress: bool = True):
+                   batch_size: int = 500, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
+                   guidance: float = GUIDANCE, device=None, num_shards: int = 1, shard_index: int = 0,
+                   splits=("train",), num_proc: int | None = None, progress: bool = True):
     """The real rows plus synthetic rows: `per_class` new images of every class (or a {class: n} dict, e.g.
     to rebalance), or `ratio` x each class's real count (rows an earlier expansion made are not counted).
     Features are kept; provenance columns are added beside the real rows without rewriting them.
