@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.evaluation.batched import BatchAugment  # noqa: E402
-from diffaug.evaluation.classifier import accuracy, train_classifier  # noqa: E402
 from diffaug.evaluation.metrics import paired_ci  # noqa: E402
-from diffaug.evaluation.protocol import EvalConfig, _batches, _pools, replicate_seed  # noqa: E402
+from diffaug.evaluation.protocol import EvalConfig, _pools, train_arm  # noqa: E402
 
 VARIANTS = {"classical": (False, True, True), "classical+synthesize (augment all)": (True, True, True),
             "classical+synthesize (augment real)": (True, True, False), "synthesize": (True, False, False)}
@@ -52,21 +52,17 @@ def folds(data, n: int) -> list:
 def unit(pool, validation, fold: int, k: int, seed: int, repeats: int, device: str) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    cfg = EvalConfig(arms=("classical", "classical+synthesize"))
+    cfg = EvalConfig(arms=("classical", "classical+synthesize"), classifier_repeats=repeats)
     subset = pool.subset(per_class=k, seed=seed)
     gen = diffaug.fit(subset, cfg.preset, cfg.gen_steps_for(len(subset)), seed=seed, device=device, progress=False,
                       batch_size=cfg.gen_batch_size)
     syn = _pools(gen, subset, cfg, seed, device)["synthesize"]
     aug = BatchAugment(cfg.classical, pool.size)
-    steps = cfg.steps_for(len(subset))
     accs = {}
     for name, (use_pool, classical, augment_synthetic) in VARIANTS.items():
-        for r in range(repeats):
-            s = replicate_seed(seed, r)
-            batches = _batches(subset, syn if use_pool else None, cfg.synthetic_share if use_pool else 0.0,
-                               cfg.batch_size, aug if classical else None, s, device, augment_synthetic)
-            model = train_classifier(batches, pool.channels, pool.num_classes, steps=steps, seed=s, device=device)
-            accs.setdefault(name, []).append(accuracy(model, validation.images, validation.labels, device))
+        _, accs[name] = train_arm(subset, syn if use_pool else None, aug if classical else None,
+                                  replace(cfg, augment_synthetic=augment_synthetic), seed, validation.images,
+                                  validation.labels, device)
     return {"fold": fold, "k": k, "seed": seed, "accuracy": accs, "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -156,6 +156,26 @@ def replicate_seed(seed: int, replicate: int) -> int:
     return seed + 10_000 * replicate
 
 
+def train_arm(subset: ImageData, pool, aug, cfg: EvalConfig, seed: int, test_images, test_labels, device,
+              factory: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
+    """One arm of one unit: `cfg.classifier_repeats` classifiers on batches of the real `subset` (plus the
+    synthetic `pool`, if any, at `cfg.synthetic_share`) with the classical augmentation `aug` (or None), each
+    scored on the test images. Replicate r has seed replicate_seed(seed, r) in every arm, for its weights, its
+    batches and (train_classifier seeds torch's RNG) the per-image reference augmentation: the arms stay paired.
+    Returns replicate 0's model and every replicate's accuracy."""
+    share = cfg.synthetic_share if pool else 0.0
+    first, accuracies = None, []
+    for r in range(cfg.classifier_repeats):
+        s = replicate_seed(seed, r)
+        batches = _batches(subset, pool, share, cfg.batch_size, aug, s, device, cfg.augment_synthetic)
+        model = train_classifier(batches, subset.channels, subset.num_classes, steps=cfg.steps_for(len(subset)),
+                                 seed=s, device=device, factory=factory)
+        if r == 0:
+            first = model
+        accuracies.append(accuracy(model, test_images, test_labels, device))
+    return first, accuracies
+
+
 def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device) -> dict:
     """Synthetic images by class and perturbed copies of the subset, made once per unit in big batches and
     kept on the unit's device."""
@@ -257,8 +277,6 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     pools_s = time.perf_counter() - t0 - fit_s
 
     steps = cfg.steps_for(len(subset))
-    common = dict(in_channels=train.channels, num_classes=train.num_classes, steps=steps, seed=seed, device=device,
-                  factory=factory)
     if cfg.classical in POLICIES:
         classical = BatchAugment(cfg.classical, train.size, cfg.hflip)
     else:   # no batched version (the albumentations preset): torchvision/albumentations per image, on the CPU
@@ -276,14 +294,8 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
             pool, kept[arm] = _filter(pool, models["real"], cfg.filter_confidence)
         t1 = time.perf_counter()
         share = cfg.synthetic_share if pool else 0.0
-        replicates = []
-        for r in range(cfg.classifier_repeats):
-            s = replicate_seed(seed, r)
-            torch.manual_seed(s)   # the per-image reference augmentation draws from torch's RNG: same stream per arm
-            model = train_classifier(_batches(subset, pool, share, cfg.batch_size, aug, s, device,
-                                              cfg.augment_synthetic), **{**common, "seed": s})
-            models.setdefault(arm, model)   # replicate 0 filters the pools
-            replicates.append(accuracy(model, reference.test_images, reference.test_labels, device))
+        models[arm], replicates = train_arm(subset, pool, aug, cfg, seed, reference.test_images,
+                                            reference.test_labels, device, factory)
         arms[arm] = {"accuracy": float(np.mean(replicates)), "replicates": replicates, "optimizer_steps": steps,
                      "batch_size": cfg.batch_size, "seed": seed, "synthetic_share": share,
                      "seconds": round(time.perf_counter() - t1, 2)}
