@@ -26,7 +26,8 @@ from _common import write_results  # noqa: E402
 from diffaug.evaluation.batched import BatchAugment  # noqa: E402
 from diffaug.evaluation.classifier import accuracy, train_classifier  # noqa: E402
 from diffaug.evaluation.metrics import paired_ci  # noqa: E402
-from diffaug.evaluation.protocol import EvalConfig, _batches, _pools, _quality, reference_for  # noqa: E402
+from diffaug.evaluation.config import EvalConfig  # noqa: E402
+from diffaug.evaluation.unit import _batches, _pools, _quality, reference_for  # noqa: E402
 
 VALIDATION_SHARE = 0.3   # of the training pool, stratified, seed 1 (as benchmarks/gen_budget.py)
 

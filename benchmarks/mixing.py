@@ -35,7 +35,8 @@ import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.evaluation.batched import BatchAugment  # noqa: E402
 from diffaug.evaluation.metrics import paired_ci  # noqa: E402
-from diffaug.evaluation.protocol import EvalConfig, _pools, train_arm  # noqa: E402
+from diffaug.evaluation.config import EvalConfig  # noqa: E402
+from diffaug.evaluation.unit import _pools, train_arm  # noqa: E402
 
 VARIANTS = {"classical": (False, True, True), "classical+synthesize (augment all)": (True, True, True),
             "classical+synthesize (augment real)": (True, True, False), "synthesize": (True, False, False)}

@@ -1,4 +1,4 @@
-"""Parameter count and forward FLOPs of each UNet preset (the table in README.md).
+"""Parameter count and forward FLOPs of each UNet preset (the table in docs/design.md).
 
     python benchmarks/presets.py
 """
@@ -20,7 +20,7 @@ SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64)]
 
 def main() -> None:
     rows, payload = [], {}
-    for name, cfg in PRESETS.items():
+    for name, (cfg, _) in PRESETS.items():
         payload[name] = {"config": cfg.to_dict()}
         flops = []
         for c, h, w in SHAPES:

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 from diffaug import ImageData, fit  # noqa: E402
-from diffaug.diffusion.trainer import TrainConfig, Trainer, autocast  # noqa: E402
+from diffaug.diffusion.step import autocast  # noqa: E402
+from diffaug.diffusion.trainer import TrainConfig, Trainer  # noqa: E402
 from diffaug.diffusion.unet import PRESETS, UNet, count_parameters  # noqa: E402
 
 # diffusers layouts matched to each preset's parameter count (and its attention levels).
@@ -55,7 +56,7 @@ def diffusers_model(preset: str, c: int, hw: int):
     from diffusers import UNet2DModel
 
     boc, lpb, groups = DIFFUSERS_LAYOUT[preset]
-    attn = PRESETS[preset].attn_levels
+    attn = PRESETS[preset].unet.attn_levels
     down = tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(len(boc)))
     up = tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(len(boc))))
     return UNet2DModel(sample_size=hw, in_channels=c, out_channels=c, block_out_channels=boc, layers_per_block=lpb,
@@ -179,7 +180,7 @@ def measure_case(preset, c, hw, batch, sample_batch, compiled, device, repeats, 
                 times[name]["sample"].append(timed(sample_fn[name], device))
     params = {name: count_parameters(trainer.model) for name in systems if name.startswith("diffaug")}
     params.update({n: count_parameters(loop.model) for n, loop in systems.items() if loop is not None})
-    ours_flops = forward_flops(UNet(c, 10, PRESETS[preset]), c, hw, lambda m, x, t, y: m(x, t, y))
+    ours_flops = forward_flops(UNet(c, 10, PRESETS[preset].unet), c, hw, lambda m, x, t, y: m(x, t, y))
     theirs_flops = forward_flops(diffusers_model(preset, c, hw), c, hw, lambda m, x, t, y: m(x, t * 999, class_labels=y))
     rows = {}
     for name in systems:

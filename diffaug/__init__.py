@@ -1,13 +1,14 @@
 """diffaug: class-conditional diffusion generators as data augmentation, measured honestly."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .adapters import (AugmentedDataset, DiffusionAugment, DiffusionBatchAugment, SampleBank,
                        augment_dataset)
-from .data import ImageData, load_data
+from .data import ImageData
 from .diffusion.trainer import TrainConfig
 from .errors import DataError, DiffaugError, GeneratorFileError, MismatchError
-from .generator import Generator, fit
+from .fitting import fit
+from .generator import Generator
+from .loading import load_data
 
 __all__ = [
     "__version__", "ImageData", "load_data", "fit", "Generator", "TrainConfig",

@@ -19,25 +19,26 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from .data import load_data
+    from .loading import load_data
     return load_data(args.data, args.split, image_column=args.image_column, label_column=args.label_column,
                      root=args.root)
 
 
 def _gen_args(p: argparse.ArgumentParser) -> None:
-    from .generator import GUIDANCE, SAMPLE_STEPS
+    from .diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, SAMPLER_CHOICES
+    from .generator import BATCH
     p.add_argument("--steps", type=int, default=SAMPLE_STEPS, help="sampler steps (default: %(default)s)")
-    p.add_argument("--sampler", default="dpmpp_2m", choices=["dpmpp_2m", "ddim", "ddpm"])
+    p.add_argument("--sampler", default=SAMPLER, choices=SAMPLER_CHOICES)
     p.add_argument("--guidance", type=float, default=GUIDANCE,
                    help="classifier-free guidance scale (1 = none; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=500, help="images per network call")
+    p.add_argument("--batch-size", type=int, default=BATCH, help="images per network call")
 
 
 def cmd_fit(args) -> None:
     from .diffusion.distributed import from_env
-    from .generator import fit
+    from .fitting import fit
     from .io import check_writable
 
     out = check_writable(args.out, args.overwrite)   # fail now, not after an hour of training
@@ -86,67 +87,29 @@ def cmd_sample(args) -> None:
 def cmd_expand(args) -> None:
     from .diffusion.distributed import from_env, rank_device
     from .generator import Generator
-    from .io import check_writable, make_shard
 
-    ranks = from_env()
-    shards, index = (ranks.world, ranks.rank) if ranks.active and args.num_shards == 1 else \
-        (args.num_shards, args.shard_index)   # under torchrun each rank makes one shard
-    if not 0 <= index < shards:
-        raise DiffaugError(f"--shard-index must lie in 0..{shards - 1}, got {index}")
-    if shards == 1 or ranks.main:
-        check_writable(args.out, args.overwrite)
+    if args.mode == "synthesize" and (args.per_class is None) == (args.ratio is None):
+        raise DiffaugError("give --per-class N or --ratio R")
     from . import hf
     import datasets
 
-    gen = Generator.load(args.gen, device=rank_device(args.device, ranks))
+    gen = Generator.load(args.gen, device=rank_device(args.device, from_env()))
     path = Path(args.data)
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         ds = datasets.load_from_disk(str(path))   # keep the dataset's own features and columns
     else:
         ds = hf.to_hf_dataset(_load(args))
-    common = dict(image_column=args.image_column, label_column=args.label_column, seed=args.seed,
-                  batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                  splits=(args.split,), progress=not args.quiet)
-
-    def make(num_shards: int, shard_index: int):
-        if args.mode == "perturb":
-            return hf.perturb_dataset(ds, gen, args.copies, strength=args.strength, num_shards=num_shards,
-                                      shard_index=shard_index, **common)
-        return hf.expand_dataset(ds, gen, args.per_class, ratio=args.ratio, num_shards=num_shards,
-                                 shard_index=shard_index, **common)
-
-    if args.mode == "synthesize" and (args.per_class is None) == (args.ratio is None):
-        raise DiffaugError("give --per-class N or --ratio R")
-    if shards == 1:
-        _save_dataset(make(1, 0), Path(args.out), args.overwrite)
-        return
-    # Sharded: each part is its own dataset under OUT.parts/ (io.make_shard), joined into OUT once all exist.
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "quiet", "overwrite", "shard_index")}
-    settings.update(generator=gen.fingerprint, num_shards=shards)
-    # under torchrun rank 0 joins; the other ranks make their part only
-    if make_shard(args.out, settings, shards, index, lambda tmp: make(shards, index).save_to_disk(str(tmp)),
-                  _join_parts if ranks.main else None, wait=ranks.active, overwrite=args.overwrite):
-        print(f"wrote {args.out}", file=sys.stderr)
-
-
-def _join_parts(names, tmp) -> None:
-    import datasets
-
-    from .hf import concatenate_shards
-    loaded = [datasets.load_from_disk(str(n)) for n in names]
-    if isinstance(loaded[0], datasets.DatasetDict):
-        joined = datasets.DatasetDict({split: concatenate_shards([d[split] for d in loaded]) for split in loaded[0]})
+    options = dict(image_column=args.image_column, label_column=args.label_column, seed=args.seed,
+                   batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                   splits=(args.split,), progress=not args.quiet)
+    if args.mode == "perturb":
+        options.update(copies=args.copies, strength=args.strength)
     else:
-        joined = concatenate_shards(loaded)
-    joined.save_to_disk(str(tmp))
-
-
-def _save_dataset(ds, out: Path, overwrite: bool) -> None:
-    from .io import atomic_path
-
-    with atomic_path(out, overwrite=overwrite) as tmp:
-        ds.save_to_disk(str(tmp))
-    print(f"wrote {out}: {ds}", file=sys.stderr)
+        options.update(per_class=args.per_class, ratio=args.ratio)
+    by_hand = args.num_shards > 1 or args.shard_index   # else: one shard per torchrun rank, or one in all
+    if hf.expand_to_disk(ds, gen, args.out, mode=args.mode, num_shards=args.num_shards if by_hand else None,
+                         shard_index=args.shard_index if by_hand else None, overwrite=args.overwrite, **options):
+        print(f"wrote {args.out}", file=sys.stderr)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -181,7 +144,7 @@ def cmd_evaluate(args) -> None:
     if out.exists() and not (args.resume or args.overwrite):
         raise DiffaugError(f"{out} already exists; pass --resume to continue it (finished runs are reused) "
                            "or --overwrite to start again")
-    from .data import is_builtin, load_data
+    from .loading import is_builtin, load_data
 
     gen = Generator.load(args.gen) if args.gen else None
     test = None
@@ -242,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--out", required=True, help="generator file to write (.safetensors)")
     p.add_argument("--preset", default="tiny", choices=list(PRESETS))
-    p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's: " +
+                   ", ".join(f"{name} {preset.steps}" for name, preset in PRESETS.items()) + ")")
     p.add_argument("--minutes", type=float, help="wall-clock budget; stops at whichever budget ends first")
     p.add_argument("--batch-size", type=int, help="the global batch (default: "
                    f"{DEFAULT_BATCH['cpu']} on CPU, {DEFAULT_BATCH['cuda']} on CUDA)")
@@ -269,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, required=True)
     p.add_argument("--out", required=True, help="grid.png (one row per class) or samples.npz")
     _gen_args(p)
-    p.add_argument("--spacing", choices=["time", "logsnr", "karras"],
+    from .diffusion.sampling import SPACING_CHOICES
+    p.add_argument("--spacing", choices=SPACING_CHOICES,
                    help="where the sampler's steps sit in time (default: the library's, from benchmarks/sampler_steps.py)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -281,9 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for datasets.Dataset.save_to_disk")
     p.add_argument("--per-class", type=int, help="synthetic images per class")
     p.add_argument("--ratio", type=float, help="synthetic images per class = ratio x the class's real count")
-    p.add_argument("--mode", default="synthesize", choices=["synthesize", "perturb"])
+    p.add_argument("--mode", default="synthesize", choices=["synthesize", "perturb"], help="synthesize: new rows "
+                   "per class (expand_dataset); perturb: copies of the real rows (perturb_dataset)")
     p.add_argument("--copies", type=int, default=1, help="perturb: copies per real image")
-    p.add_argument("--strength", type=float, default=0.4, help="perturb: noise level in (0, 1]")
+    from .diffusion.sampling import STRENGTH
+    p.add_argument("--strength", type=float, default=STRENGTH, help="perturb: noise level in (0, 1]")
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--shard-index", type=int, default=0)
     _gen_args(p)
@@ -294,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     from dataclasses import fields
 
     from .evaluation.classical import CLASSICAL
-    from .evaluation import protocol
-    EVAL = {f.name: f.default for f in fields(protocol.EvalConfig)}   # one source for the defaults: the Python API's
+    from .evaluation import config as evaluation
+    EVAL = {f.name: f.default for f in fields(evaluation.EvalConfig)}   # one source for the defaults: the Python API's
     p = sub.add_parser("evaluate", help="measure the downstream gain over classical augmentation, with CIs")
     _data_args(p)
     p.add_argument("--out", required=True, help="report folder (results.json, results.md, plots, runs/)")
@@ -308,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", help="comma-separated subset of real,classical,synthesize,perturb,classical+synthesize")
     p.add_argument("--classical", default=EVAL["classical"], choices=CLASSICAL)
     p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
-                   f"(default: {protocol.STEPS_PER_EPOCHS} epochs of the real subset, {protocol.STEPS_MIN} to "
-                   f"{protocol.STEPS_MAX})")
+                   f"(default: {evaluation.STEPS_PER_EPOCHS} epochs of the real subset, {evaluation.STEPS_MIN} to "
+                   f"{evaluation.STEPS_MAX})")
     p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
                                      "(default: classical+synthesize if run, else synthesize, else perturb)")
     p.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
@@ -330,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "gives at least this probability of their class")
     p.add_argument("--preset", default=EVAL["preset"], choices=list(PRESETS))
     p.add_argument("--gen-steps", type=int, help="generator fit steps per run (default: "
-                   f"{protocol.GEN_EPOCHS} epochs of the real subset, {protocol.GEN_STEPS_MIN} to the preset's "
+                   f"{evaluation.GEN_EPOCHS} epochs of the real subset, {evaluation.GEN_STEPS_MIN} to the preset's "
                    "default; longer fits of small subsets memorize)")
     p.add_argument("--no-metrics", action="store_true", help="skip CAS/FID/KID/precision/recall/memorization")
     p.add_argument("--n-jobs", type=_jobs, default="auto", help="runs in parallel processes (joblib); auto: one "

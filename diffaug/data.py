@@ -1,11 +1,9 @@
-"""One in-memory form for labelled images (`ImageData`) and the loaders that build it from every source."""
+"""One in-memory form for labelled images (`ImageData`), built from arrays, .npz files, image folders, HF and
+torchvision datasets; `loading.py` maps a name or a path onto these (and holds the built-in datasets)."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,16 +14,6 @@ import torch
 from .errors import DataError, require_extra
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-BUILTINS = ("digits", "fashion-mnist")
-FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fmnist")
-
-
-def is_builtin(source) -> bool:
-    """A built-in data set's name (they come with their own train/test split)."""
-    return isinstance(source, str) and (source == "digits" or source in FASHION_MNIST_NAMES)
 
 
 @dataclass(frozen=True)
@@ -313,116 +301,3 @@ def _to_uint8_nchw(images) -> torch.Tensor:
             raise DataError(f"integer images must lie in 0..255; found {low}..{high}")
         arr = arr.astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-# --- built-in data ---------------------------------------------------------------------------------
-
-def load_data(source="digits", split: str = "train", *, image_column: str = "image",
-              label_column: str = "label", root=None) -> ImageData:
-    """Load a built-in dataset by name, or a path: `.npz`, image folder, or a `save_to_disk` HF dataset.
-
-    Built-ins have a train and a test split: `digits` is scikit-learn's 8x8 digits split 50/50
-    (stratified, seed 0); `fashion-mnist` is the official 60k/10k split. `split="all"` joins them.
-    """
-    if isinstance(source, ImageData):
-        return source
-    if split not in ("train", "test", "all"):
-        raise DataError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    data = _load(str(source), split, image_column, label_column, root)
-    if is_builtin(source):
-        described = f"{source} (built-in), {split} split"
-    else:   # only a saved DatasetDict has splits; an .npz, a folder or a saved Dataset is what it is
-        described = f"{source}, {split} split" if (Path(source) / "dataset_dict.json").exists() else str(source)
-    object.__setattr__(data, "source", described)
-    return data
-
-
-def _load(name: str, split: str, image_column: str, label_column: str, root) -> ImageData:
-    if name == "digits":
-        return _digits(split)
-    if name in FASHION_MNIST_NAMES:
-        return _fashion_mnist(split, root)
-    path = Path(name)
-    if not path.exists():
-        raise DataError(f"unknown data {name!r}: not a built-in ({', '.join(BUILTINS)}) and no such path")
-    if path.is_file():
-        if path.suffix.lower() != ".npz":
-            raise DataError(f"{path} is a file but not an .npz; give an .npz, an image folder or a saved HF dataset")
-        return ImageData.from_npz(path)
-    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-        return _hf_from_disk(path, split, image_column, label_column)
-    return ImageData.from_folder(path)
-
-
-def _digits(split: str) -> ImageData:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    # scikit-learn's digits are 0..16 intensities; 255/16 maps them onto the full uint8 range.
-    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-    data = ImageData.from_arrays(images, d.target, [str(n) for n in d.target_names])
-    if split == "all":
-        return data
-    train, test = data.split(0.5, seed=0)
-    return train if split == "train" else test
-
-
-def _find_idx(root: Path, stem: str) -> Path | None:
-    for folder in (root, root / "raw", root / "FashionMNIST" / "raw"):
-        for suffix in ("", ".gz"):
-            f = folder / (stem + suffix)
-            if f.is_file():
-                return f
-    return None
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file (MNIST's format), gzipped or not."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-        if zero != 0 or dtype != 0x08:
-            raise ValueError("not an unsigned-byte IDX file")
-        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-    except (OSError, ValueError, struct.error, EOFError) as e:
-        raise DataError(f"cannot read IDX file {path}: {e}") from None
-
-
-def _fashion_mnist(split: str, root=None) -> ImageData:
-    roots = [Path(root)] if root else [Path(os.environ["DIFFAUG_FASHION_MNIST"])] \
-        if os.environ.get("DIFFAUG_FASHION_MNIST") else [Path(d) for d in FASHION_MNIST_DIRS]
-    parts = []
-    for prefix in (["train", "t10k"] if split == "all" else ["train" if split == "train" else "t10k"]):
-        for r in roots:
-            images = _find_idx(r, f"{prefix}-images-idx3-ubyte")
-            labels = _find_idx(r, f"{prefix}-labels-idx1-ubyte")
-            if images and labels:
-                parts.append((read_idx(images), read_idx(labels)))
-                break
-        else:
-            raise DataError(
-                "Fashion-MNIST files not found in " + ", ".join(map(str, roots)) +
-                ". Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or pass "
-                "root= (CLI: --root) / set DIFFAUG_FASHION_MNIST to a folder holding the four IDX files "
-                "(a torchvision FashionMNIST root works too)")
-    return ImageData.from_arrays(np.concatenate([p[0] for p in parts]),
-                                 np.concatenate([p[1] for p in parts]), FASHION_MNIST_CLASSES)
-
-
-def _hf_from_disk(path: Path, split: str, image_column: str, label_column: str) -> ImageData:
-    datasets = require_extra("datasets", "hf")
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as e:
-        raise DataError(f"cannot load the Hugging Face dataset at {path}: {e}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if split == "all":
-            ds = datasets.concatenate_datasets(list(ds.values()))
-        elif split in ds:
-            ds = ds[split]
-        else:
-            raise DataError(f"{path} has splits {list(ds)}; no {split!r} split")
-    return ImageData.from_hf(ds, image_column=image_column, label_column=label_column)

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from .data import load_data
+from .loading import load_data
 from .errors import DiffaugError
-from .generator import fit
+from .fitting import fit
 from .grid import save_grid
 
 # Sized to finish in well under 10 minutes on 2 CPU cores (measured: see README). A larger first try

@@ -1,24 +1,28 @@
-"""The fitted artifact: config + EMA weights, with `sample`, `perturb`, `save`, `load`, and `fit` to make one."""
+"""The fitted artifact: config + EMA weights, with `sample`, `perturb`, `save` and `load` (`fitting.fit` makes one).
+
+Every generated image's noise comes from its own stream, keyed by (seed, image index, copy) (diffusion/noise.py):
+an image does not depend on the batch size, the sharding or the number of processes that made it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .data import ImageData, _to_uint8_nchw, load_data
+from .checks import check_output_size, check_seed, check_strength, is_number, whole_number
+from .data import _to_uint8_nchw
+from .diffusion.noise import ImageNoise
 from .diffusion.objectives import to_x0
 from .diffusion.samplers import get_sampler
+from .diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec
 from .diffusion.schedules import alpha_sigma, get_schedule, timesteps
-from .diffusion.trainer import TrainConfig, Trainer, autocast, prepare_model, resolve_device, to_unit
-from .diffusion.unet import UNet, UNetConfig, get_preset
+from .diffusion.step import autocast, prepare_model, resolve_device, to_unit
+from .diffusion.unet import UNet, UNetConfig
 from .errors import DataError, GeneratorFileError, MismatchError, first_line
 from .io import atomic_path
 
@@ -26,14 +30,7 @@ FORMAT = "diffaug.generator"
 FORMAT_VERSION = 1
 METADATA_KEY = "diffaug"
 HASHES_KEY = "diffaug.data_hashes"   # a uint8 (N, 8) tensor beside the weights: hashes of the training images
-# Default step placement per sampler, from benchmarks/sampler_steps.py (digits, own-feature FID against 250-step
-# ancestral sampling): DPM-Solver++(2M) on EDM's rho=7 ramp is within noise of it at 10 steps and below it at 20
-# (evenly in time: +39% at 20); DDIM and DDPM do best evenly in time.
-SPACING = {"dpmpp_2m": "karras", "ddim": "time", "ddpm": "time"}
-# The sampling defaults of every way to draw from a generator (Generator.sample/perturb, DiffusionAugment, the
-# albumentations transform, SampleBank, the HF adapters, the CLI): sampler steps and classifier-free guidance.
-# The evaluation samples with its own (EvalConfig: guidance 1, 10 steps, chosen on digits).
-SAMPLE_STEPS, GUIDANCE = 20, 2.0
+BATCH = 500   # images per network call when sampling
 
 
 class Generator:
@@ -151,18 +148,31 @@ class Generator:
         return self._forward(z, t, y)
 
     def _forward(self, z, t, y):
+        single = len(z) == 1 and self.device.type == "cpu"
+        if single:   # oneDNN runs some convolutions of one image on another path, rounded differently (unet.py)
+            z, t, y = (torch.cat([a, a]) for a in (z, t, y))
         with autocast(self.device):
-            return self.model(z, t, y).float()
+            out = self.model(z, t, y).float()
+        return out[:1] if single else out
+
+    def check_output(self, n: int) -> None:
+        """Refuse, before any work, `n` images of this generator's size that would not fit in memory."""
+        check_output_size(n, self.channels, self.image_size)
 
     @torch.no_grad()
-    def _generate(self, labels: torch.Tensor | None, start: torch.Tensor | None, *, n: int, t_start: float,
-                  steps: int, sampler: str, spacing: str, guidance: float, seed: int, batch_size: int, progress,
+    def _generate(self, labels: torch.Tensor | None, start: torch.Tensor | None, spec: SamplingSpec, *, n: int,
+                  t_start: float, seed: int, stream: str, indices, copy: int, batch_size: int, progress,
                   desc: str) -> torch.Tensor:
-        _check_generation(self, n, steps, sampler, guidance, seed, batch_size)
-        sample_fn = get_sampler(sampler)
-        rng = torch.Generator().manual_seed(int(seed))   # CPU generator: same noise on every device
+        """The sampling engine: batches of `spec`'s sampler from t_start to 0; image i's noise is its own stream."""
+        check_seed(seed)
+        whole_number(batch_size, "batch_size", low=1)
+        whole_number(copy, "copy", low=0)
+        self.check_output(n)
+        indices = _image_indices(indices, n)
+        sample_fn = get_sampler(spec.sampler)
+        steps = spec.steps if t_start == 1.0 else max(1, math.ceil(spec.steps * t_start))
         c, (h, w) = self.channels, self.image_size
-        ts = timesteps(steps, t_start, 0.0, schedule=self._schedule, spacing=spacing or SPACING.get(sampler, "time"))
+        ts = timesteps(steps, t_start, 0.0, schedule=self._schedule, spacing=spec.grid)
         alpha, sigma = (float(a) for a in alpha_sigma(self._schedule(ts[:1])))
         out = torch.empty((n, c, h, w), dtype=torch.uint8)
         # progress=None: a bar only for multi-batch work on a terminal (tqdm's disable=None)
@@ -171,52 +181,53 @@ class Generator:
         with bar:
             for i in range(0, n, batch_size):
                 j = min(n, i + batch_size)
-                noise = torch.randn((j - i, c, h, w), generator=rng).to(self.device)
-                noise = noise.contiguous(memory_format=torch.channels_last)   # the network's layout
-                if start is None:
-                    z = noise
-                else:   # SDEdit: noise the images to t_start, then denoise (Meng et al. 2022)
-                    z = alpha * to_unit(start[i:j].to(self.device)) + sigma * noise
+                noise = ImageNoise.for_images(seed, stream, indices[i:j], copy)
+                z = noise.randn((c, h, w), self.device).contiguous(memory_format=torch.channels_last)
+                if start is not None:   # SDEdit: noise the images to t_start, then denoise (Meng et al. 2022)
+                    z = alpha * to_unit(start[i:j].to(self.device)) + sigma * z
                 y = labels[i:j].to(self.device) if labels is not None else None
-                x = sample_fn(self.denoiser(y, guidance), z, ts, self._schedule, generator=rng)
+                x = sample_fn(self.denoiser(y, spec.guidance), z, ts, self._schedule, generator=noise)
                 out[i:j] = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
                 bar.update(j - i)
         return out
 
     def sample(self, labels=None, *, per_class: int | None = None, steps: int = SAMPLE_STEPS,
-               sampler: str = "dpmpp_2m", spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0,
-               batch_size: int = 500, device=None, progress: bool | None = None) -> torch.Tensor:
+               sampler: str = SAMPLER, spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0,
+               indices=None, batch_size: int = BATCH, device=None, progress: bool | None = None) -> torch.Tensor:
         """New images of the given classes: uint8 (N,C,H,W) on the CPU.
 
-        `labels` are class indices or names; `per_class=k` asks for k of every class instead.
-        The result is a function of (labels, steps, sampler, spacing, guidance, seed, batch_size).
-        `spacing` places the steps: "time" (even in t), "logsnr" or "karras" (see schedules.timesteps); None: the
-        sampler's measured default (SPACING).
+        `labels` are class indices or names; `per_class=k` asks for k of every class instead. Image i's noise
+        comes from (seed, indices[i]) alone (indices default to 0..N-1), so the result does not depend on
+        `batch_size`, and a job split into parts (each passing its rows' indices) makes exactly the images of
+        one call. `spacing` places the steps: "time" (even in t), "logsnr" or "karras" (see
+        schedules.timesteps); None: the sampler's measured default (sampling.SPACING).
         """
+        spec = SamplingSpec(steps, sampler, spacing, guidance)
         if (labels is None) == (per_class is None):
             raise DataError("pass either labels or per_class")
         if per_class is not None:
             per_class = whole_number(per_class, "per_class", low=0)
-            check_output_size(self, per_class * self.num_classes)
+            self.check_output(per_class * self.num_classes)
             labels = torch.arange(self.num_classes).repeat_interleave(per_class)
         y = self.class_index(labels)
         if device is not None:
             self.to(device)
-        return self._generate(y, None, n=len(y), t_start=1.0, steps=steps, sampler=sampler, spacing=spacing,
-                              guidance=guidance, seed=seed, batch_size=batch_size, progress=progress, desc="sample")
+        return self._generate(y, None, spec, n=len(y), t_start=1.0, seed=seed, stream="sample", indices=indices,
+                              copy=0, batch_size=batch_size, progress=progress, desc="sample")
 
-    def perturb(self, images, labels=None, *, strength: float = 0.4, steps: int = SAMPLE_STEPS,
-                sampler: str = "dpmpp_2m", spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0,
-                batch_size: int = 500, device=None, progress: bool | None = None) -> torch.Tensor:
+    def perturb(self, images, labels=None, *, strength: float = STRENGTH, steps: int = SAMPLE_STEPS,
+                sampler: str = SAMPLER, spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0,
+                indices=None, copy: int = 0, batch_size: int = BATCH, device=None,
+                progress: bool | None = None) -> torch.Tensor:
         """Variations of real images: noise them to t = strength, then denoise conditioned on their class.
 
         uint8 in, uint8 out (N,C,H,W). Without labels the null class is used (unconditional denoising).
         `steps` counts steps of a whole trajectory; a perturbation takes ceil(steps * strength) of them,
-        as diffusers' img2img does.
+        as diffusers' img2img does. Image i's noise comes from (seed, indices[i], copy) alone: `copy` numbers
+        the independent perturbations of one image (see `sample` for `indices`).
         """
-        if not is_number(strength) or not 0.0 < float(strength) <= 1.0:
-            raise DataError(f"strength must lie in (0, 1], got {strength!r}")
-        whole_number(steps, "steps", low=1, high=MAX_SAMPLER_STEPS)
+        spec = SamplingSpec(steps, sampler, spacing, guidance)
+        strength, _ = check_strength(strength, allow_range=False)
         x = self.check_images(images)
         y = None
         if labels is not None:
@@ -225,9 +236,8 @@ class Generator:
                 raise DataError(f"{len(x)} images but {len(y)} labels")
         if device is not None:
             self.to(device)
-        return self._generate(y, x, n=len(x), t_start=float(strength), steps=max(1, math.ceil(steps * strength)),
-                              sampler=sampler, spacing=spacing, guidance=guidance, seed=seed,
-                              batch_size=batch_size, progress=progress, desc="perturb")
+        return self._generate(y, x, spec, n=len(x), t_start=strength, seed=seed, stream="perturb", indices=indices,
+                              copy=copy, batch_size=batch_size, progress=progress, desc="perturb")
 
     # --- files ------------------------------------------------------------------------------------
 
@@ -271,8 +281,8 @@ class Generator:
             model = UNet(config["channels"], len(config["class_names"]), UNetConfig.from_dict(config["unet"]))
             model.load_state_dict(tensors, strict=True)
             described = {k: v for k, v in config.items() if k != "fingerprint"}
-            if config["fingerprint"] not in (_weights_fingerprint(model, described),
-                                             _weights_fingerprint(model, described, wall_clock=True)):
+            if config["fingerprint"] not in (weights_fingerprint(model, described),
+                                             weights_fingerprint(model, described, wall_clock=True)):
                 raise GeneratorFileError(f"{path} is damaged: its weights or config do not match the fingerprint "
                                          "written with them")
         except GeneratorFileError:
@@ -283,109 +293,23 @@ class Generator:
                    hashes.numpy() if hashes is not None else None)
 
 
-MAX_SAMPLER_STEPS = 10_000
-
-
-def is_number(x) -> bool:
-    """A real number (Python or numpy), not a bool."""
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def whole_number(value, name: str, low: int | None = None, high: int | None = None) -> int:
-    """`value` as an int within [low, high], or a DataError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"{name} must be a whole number, got {value!r}")
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise DataError(f"{name} must lie in {low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
-                        f", got {value}")
-    return value
-
-
-def check_output_size(gen: "Generator", n: int) -> None:
-    """Refuse, before any work, an output that cannot fit in this machine's memory."""
-    c, (h, w) = gen.channels, gen.image_size
-    need = n * c * h * w
-    try:
-        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):   # not a POSIX system: no check
-        return
-    if need > have:
-        raise DataError(f"{n:,} images of {c}x{h}x{w} need {need / 2**30:,.1f} GiB, more than this machine's "
-                        f"{have / 2**30:,.1f} GiB of memory; generate in parts (e.g. expand_dataset's num_shards)")
-
-
-def check_seed(seed) -> None:
-    """A seed torch.Generator takes: a whole number in -2**63..2**64-1."""
-    whole_number(seed, "seed", low=-(2 ** 63), high=2 ** 64 - 1)
-
-
-def check_sampling(steps, sampler, guidance) -> None:
-    """The sampling options every entry point takes, checked before any work."""
-    whole_number(steps, "steps", low=1, high=MAX_SAMPLER_STEPS)
-    get_sampler(sampler)
-    if not is_number(guidance) or not 0 <= guidance < math.inf:
-        raise DataError(f"guidance must be a finite number >= 0, got {guidance!r}")
-
-
-def _check_generation(gen: "Generator", n: int, steps, sampler, guidance, seed, batch_size) -> None:
-    check_sampling(steps, sampler, guidance)
-    whole_number(batch_size, "batch_size", low=1)
-    check_seed(seed)
-    check_output_size(gen, n)
-
-
-def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minutes: float | None = None,
-        device="auto", seed: int = 0, out_dir=None, resume: bool = False, progress: bool = True,
-        distributed: bool | None = None, timeout_s: float = 300, **options) -> Generator:
-    """Fit a class-conditional diffusion generator to `data` (ImageData, a built-in name or a path).
-
-    `options` are further `TrainConfig` fields (batch_size, lr, ema_decay, label_dropout, schedule,
-    prediction, min_snr_gamma, hflip, checkpoint_every, compile, warmup, ...). With `out_dir`,
-    checkpoints are written there every `checkpoint_every` steps, and `resume=True` continues from one.
-
-    Under torchrun the fit is data-parallel over the launch's ranks (`distributed=None` detects it; True
-    insists, False fits in this process alone): `batch_size` is the global batch, rank 0 writes the
-    checkpoints, and every rank returns the same generator. A collective that waits `timeout_s` seconds
-    for a lost rank fails the run.
-    """
-    data = load_data(data) if not isinstance(data, ImageData) else data
-    unknown = set(options) - set(TrainConfig.__dataclass_fields__)
-    if unknown:
-        raise DataError(f"unknown training option(s) {sorted(unknown)}; see diffaug.TrainConfig")
-    cfg = TrainConfig(preset=preset, steps=steps, minutes=minutes, seed=seed, **options)
-    trainer = Trainer(data, cfg, device=device, out_dir=out_dir, progress=progress, distributed=distributed,
-                      timeout_s=timeout_s)
-    try:
-        if resume:
-            trainer.load_checkpoint()
-        summary = trainer.run()
-    finally:
-        trainer.close()
-    cfg = trainer.cfg   # with the defaults it resolved (batch size by device)
-    ema = trainer.ema.float()
-    config = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "diffaug_version": __version__,
-        "image_size": list(data.size), "channels": data.channels, "class_names": data.class_names,
-        "preset": preset, "unet": get_preset(preset).to_dict(),
-        "schedule": cfg.schedule, "prediction": cfg.prediction,
-        "normalization": "uint8 x -> x / 127.5 - 1",
-        "data_fingerprint": trainer.data_fingerprint, "data_size": len(data), "class_counts": data.class_counts(),
-        "train": {**asdict(cfg), **summary},
-    }
-    config = json.loads(json.dumps(config))   # exactly what save/load will give back (tuples become lists)
-    config["fingerprint"] = _weights_fingerprint(ema, config)
-    return Generator(ema, config, data.image_hashes())   # stays on the training device, ready to sample
+def _image_indices(indices, n: int) -> list[int]:
+    """Each image's index in its job (its noise stream): 0..n-1 by default."""
+    if indices is None:
+        return list(range(n))
+    indices = [whole_number(i, "indices", low=0) for i in np.asarray(indices).reshape(-1).tolist()] \
+        if not isinstance(indices, range) else list(indices)
+    if len(indices) != n:
+        raise DataError(f"{n} images but {len(indices)} indices")
+    return indices
 
 
 WALL_CLOCK = ("seconds", "images_per_second")   # differ between any two runs: not part of a generator's identity
 
 
-def _weights_fingerprint(model: torch.nn.Module, config: dict, wall_clock: bool = False) -> str:
+def weights_fingerprint(model: torch.nn.Module, config: dict, wall_clock: bool = False) -> str:
     """Hash of the config and weights: the same seed and data on the same machine give the same fingerprint.
     (`wall_clock=True`: the hash diffaug <= 0.1.0 wrote, over the timings too; still accepted on load.)"""
-    import hashlib
-
     if "train" in config and not wall_clock:
         config = {**config, "train": {k: v for k, v in config["train"].items() if k not in WALL_CLOCK}}
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())

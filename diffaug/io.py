@@ -90,6 +90,14 @@ def digest(obj) -> str:
     return h.hexdigest()
 
 
+def json_digest(obj, length: int = 16) -> str:
+    """A short sha256 of a JSON-able description (sorted keys; other values by str): names cache entries and
+    generated datasets by the settings that made them."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 PART_NOTE = "diffaug_part.json"
 
 

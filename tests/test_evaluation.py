@@ -216,7 +216,7 @@ def test_classifier_replicates_are_paired_by_seed_and_averaged(digits_train, dig
 
 def test_classical_augmentation_can_spare_the_synthetic_rows(digits_train):
     from diffaug.evaluation.batched import BatchAugment
-    from diffaug.evaluation.protocol import _batches
+    from diffaug.evaluation.unit import _batches
     subset = digits_train.subset(per_class=5, seed=0)
     pool = (torch.zeros(40, 1, 8, 8, dtype=torch.uint8) + 77, torch.arange(10).repeat(4))
     aug = BatchAugment("trivialaugment", digits_train.size)

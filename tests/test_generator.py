@@ -114,3 +114,34 @@ def test_training_lowers_the_loss(digits_gen):
     curve = digits_gen.config["train"]["loss_curve"]
     first, last = curve[0][1], np.mean([loss for _, loss in curve[-4:]])
     assert last < 0.7 * first
+
+
+@pytest.mark.parametrize("sampler, guidance", [("dpmpp_2m", 2.0), ("ddim", 1.0), ("ddpm", 2.0)])
+def test_an_image_does_not_depend_on_the_batch_it_is_made_in(digits_gen, sampler, guidance):
+    """Every image's noise is its own stream (seed, index): batch sizes 1, 7 and 64 give the same images,
+    for the deterministic sampler and for the ancestral one, which draws fresh noise at every step."""
+    labels = np.arange(70) % 10
+    runs = [digits_gen.sample(labels, sampler=sampler, guidance=guidance, steps=6, seed=3, batch_size=b)
+            for b in (1, 7, 64)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    # a part of the job, told its rows' places, makes exactly those rows
+    part = digits_gen.sample(labels[20:33], sampler=sampler, guidance=guidance, steps=6, seed=3,
+                             indices=range(20, 33))
+    assert torch.equal(part, runs[0][20:33])
+
+
+def test_a_perturbation_does_not_depend_on_the_batch_and_copies_differ(digits_gen, digits_train):
+    x, y = digits_train.images[:30], digits_train.labels[:30]
+    one = digits_gen.perturb(x, y, strength=0.5, steps=6, sampler="ddpm", seed=1, batch_size=1)
+    assert torch.equal(one, digits_gen.perturb(x, y, strength=0.5, steps=6, sampler="ddpm", seed=1, batch_size=64))
+    tail = digits_gen.perturb(x[9:], y[9:], strength=0.5, steps=6, sampler="ddpm", seed=1, indices=range(9, 30))
+    assert torch.equal(tail, one[9:])
+    other = digits_gen.perturb(x, y, strength=0.5, steps=6, sampler="ddpm", seed=1, copy=1)
+    assert not torch.equal(other, one)
+
+
+def test_bad_indices_are_refused(digits_gen):
+    with pytest.raises(DataError, match="3 images but 2 indices"):
+        digits_gen.sample([1, 2, 3], indices=[0, 1])
+    with pytest.raises(DataError, match="indices"):
+        digits_gen.sample([1, 2], indices=[0, -1])

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH
 from ..errors import DataError, require_extra
-from ..generator import GUIDANCE, SAMPLE_STEPS, Generator
+from ..generator import Generator
 from .bank import SampleBank
 from .source import AugmentSource, check_options, choose
 
@@ -77,9 +78,9 @@ class AlbumentationsDiffusionAugment(ImageOnlyTransform):
         guidance: Any
         label_key: Any
 
-    def __init__(self, source, mode: Literal["synthesize", "perturb", "mix"] = "synthesize", mix: float = 0.5,
-                 strength: float | tuple[float, float] = 0.4, steps: int = SAMPLE_STEPS,
-                 sampler: Literal["dpmpp_2m", "ddim", "ddpm"] = "dpmpp_2m", guidance: float = GUIDANCE,
+    def __init__(self, source, mode: str = "synthesize", mix: float = 0.5,
+                 strength: float | tuple[float, float] = STRENGTH, steps: int = SAMPLE_STEPS,
+                 sampler: str = SAMPLER, guidance: float = GUIDANCE,
                  label_key: str = "class_label", p: float = 0.5):
         options = check_options(p, mode, mix, strength)   # before albumentations' own check of p: a DataError
         super().__init__(p=p)

@@ -10,18 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checks import check_seed, whole_number
 from ..data import ImageData, image_hash
 from ..diffusion.distributed import from_env, rank_device
+from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec, strengths_for
 from ..errors import DataError, MismatchError
-from ..generator import GUIDANCE, SAMPLE_STEPS, Generator, check_output_size, check_sampling, whole_number
-from ..io import atomic_path, check_writable, make_shard
-from .shards import chunk_seed, shard_range
+from ..generator import BATCH, Generator
+from .shards import shard_range, which_shard, write_sharded
 
 BANK_FORMAT = "diffaug.bank"
 BANK_VERSION = 1
@@ -158,55 +158,44 @@ class SampleBank:
 
     @classmethod
     def build(cls, gen: Generator, path, *, per_class: int = 200, data: ImageData | None = None, copies: int = 0,
-              strength: float | tuple[float, float] = 0.4, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
-              guidance: float = GUIDANCE, seed: int = 0, batch_size: int = 500, device=None, progress: bool = True,
+              strength: float | tuple[float, float] = STRENGTH, steps: int = SAMPLE_STEPS, sampler: str = SAMPLER,
+              guidance: float = GUIDANCE, seed: int = 0, batch_size: int = BATCH, device=None, progress: bool = True,
               overwrite: bool = False, num_shards: int | None = None, shard_index: int | None = None):
         """Generate `per_class` synthetic images of every class and `copies` perturbations of each image of
         `data`, in large batches, and write them to the folder `path` atomically.
 
         `strength` may be a (low, high) range: each copy then gets its own strength, spread evenly over it.
-        Every batch has its own seed, so the work splits into shards that join into exactly this bank:
+        Every image has its own noise (seed, row, copy), so the work splits into shards that join into exactly
+        this bank:
         under torchrun each rank makes one shard (rank 0 joins them; every rank returns the bank), or
         `num_shards`/`shard_index` make one shard by hand on machines sharing a file system. A shard is kept
         under PATH.parts/ until all are there (rerunning remakes only missing ones); it returns None until the
         bank is joined.
         """
         per_class, copies = whole_number(per_class, "per_class", low=0), whole_number(copies, "copies", low=0)
-        check_sampling(steps, sampler, guidance)
+        SamplingSpec(steps, sampler, guidance=guidance)
         whole_number(batch_size, "batch_size", low=1)
-        check_output_size(gen, per_class * gen.num_classes + copies * (len(data) if data is not None else 0))
+        check_seed(seed)
+        gen.check_output(per_class * gen.num_classes + copies * (len(data) if data is not None else 0))
         if copies and data is None:
             raise DataError("perturbations need the real images: pass data= (an ImageData)")
-        lo, hi = (strength, strength) if np.isscalar(strength) else strength
-        strengths = [float(lo + (hi - lo) * (m + 0.5) / copies) for m in range(copies)] if copies else []
+        strengths = strengths_for(strength, copies)
         meta = {"format": BANK_FORMAT, "format_version": BANK_VERSION, "generator_fingerprint": gen.fingerprint,
                 "class_names": gen.class_names, "image_size": list(gen.image_size), "channels": gen.channels,
                 "per_class": per_class, "copies": copies, "strengths": strengths, "steps": steps, "sampler": sampler,
                 "guidance": guidance, "seed": seed, "batch_size": batch_size,
                 "data_fingerprint": data.fingerprint() if data is not None else None}
-        ranks = from_env()
-        if num_shards is None:
-            num_shards, shard_index = (ranks.world, ranks.rank) if ranks.active else (1, 0)
-        num_shards = whole_number(num_shards, "num_shards", low=1)
-        shard_index = whole_number(shard_index or 0, "shard_index", low=0, high=num_shards - 1)
+        num_shards, shard_index = which_shard(num_shards, shard_index)
         options = dict(steps=steps, sampler=sampler, guidance=guidance, batch_size=batch_size,
-                       device=rank_device(device, ranks), progress=progress)
+                       device=rank_device(device, from_env()), progress=progress)
 
         def make_part(folder: Path) -> None:
             arrays = _generate(gen, per_class, data, strengths, seed, num_shards, shard_index, options)
             _write(folder, arrays, meta)
 
-        if num_shards == 1:
-            with atomic_path(path, overwrite=overwrite) as tmp:
-                make_part(tmp)
-            return cls(path, verify=False)
-        if ranks.main:   # (under torchrun rank 0 checks and joins)
-            check_writable(path, overwrite)
-        joined = make_shard(path, meta, num_shards, shard_index, make_part, _join if ranks.main else None,
-                            wait=ranks.active, overwrite=overwrite)
-        while ranks.active and not Path(path).exists():   # the other ranks return the bank rank 0 joins
-            time.sleep(1.0)
-        return cls(path) if joined or ranks.active else None
+        whole = write_sharded(path, meta, make_part, _join, num_shards=num_shards, shard_index=shard_index,
+                              overwrite=overwrite)
+        return cls(path, verify=num_shards > 1) if whole else None
 
 
 def _generate(gen: Generator, per_class: int, data, strengths: list, seed: int, num_shards: int, shard_index: int,
@@ -217,7 +206,8 @@ def _generate(gen: Generator, per_class: int, data, strengths: list, seed: int, 
     labels = torch.arange(gen.num_classes).repeat_interleave(per_class)
     chunks = shard_range(math.ceil(len(labels) / b), num_shards, shard_index)
     rows = slice(chunks.start * b, min(len(labels), chunks.stop * b))
-    synthetic = [gen.sample(labels[i * b:(i + 1) * b], seed=chunk_seed(seed, i), **options) for i in chunks]
+    synthetic = [gen.sample(labels[i * b:(i + 1) * b], seed=seed, indices=range(i * b, min(len(labels), (i + 1) * b)),
+                            **options) for i in chunks]
     out = {"synthetic": torch.cat(synthetic) if synthetic else torch.empty((0, c, h, w), dtype=torch.uint8),
            "synthetic_labels": labels[rows].numpy()}
     if data is None:
@@ -229,7 +219,8 @@ def _generate(gen: Generator, per_class: int, data, strengths: list, seed: int, 
 
     def copies_of(i: int) -> torch.Tensor:   # (rows, copies, C, H, W) for batch i of the real rows
         x, y = real[i * b:(i + 1) * b], data.labels[i * b:(i + 1) * b]
-        return torch.stack([gen.perturb(x, y, strength=s, seed=chunk_seed(seed + 1 + m, i), **options)
+        index = range(i * b, i * b + len(x))
+        return torch.stack([gen.perturb(x, y, strength=s, seed=seed, indices=index, copy=m, **options)
                             for m, s in enumerate(strengths)], dim=1)
 
     perturbed = torch.cat([copies_of(i) for i in chunks]) if strengths and chunks else \

@@ -15,12 +15,14 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import source_digest
+from ..checks import check_seed, check_strength, is_number, whole_number
 from ..data import ImageData, _to_uint8_nchw, hf_column
+from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec
 from ..errors import DataError, MismatchError, require_extra
-from ..generator import (GUIDANCE, SAMPLE_STEPS, Generator, check_output_size, check_sampling, check_seed, is_number,
-                        whole_number)
-from .shards import chunk_seed, shard_range
+from ..generator import BATCH, Generator
+from ..io import json_digest
+from .shards import shard_range, which_shard, write_sharded
 
 datasets = require_extra("datasets", "hf")
 
@@ -131,15 +133,14 @@ def _counts(ds, label_column: str, gen: Generator, per_class, ratio) -> list[int
             counts[int(gen.class_index([key])[0])] = whole_number(n, f"per_class[{key!r}]", low=0)
     else:
         counts = [whole_number(per_class, "per_class", low=0)] * gen.num_classes
-    check_output_size(gen, sum(counts))
+    gen.check_output(sum(counts))
     return counts
 
 
 def _fingerprint(**settings) -> str:
     """A deterministic `datasets` fingerprint for generated rows: the generator's fingerprint and every
     setting that changes them (never the closure: hashing it would hash the weights and flags like progress)."""
-    text = json.dumps({"diffaug": __version__, **settings}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return json_digest({"diffaug": source_digest(), **settings}, length=32)
 
 
 def _check_dataset(ds) -> None:
@@ -208,7 +209,7 @@ def _finish(ds, synthetic, include_real: bool):
 
 def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *, ratio: float | None = None,
                    image_column: str = "image", label_column: str = "label", seed: int = 0,
-                   batch_size: int = 500, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
+                   batch_size: int = BATCH, steps: int = SAMPLE_STEPS, sampler: str = SAMPLER,
                    guidance: float = GUIDANCE, device=None, num_shards: int = 1, shard_index: int = 0,
                    splits=("train",), num_proc: int | None = None, progress: bool = True):
     """The real rows plus synthetic rows: `per_class` new images of every class (or a {class: n} dict, e.g.
@@ -241,8 +242,9 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
     def rows(chunks: list[int]) -> Iterator[dict]:
         for c in chunks:
             y = labels[c * batch_size:(c + 1) * batch_size]
-            images = gen.sample(y, steps=steps, sampler=sampler, guidance=guidance, seed=chunk_seed(seed, c),
-                                batch_size=batch_size, device=device, progress=False)
+            images = gen.sample(y, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
+                                indices=range(c * batch_size, c * batch_size + len(y)), batch_size=batch_size,
+                                device=device, progress=False)
             for x, label in zip(images, y.tolist()):
                 yield {**blank, image_column: codec.write(x), label_column: label, "diffaug_synthetic": True,
                        "diffaug_mode": "synthesize", "diffaug_guidance": guidance,
@@ -266,7 +268,7 @@ def _check_options(batch_size, steps, sampler, guidance, seed, num_shards, shard
     check_seed(seed)
     whole_number(num_shards, "num_shards", low=1)
     whole_number(shard_index, "shard_index", low=0, high=num_shards - 1)
-    check_sampling(steps, sampler, guidance)
+    SamplingSpec(steps, sampler, guidance=guidance)
 
 
 def _procs(num_proc: int | None, chunks: list) -> int | None:
@@ -274,9 +276,9 @@ def _procs(num_proc: int | None, chunks: list) -> int | None:
     return min(num_proc, len(chunks)) if num_proc and num_proc > 1 and len(chunks) > 1 else None
 
 
-def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.4, image_column: str = "image",
-                    label_column: str = "label", seed: int = 0, batch_size: int = 500, steps: int = SAMPLE_STEPS,
-                    sampler: str = "dpmpp_2m", guidance: float = GUIDANCE, device=None, num_shards: int = 1,
+def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = STRENGTH, image_column: str = "image",
+                    label_column: str = "label", seed: int = 0, batch_size: int = BATCH, steps: int = SAMPLE_STEPS,
+                    sampler: str = SAMPLER, guidance: float = GUIDANCE, device=None, num_shards: int = 1,
                     shard_index: int = 0, splits=("train",), num_proc: int | None = None, progress: bool = True):
     """The real rows plus `copies` perturbed copies of each (noised to `strength`, denoised given the class).
 
@@ -293,9 +295,8 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.
     _check_dataset(ds)
     _check_options(batch_size, steps, sampler, guidance, seed, num_shards, shard_index)
     whole_number(copies, "copies", low=1)
-    if not is_number(strength) or not 0 < strength <= 1:
-        raise DataError(f"strength must lie in (0, 1], got {strength!r}")
-    check_output_size(gen, copies * len(ds))
+    check_strength(strength, allow_range=False)
+    gen.check_output(copies * len(ds))
     _check_columns(ds, image_column, label_column)
     _check_generator(ds, gen, label_column)
     codec = _ImageCodec(ds, image_column)
@@ -306,11 +307,11 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.
 
     def perturb_batch(batch: dict, indices: list[int], rank: int | None) -> dict:
         x = gen.check_images(codec.read(batch[image_column]))
-        number = (first + indices[0]) // batch_size   # the batch's place in the unsharded run: its seeds
+        rows = [first + i for i in indices]   # the rows' places in the whole dataset: their noise streams
         out = {name: [] for name in features}
         for m in range(copies):
             images = gen.perturb(x, batch[label_column], strength=strength, steps=steps, sampler=sampler,
-                                 guidance=guidance, seed=chunk_seed(seed, number * copies + m), batch_size=batch_size,
+                                 guidance=guidance, seed=seed, indices=rows, copy=m, batch_size=batch_size,
                                  device=_rank_device(device, rank), progress=False)
             for name in batch:
                 if name not in PROVENANCE:   # an earlier expansion's provenance is replaced below
@@ -321,7 +322,7 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.
             out["diffaug_strength"] += [strength] * len(images)
             out["diffaug_guidance"] += [guidance] * len(images)
             out["diffaug_generator"] += [gen.fingerprint] * len(images)
-            out["diffaug_source_index"] += [first + i for i in indices]
+            out["diffaug_source_index"] += rows
         return out
 
     fingerprint = _fingerprint(kind="perturb", generator=gen.fingerprint, data=ds._fingerprint, copies=copies,
@@ -337,5 +338,37 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = 0.
 
 
 def concatenate_shards(shards):
-    """Join the parts made with num_shards/shard_index (in shard order) into one dataset."""
-    return datasets.concatenate_datasets(list(shards))
+    """Join the parts made with num_shards/shard_index (in shard order) into one dataset (or DatasetDict)."""
+    shards = list(shards)
+    if shards and isinstance(shards[0], datasets.DatasetDict):
+        return datasets.DatasetDict({split: datasets.concatenate_datasets([d[split] for d in shards])
+                                     for split in shards[0]})
+    return datasets.concatenate_datasets(shards)
+
+
+def expand_to_disk(ds, gen: Generator, out, *, mode: str = "synthesize", num_shards: int | None = None,
+                   shard_index: int | None = None, overwrite: bool = False, **options) -> bool:
+    """`expand_dataset` (mode "synthesize") or `perturb_dataset` (mode "perturb") of `ds`, written with
+    `save_to_disk` to the folder `out`, atomically; True once `out` holds the whole result.
+
+    `options` are the expander's. Sharded (`num_shards`/`shard_index` by hand, or one shard per rank under
+    torchrun when they are not given), each shard saves its part under OUT.parts/ and the parts are joined
+    into `out` once all are there, into exactly the dataset one process makes; a part already made with the
+    same settings is kept, so rerunning remakes only the missing ones."""
+    expanders = {"synthesize": expand_dataset, "perturb": perturb_dataset}
+    if mode not in expanders:
+        raise DataError(f"mode must be one of {tuple(expanders)}, got {mode!r}")
+    num_shards, shard_index = which_shard(num_shards, shard_index)
+
+    def make_part(folder) -> None:
+        expanders[mode](ds, gen, num_shards=num_shards, shard_index=shard_index, **options).save_to_disk(str(folder))
+
+    def join(parts, folder) -> None:
+        concatenate_shards(datasets.load_from_disk(str(p)) for p in parts).save_to_disk(str(folder))
+
+    data = {k: v._fingerprint for k, v in ds.items()} if isinstance(ds, datasets.DatasetDict) else \
+        getattr(ds, "_fingerprint", None)
+    settings = {"mode": mode, "generator": gen.fingerprint, "data": data,
+                "num_shards": num_shards, **{k: v for k, v in options.items() if k not in ("progress", "device")}}
+    return write_sharded(out, json.loads(json.dumps(settings, default=str)), make_part, join,
+                         num_shards=num_shards, shard_index=shard_index, overwrite=overwrite)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..checks import check_probability, check_strength, is_number
+from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, SamplingSpec
 from ..errors import DataError, MismatchError
-from ..generator import GUIDANCE, SAMPLE_STEPS, Generator, check_sampling, is_number
+from ..generator import Generator
 from .bank import SampleBank
 
 MODES = ("synthesize", "perturb", "mix")
@@ -18,18 +20,11 @@ MODES = ("synthesize", "perturb", "mix")
 
 def check_options(p: float, mode: str, mix: float, strength) -> tuple[float, str, float, tuple[float, float]]:
     """The options every adapter shares, validated: (p, mode, mix, (strength_low, strength_high))."""
-    if not is_number(p) or not 0.0 <= p <= 1.0:
-        raise DataError(f"p must lie in [0, 1], got {p!r}")
+    check_probability(p, "p")
     if mode not in MODES:
         raise DataError(f"mode must be one of {MODES}, got {mode!r}")
-    if not is_number(mix) or not 0.0 <= mix <= 1.0:
-        raise DataError(f"mix (the share of 'synthesize' in mode='mix') must lie in [0, 1], got {mix!r}")
-    pair = (strength, strength) if is_number(strength) else strength
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(map(is_number, pair)) \
-            or not 0.0 < pair[0] <= pair[1] <= 1.0:
-        raise DataError(f"strength must be a float or a (low, high) range within (0, 1], got {strength!r}")
-    lo, hi = pair
-    return p, mode, mix, (float(lo), float(hi))
+    check_probability(mix, "mix (the share of 'synthesize' in mode='mix')")
+    return p, mode, mix, check_strength(strength)
 
 
 def choose(mode: str, mix: float, strength: tuple[float, float], u_mode: float, u_strength: float) -> tuple[str, float]:
@@ -43,14 +38,13 @@ def choose(mode: str, mix: float, strength: tuple[float, float], u_mode: float, 
 class AugmentSource:
     """Turns random draws into images: synthetic ones of a class, or perturbations of a given image."""
 
-    def __init__(self, source: Generator | SampleBank, *, steps: int = SAMPLE_STEPS, sampler: str = "dpmpp_2m",
+    def __init__(self, source: Generator | SampleBank, *, steps: int = SAMPLE_STEPS, sampler: str = SAMPLER,
                  guidance: float = GUIDANCE):
         if not isinstance(source, (Generator, SampleBank)):
             raise DataError(f"the augmentation source must be a diffaug Generator or SampleBank, "
                             f"got {type(source).__name__}")
-        check_sampling(steps, sampler, guidance)
         self.source = source
-        self.options = dict(steps=steps, sampler=sampler, guidance=guidance, progress=False)
+        self.options = dict(**SamplingSpec(steps, sampler, guidance=guidance).fields(), progress=False)
 
     @property
     def is_bank(self) -> bool:

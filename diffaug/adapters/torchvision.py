@@ -13,8 +13,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2._utils import is_pure_tensor
 
+from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH
 from ..errors import DataError
-from ..generator import GUIDANCE, SAMPLE_STEPS, Generator
+from ..generator import Generator
 from .bank import SampleBank
 from .source import AugmentSource, check_options, choose
 
@@ -105,8 +106,8 @@ class DiffusionAugment(v2.Transform):
     _transformed_types = (PIL.Image.Image, tv_tensors.Image, is_pure_tensor)
 
     def __init__(self, source: Generator | SampleBank, p: float = 0.5, mode: str = "synthesize", *,
-                 mix: float = 0.5, strength: float | tuple[float, float] = 0.4, steps: int = SAMPLE_STEPS,
-                 sampler: str = "dpmpp_2m", guidance: float = GUIDANCE, label_key: str = "label"):
+                 mix: float = 0.5, strength: float | tuple[float, float] = STRENGTH, steps: int = SAMPLE_STEPS,
+                 sampler: str = SAMPLER, guidance: float = GUIDANCE, label_key: str = "label"):
         super().__init__()
         self.p, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
         self.label_key = label_key
@@ -202,8 +203,8 @@ class DiffusionBatchAugment:
     """
 
     def __init__(self, source: Generator | SampleBank, p: float = 0.25, mode: str = "synthesize", *,
-                 mix: float = 0.5, strength: float | tuple[float, float] = 0.4, steps: int = SAMPLE_STEPS,
-                 sampler: str = "dpmpp_2m", guidance: float = GUIDANCE, value_range: tuple[float, float] = (0.0, 1.0)):
+                 mix: float = 0.5, strength: float | tuple[float, float] = STRENGTH, steps: int = SAMPLE_STEPS,
+                 sampler: str = SAMPLER, guidance: float = GUIDANCE, value_range: tuple[float, float] = (0.0, 1.0)):
         self.p, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
         self.value_range = value_range
         self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)

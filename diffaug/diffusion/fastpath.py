@@ -3,8 +3,10 @@
 Graph-safe means no host synchronisation and no host-side values inside the step: the LR and the EMA decay
 are computed on the device from a step counter, the optimizer is fused and capturable with a tensor LR,
 randomness comes from the trainer's generator (registered with the graph), the batch is drawn on the device
-from the uint8 images already there, gradients keep their addresses (zeroed, never freed), and the loss is
-summed on the device and read by the trainer every 25 steps only.
+from the uint8 images already there, and the loss is summed on the device and read by the trainer every 25
+steps only. Gradients are set to None before the backward pass, as the eager step does; under capture that
+happens once, before recording (PyTorch's whole-network recipe), so backward writes fresh gradients in the
+graph's pool at every replay instead of zeroing and accumulating into kept buffers.
 
 On CUDA the step is captured once (after a few eager warm-up steps on a side stream: cuDNN autotuning,
 lazy optimizer state, torch.compile) and each later step is one `graph.replay()`. Elsewhere the same body
@@ -16,19 +18,20 @@ from __future__ import annotations
 
 import torch
 
-from .trainer import Trainer, autocast, ema_decay_at, ema_update, lr_at
+from .step import autocast, ema_decay_at, ema_update, lr_at, step_counter
 
 WARMUP_STEPS = 3   # eager steps before capture (PyTorch's CUDA-graph recipe warms up on a side stream)
 
 
 class FastStep:
-    """Callable that advances `trainer` by one optimizer step; a CUDA graph replay on CUDA."""
+    """Callable that advances `trainer` (a diffusion.trainer.Trainer) by one optimizer step; a CUDA graph
+    replay on CUDA."""
 
-    def __init__(self, trainer: Trainer, capture: bool | None = None):
+    def __init__(self, trainer, capture: bool | None = None):
         self.tr = trainer
         dev = trainer.device
         self.capture = dev.type == "cuda" if capture is None else capture
-        self.step = torch.tensor(float(trainer.step), device=dev)   # float32 counts exactly up to 2**24
+        self.step = step_counter(trainer.step, dev)
         lrs = {id(g["lr"]) for g in trainer.opt.param_groups}
         if not all(torch.is_tensor(g["lr"]) for g in trainer.opt.param_groups) or len(lrs) != 1:
             raise TypeError("the fast path needs one tensor LR shared by all parameter groups (make_optimizer)")
@@ -43,10 +46,10 @@ class FastStep:
         x, y = tr.batch()
         with autocast(tr.device):
             loss = tr.loss_fn(tr.forward, x, y, tr.rng, tr.part)
+        tr.opt.zero_grad(set_to_none=True)   # no kernels: under capture, backward allocates in the graph's pool
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
         tr.opt.step()
-        tr.opt.zero_grad(set_to_none=False)   # keep the gradient buffers: a graph replays into fixed addresses
         self.step += 1
         if tr.ranks.main:
             ema_update(tr.ema, tr.model, ema_decay_at(self.step, cfg))

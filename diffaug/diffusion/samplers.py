@@ -5,8 +5,9 @@
 `denoise(z, t) -> x0_hat` is any callable (the network, its parameterization and guidance are the
 caller's business); `x` is the start, noise at ts[0] = 1 or a noised image for SDEdit; `ts` is a
 decreasing time grid ending at 0, kept on the CPU (the step coefficients are host floats, so a sampler
-step never waits on the device); `schedule` maps t to logSNR. Randomness only comes from `generator`,
-which may live on another device than x (noise is drawn there and moved).
+step never waits on the device); `schedule` maps t to logSNR. Randomness only comes from `generator`: a
+torch.Generator, which may live on another device than x (noise is drawn there and moved), or per-image
+streams (noise.ImageNoise), which make every image's noise independent of the batch it is in.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from ..errors import DiffaugError
 
+from .noise import ImageNoise
 from .schedules import alpha_sigma
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,6 +33,8 @@ def _coeffs(schedule, t: torch.Tensor):
 
 def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
     """Noise drawn where `generator` lives (a CPU generator gives the same noise on every device), moved to x."""
+    if isinstance(generator, ImageNoise):
+        return generator.randn_like(x)
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device, non_blocking=True)
 

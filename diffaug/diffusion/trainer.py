@@ -12,12 +12,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import check_seed, finite_number, whole_number
 from ..data import ImageData
 from ..errors import DiffaugError, first_line
 from ..io import atomic_path, digest
 from . import distributed as ddp
+from .fastpath import FastStep
 from .objectives import DiffusionLoss, check_prediction, drop_labels
 from .schedules import get_schedule
+from .step import autocast, ema_decay_at, ema_update, lr_at, make_optimizer, prepare_model, resolve_device, \
+    step_counter, to_unit
 from .unet import UNet, get_preset
 
 CHECKPOINT = "checkpoint.pt"
@@ -55,114 +59,26 @@ class TrainConfig:
         get_preset(self.preset)
         get_schedule(self.schedule)
         check_prediction(self.prediction)
-        for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1), ("warmup", 1), ("seed", None)):
-            value = getattr(self, name)
-            if value is None and name in ("steps", "batch_size"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low) \
-                    or (name != "seed" and value > MAX_COUNT):
-                raise DiffaugError(f"{name} must be a whole number{f' in {low}..{MAX_COUNT}' if low else ''}, "
-                                   f"got {value!r}")
-        if not -(2 ** 63) <= self.seed < 2 ** 64:
-            raise DiffaugError(f"seed must lie in -2**63..2**64-1, got {self.seed}")
-        if self.batch_size is not None and self.batch_size > MAX_BATCH:
-            raise DiffaugError(f"batch_size {self.batch_size:,} is beyond any device (at most {MAX_BATCH:,})")
+        for name in ("steps", "batch_size", "checkpoint_every", "warmup"):
+            if getattr(self, name) is not None or name not in ("steps", "batch_size"):
+                whole_number(getattr(self, name), name, low=1, high=MAX_BATCH if name == "batch_size" else MAX_COUNT)
+        check_seed(self.seed)
         for name, low, high, closed in (("lr", 0.0, 10.0, False), ("grad_clip", 0.0, 1e6, False),
                                         ("weight_decay", 0.0, 1e3, True), ("ema_decay", 0.0, 1.0, True),
                                         ("label_dropout", 0.0, 1.0, True), ("minutes", 0.0, 1e9, False),
                                         ("min_snr_gamma", 0.0, 1e6, False)):
-            value = getattr(self, name)
-            if value is None and name in ("minutes", "min_snr_gamma"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not (low <= value if closed else low < value) or not value < high:
-                where = f"{'[' if closed else '('}{low:g}, {high:g})"
-                raise DiffaugError(f"{name} must be a finite number in {where}, got {value!r}")
+            if getattr(self, name) is not None or name not in ("minutes", "min_snr_gamma"):
+                finite_number(getattr(self, name), name, low, high, closed)
         if not isinstance(self.hflip, bool):
             raise DiffaugError(f"hflip must be True or False, got {self.hflip!r}")
 
 
 MAX_BATCH = 2 ** 20
 MAX_COUNT = 2 ** 40   # steps, warm-up, checkpoint interval: beyond this a number is a typo, not a plan
-DEFAULT_STEPS = {"tiny": 2000, "small": 20000, "base": 50000}
 # CPU: batch 64 fits digits (2000 steps) in 174 s against 244 s at batch 128, at the same quality (logistic
 # regression on 5,000 samples -> real test half: 0.957 vs 0.952; benchmarks/core_digits.py); the small step is
 # overhead-bound, so halving the batch saves 30%, not 50%.
 DEFAULT_BATCH = {"cpu": 64, "cuda": 512}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DiffaugError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise DiffaugError(f"diffaug runs on cpu, cuda or mps, not {device.type!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DiffaugError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto")
-    return device
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to `device` in channels_last: cuDNN's and oneDNN's convolutions are fastest in NHWC (chosen on the
-    2-core CPU machine by timing the UNet both ways; benchmarks/speed.py gives the end-to-end figures)."""
-    return model.to(device).to(memory_format=torch.channels_last)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: "TrainConfig", device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused (one kernel for all parameters, CPU and CUDA); capturable on CUDA for the CUDA-graph step."""
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(model.parameters(), lr=torch.tensor(cfg.lr, device=device) if fused else cfg.lr,
-                             weight_decay=cfg.weight_decay, betas=(0.9, 0.99), fused=fused or None,
-                             capturable=device.type == "cuda")
-
-
-def lr_at(step: torch.Tensor, cfg: "TrainConfig", total: int | None) -> torch.Tensor:
-    """Linear warm-up over `cfg.warmup` steps, then cosine decay to 10% of `cfg.lr` by `total` (flat without one).
-
-    Torch ops only, so the fast path evaluates it on the device from a step counter without a host sync."""
-    warm = (step + 1) / cfg.warmup
-    if total is None:
-        return cfg.lr * warm.clamp(max=1.0)
-    frac = ((step - cfg.warmup) / max(1, total - cfg.warmup)).clamp(0.0, 1.0)
-    return cfg.lr * torch.where(step < cfg.warmup, warm, 0.1 + 0.45 * (1 + torch.cos(math.pi * frac)))
-
-
-def ema_decay_at(step, cfg: "TrainConfig"):
-    """EMA warm-up: decay (1 + step) / (10 + step), capped at `cfg.ema_decay` (float or device tensor)."""
-    decay = (1 + step) / (10 + step)
-    return decay.clamp(max=cfg.ema_decay) if torch.is_tensor(decay) else min(cfg.ema_decay, decay)
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay) -> None:
-    """ema <- decay * ema + (1 - decay) * model; `decay` may be a device tensor (no host sync)."""
-    ema_params, params = list(ema.parameters()), list(model.parameters())
-    if torch.is_tensor(decay):   # _foreach_lerp_ takes a Python scalar (a sync); mul takes a device tensor
-        delta = torch._foreach_sub(params, ema_params)
-        torch._foreach_mul_(delta, 1.0 - decay)
-        torch._foreach_add_(ema_params, delta)
-    else:
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for eb, b in zip(ema.buffers(), model.buffers()):
-        eb.copy_(b)
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> float -1..1, the range the network sees."""
-    return images.float().div_(127.5).sub_(1.0)
 
 
 class Trainer:
@@ -189,7 +105,7 @@ class Trainer:
         self.cfg = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         torch.manual_seed(config.seed)   # weight init only (the same on every rank); every later draw uses self.rng
-        net = UNet(data.channels, data.num_classes, get_preset(config.preset))
+        net = UNet(data.channels, data.num_classes, get_preset(config.preset).unet)
         self.model = prepare_model(net, self.device)
         self._seed_dropout(0)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -201,7 +117,7 @@ class Trainer:
         self.step = 0
         self.loss_sum = torch.zeros((), device=self.device)   # summed on the device, read every 25 steps
         self.loss_curve: list[tuple[int, float]] = []   # (step, mean loss since the previous entry)
-        self.steps = config.steps if config.steps is not None or config.minutes else DEFAULT_STEPS[config.preset]
+        self.steps = config.steps if config.steps is not None or config.minutes else get_preset(config.preset).steps
         self.part = self.ranks.part(config.batch_size)   # this rank's slice of every global batch
         net = self.model
         if self.ranks.active:
@@ -286,13 +202,13 @@ class Trainer:
         return x, y
 
     def train_step(self) -> None:
-        """The eager reference step: host-side LR and EMA decay, one kernel launch at a time."""
-        lr = float(lr_at(torch.tensor(self.step, dtype=torch.float64), self.cfg, self.steps))
+        """The eager reference step: one kernel launch at a time, the host's step count."""
+        lr = lr_at(step_counter(self.step, self.device), self.cfg, self.steps)
         for group in self.opt.param_groups:
             if torch.is_tensor(group["lr"]):
-                group["lr"].fill_(lr)
+                group["lr"].copy_(lr)
             else:
-                group["lr"] = lr
+                group["lr"] = float(lr)
         x, y = self.batch()
         with autocast(self.device):
             loss = self.loss_fn(self.forward, x, y, self.rng, self.part)
@@ -302,7 +218,7 @@ class Trainer:
         self.opt.step()
         self.step += 1
         if self.ranks.main:
-            ema_update(self.ema, self.model, ema_decay_at(self.step, self.cfg))
+            ema_update(self.ema, self.model, ema_decay_at(step_counter(self.step, self.device), self.cfg))
         self.loss_sum += loss.detach()
 
     def run(self) -> dict:
@@ -330,7 +246,6 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc="fit", unit="step",
                    dynamic_ncols=True)
-        from .fastpath import FastStep   # the fast path is built on this module's reference step
         # DDP's gradient all-reduce is not captured in a CUDA graph: under several ranks the fast body runs eagerly
         step = FastStep(self, capture=False if ranks.active else None) if cfg.fast else self.train_step
         self.loss_sum.zero_()

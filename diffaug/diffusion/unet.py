@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,24 +36,64 @@ class UNetConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+class Preset(NamedTuple):
+    """A named network and the optimizer steps a fit takes by default (`diffaug fit` without --steps)."""
+
+    unet: UNetConfig
+    steps: int
+
+
 # Parameter counts and forward FLOPs (multiply-adds x 2, one 28x28x1 image) are measured by
-# benchmarks/presets.py; the table in README.md comes from it.
+# benchmarks/presets.py; the table in docs/design.md comes from it.
 PRESETS = {
     # tiny is the CPU preset: narrow at full resolution, where the FLOPs are, wide below, where the parameters
     # are; 0.63M parameters at 65% of the FLOPs of (24, 48, 48) with the upsampling conv after (benchmarks/speed.py)
-    "tiny": UNetConfig(channels=16, mults=(1, 3, 3), blocks=1, attn_levels=(2,), emb_dim=96, dropout=0.0,
-                       upsample_conv="before"),
-    "small": UNetConfig(channels=64, mults=(1, 2, 2, 2), blocks=2, attn_levels=(2, 3), emb_dim=256, dropout=0.1),
-    "base": UNetConfig(channels=128, mults=(1, 2, 2, 2), blocks=2, attn_levels=(2, 3), emb_dim=512, dropout=0.1,
-                       groups=32),
+    "tiny": Preset(UNetConfig(channels=16, mults=(1, 3, 3), blocks=1, attn_levels=(2,), emb_dim=96, dropout=0.0,
+                              upsample_conv="before"), steps=2000),
+    "small": Preset(UNetConfig(channels=64, mults=(1, 2, 2, 2), blocks=2, attn_levels=(2, 3), emb_dim=256,
+                               dropout=0.1), steps=20000),
+    "base": Preset(UNetConfig(channels=128, mults=(1, 2, 2, 2), blocks=2, attn_levels=(2, 3), emb_dim=512,
+                              dropout=0.1, groups=32), steps=50000),
 }
 
 
-def get_preset(name: str) -> UNetConfig:
+def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise DiffaugError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+# Batch-invariant layers. An augmentation must not change with the batch it was made in (tests/test_generator.py:
+# batch sizes 1, 7 and 64 give identical images). On the CPU two layers of this network broke that, by ~1e-6:
+# a Linear (one GEMM whose blocking depends on the number of rows) and a 1-channel channels_last convolution
+# (oneDNN takes a batch-dependent path for it; NCHW does not, and convolutions of 2+ channels do not in NHWC,
+# except for a batch of one image, which Generator._forward runs as a pair). Measured on the 2-core CPU machine
+# (batches of 1, 2, 7, 33 against 64); the layers below keep the weights (state_dict keys) of nn.Linear/Conv2d.
+# Left as is: channels_last GroupNorm also rounds batch-dependently (~1e-6) from about 32x32 on; running it in
+# NCHW fixes that but made 28x28 sampling 1.65x slower, so large images may differ by one level in rare pixels.
+
+class Linear(nn.Linear):
+    """nn.Linear; on the CPU one matrix-vector product per row (baddbmm over a broadcast weight), so a row's
+    result does not depend on the others. The layers using it are the small embedding projections."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.ndim != 2:
+            return super().forward(x)
+        return torch.baddbmm(self.bias[None, None], x[:, None], self.weight.t().expand(len(x), -1, -1))[:, 0]
+
+
+class Stem(nn.Conv2d):
+    """The first convolution; for 1-channel images on the CPU it runs in NCHW (see above), then hands the
+    network its usual channels_last layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.in_channels != 1:
+            return super().forward(x)
+        nchw = torch.contiguous_format   # (a clone: a 1-channel tensor can pass as contiguous with NHWC strides)
+        out = F.conv2d(x.clone(memory_format=nchw), self.weight.clone(memory_format=nchw), self.bias, self.stride,
+                       self.padding)
+        return out.contiguous(memory_format=torch.channels_last)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -70,7 +111,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.emb = Linear(emb_dim, 2 * cout)
         self.norm2 = nn.GroupNorm(groups, cout)
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
@@ -108,15 +149,15 @@ class Attention(nn.Module):
 class UNet(nn.Module):
     """eps/v/x0-predicting UNet; `labels == num_classes` is the null (unconditional) class."""
 
-    def __init__(self, in_channels: int, num_classes: int, config: UNetConfig = PRESETS["tiny"]):
+    def __init__(self, in_channels: int, num_classes: int, config: UNetConfig = PRESETS["tiny"].unet):
         super().__init__()
         cfg = self.config = config
         self.num_classes = num_classes
         self.in_channels = in_channels
         widths = [cfg.channels * m for m in cfg.mults]
-        self.time_mlp = nn.Sequential(nn.Linear(cfg.channels, cfg.emb_dim), nn.SiLU(), nn.Linear(cfg.emb_dim, cfg.emb_dim))
+        self.time_mlp = nn.Sequential(Linear(cfg.channels, cfg.emb_dim), nn.SiLU(), Linear(cfg.emb_dim, cfg.emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, cfg.emb_dim)   # +1: the null class
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.stem = Stem(in_channels, widths[0], 3, padding=1)
 
         def block(cin, cout, level):
             layers = [ResBlock(cin, cout, cfg.emb_dim, cfg.groups, cfg.dropout)]

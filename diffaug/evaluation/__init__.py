@@ -4,7 +4,8 @@ baselines, generator-quality metrics and the report."""
 from .classical import CLASSICAL, classical_augment
 from .classifier import SmallCNN, train_classifier
 from .metrics import cas, fid_own, kid_own, memorization, paired_ci, precision_recall
-from .protocol import ARMS, EvalConfig, EvalResult, evaluate
+from .config import ARMS, EvalConfig
+from .protocol import EvalResult, evaluate
 
 __all__ = ["evaluate", "EvalConfig", "EvalResult", "ARMS", "CLASSICAL", "classical_augment", "SmallCNN",
            "train_classifier", "cas", "fid_own", "kid_own", "precision_recall", "memorization", "paired_ci"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion.trainer import to_unit
+from ..diffusion.step import to_unit
 
 
 class SmallCNN(nn.Module):

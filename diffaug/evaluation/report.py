@@ -11,7 +11,6 @@ import torch
 
 from ..grid import save_grid
 from ..io import atomic_path
-from .protocol import BASELINE
 
 
 def _pct(x: float) -> str:
@@ -23,11 +22,11 @@ def markdown_table(result) -> str:
     with its 95% CI, and every diffusion arm's gain with Holm-adjusted p-values and simultaneous intervals."""
     cfg = result.config
     arms = list(cfg["arms"])
-    primary = cfg["primary"]
+    primary, baseline = cfg["primary"], cfg["baseline"]
     fmt = lambda d: f"{100 * d['mean']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"   # noqa: E731
     repeats = cfg.get("classifier_repeats", 1)
     each = f" (each seed: the mean of {repeats} classifiers trained per arm)" if repeats > 1 else ""
-    lines = [f"Test accuracy (%) over {cfg['seeds']} seeds{each}; gain = paired difference against `{BASELINE}` "
+    lines = [f"Test accuracy (%) over {cfg['seeds']} seeds{each}; gain = paired difference against `{baseline}` "
              f"({cfg['classical']}), 95% CI in brackets. A gain whose interval includes 0 is not a gain. "
              f"Headline: primary arm (declared in advance): {primary}.", "",
              "| real / class | " + " | ".join(arms) + f" | gain of {primary} vs classical (points) |",

@@ -1,0 +1,91 @@
+"""What both training-step paths share: the device and its precision, the model's layout, the optimizer, and the
+LR and EMA math. The eager reference step (trainer.py) and the graph-safe step (fastpath.py) both import this
+module, not each other; sampling (generator.py) takes the device, precision and layout from here too.
+
+The LR and the EMA decay are torch ops on a float64 step counter in both paths, so the two compute the same
+numbers in the same order (exact on CPU; float64 counts exactly far beyond any fit, float32 stopped at 2**24)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import DiffaugError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DiffaugError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DiffaugError(f"diffaug runs on cpu, cuda or mps, not {device.type!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffaugError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move to `device` in channels_last: cuDNN's and oneDNN's convolutions are fastest in NHWC (chosen on the
+    2-core CPU machine by timing the UNet both ways; benchmarks/speed.py gives the end-to-end figures)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # fixed shapes: autotune each convolution once, then reuse
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float -1..1, the range the network sees."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel for all parameters, CPU and CUDA); capturable on CUDA for the CUDA-graph step."""
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(model.parameters(), lr=torch.tensor(cfg.lr, device=device) if fused else cfg.lr,
+                             weight_decay=cfg.weight_decay, betas=(0.9, 0.99), fused=fused or None,
+                             capturable=device.type == "cuda")
+
+
+def step_counter(step: int, device) -> torch.Tensor:
+    """The optimizer step as the float64 tensor lr_at and ema_decay_at take."""
+    return torch.tensor(float(step), dtype=torch.float64, device=device)
+
+
+def lr_at(step: torch.Tensor, cfg, total: int | None) -> torch.Tensor:
+    """Linear warm-up over `cfg.warmup` steps, then cosine decay to 10% of `cfg.lr` by `total` (flat without one).
+
+    Torch ops only, so the fast path evaluates it on the device from its step counter without a host sync."""
+    warm = (step + 1) / cfg.warmup
+    if total is None:
+        return cfg.lr * warm.clamp(max=1.0)
+    frac = ((step - cfg.warmup) / max(1, total - cfg.warmup)).clamp(0.0, 1.0)
+    return cfg.lr * torch.where(step < cfg.warmup, warm, 0.1 + 0.45 * (1 + torch.cos(math.pi * frac)))
+
+
+def ema_decay_at(step: torch.Tensor, cfg) -> torch.Tensor:
+    """EMA warm-up: decay (1 + step) / (10 + step), capped at `cfg.ema_decay`."""
+    return ((1 + step) / (10 + step)).clamp(max=cfg.ema_decay)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: torch.Tensor) -> None:
+    """ema <- ema + (1 - decay) (model - ema); `decay` is a device tensor (no host sync)."""
+    ema_params = list(ema.parameters())
+    delta = torch._foreach_sub(list(model.parameters()), ema_params)
+    torch._foreach_mul_(delta, (1.0 - decay).float())
+    torch._foreach_add_(ema_params, delta)
+    for eb, b in zip(ema.buffers(), model.buffers()):
+        eb.copy_(b)
