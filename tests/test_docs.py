@@ -1,5 +1,6 @@
 """README.md runs as written: every Python block in order in one namespace (as a reader pastes them into one
-session), every `diffaug` command of its shell blocks; and every .md file the code cites exists.
+session), every `diffaug` command of its shell blocks (and of docs/*.md, where the longer pages went); and
+every .md file the code or the README cites exists.
 
 The code is executed unchanged. Only the sizes that make the documented calls take minutes or hours on two
 CPU cores are capped, by wrapping the library functions the snippets call (fit steps, bank and expansion
@@ -16,18 +17,19 @@ import torch
 
 import diffaug
 import diffaug.evaluation
-import diffaug.generator
+import diffaug.fitting
 import diffaug.hf
 from diffaug.adapters.bank import SampleBank
 from diffaug.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+PAGES = [README] + [p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
 
 
 def blocks(language):
-    return [code for lang, code in BLOCK.findall(README) if lang == language]
+    return [code for page in PAGES for lang, code in BLOCK.findall(page) if lang == language]
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def capped(monkeypatch, tmp_path):
         return evaluate(data, test, **{**kw, **tiny, "n_jobs": min(kw.get("n_jobs", 1), 2)})
 
     monkeypatch.setattr(diffaug, "fit", small_fit)
-    monkeypatch.setattr(diffaug.generator, "fit", small_fit)   # what the CLI calls
+    monkeypatch.setattr(diffaug.fitting, "fit", small_fit)   # what the CLI calls
     monkeypatch.setattr(SampleBank, "build", staticmethod(small_build))
     monkeypatch.setattr(diffaug.hf, "expand_dataset", small_expand)
     monkeypatch.setattr(diffaug, "evaluate", small_evaluate)
@@ -102,3 +104,9 @@ def test_files_the_code_cites_exist():
                if not (ROOT / name.lstrip("./")).exists() and not (ROOT / src.parent / name).exists()
                and not name.endswith("/results.md") and "OUT" not in name]
     assert not missing, f"cited but not in the repository: {missing}"
+
+
+def test_pages_the_readme_links_exist():
+    links = re.findall(r"\]\(([^)#]+\.(?:md|png))\)", README)
+    assert "docs/measured.md" in links and "docs/evaluation.md" in links
+    assert not [link for link in links if not (ROOT / link).exists()]
