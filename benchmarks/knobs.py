@@ -27,7 +27,8 @@ from diffaug.evaluation.batched import BatchAugment  # noqa: E402
 from diffaug.evaluation.classifier import accuracy, train_classifier  # noqa: E402
 from diffaug.evaluation.metrics import paired_ci  # noqa: E402
 from diffaug.evaluation.config import EvalConfig  # noqa: E402
-from diffaug.evaluation.unit import _batches, _pools, _quality, reference_for  # noqa: E402
+from diffaug.evaluation.classifier import mixed_batches  # noqa: E402
+from diffaug.evaluation.unit import _pools, _quality, reference_for  # noqa: E402
 
 VALIDATION_SHARE = 0.3   # of the training pool, stratified, seed 1 (as benchmarks/gen_budget.py)
 
@@ -56,13 +57,14 @@ def main() -> None:
     for k in (int(x) for x in args.per_class.split(",")):
         for seed in range(args.seeds):
             subset = pool.subset(per_class=k, seed=seed)
-            classical = BatchAugment(base.classical, pool.size)
+            classical = BatchAugment("trivialaugment", pool.size)   # the classical arm these results were made with
             steps = base.steps_for(len(subset))
             common = dict(in_channels=pool.channels, num_classes=pool.num_classes, steps=steps, seed=seed,
                           device=args.device)
 
             def arm(pool_, share):
-                model = train_classifier(_batches(subset, pool_, share, base.batch_size, classical, seed, args.device),
+                model = train_classifier(mixed_batches(subset, pool_, share, base.batch_size, classical, (seed, seed + 1),
+                                                       args.device),
                                          **common)
                 return accuracy(model, reference.test_images, reference.test_labels, args.device)
 

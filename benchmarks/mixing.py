@@ -58,12 +58,14 @@ def unit(pool, validation, fold: int, k: int, seed: int, repeats: int, device: s
     gen = diffaug.fit(subset, cfg.preset, cfg.gen_steps_for(len(subset)), seed=seed, device=device, progress=False,
                       batch_size=cfg.gen_batch_size)
     syn = _pools(gen, subset, cfg, seed, device)["synthesize"]
-    aug = BatchAugment(cfg.classical, pool.size)
+    aug = BatchAugment("trivialaugment", pool.size)   # the classical arm these results were made with
+    seeds = [(seed + 10_000 * r, seed + 10_000 * r + 1) for r in range(repeats)]   # the streams they were made with
     accs = {}
     for name, (use_pool, classical, augment_synthetic) in VARIANTS.items():
-        _, accs[name] = train_arm(subset, syn if use_pool else None, aug if classical else None,
-                                  replace(cfg, augment_synthetic=augment_synthetic), seed, validation.images,
-                                  validation.labels, device)
+        _, records = train_arm(subset, syn if use_pool else None, aug if classical else None,
+                               replace(cfg, augment_synthetic=augment_synthetic), seeds, validation.images,
+                               validation.labels, device)
+        accs[name] = [r["accuracy"] for r in records]
     return {"fold": fold, "k": k, "seed": seed, "accuracy": accs, "seconds": round(time.perf_counter() - t0, 1)}
 
 

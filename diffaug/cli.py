@@ -141,7 +141,7 @@ def cmd_evaluate(args) -> None:
     from .generator import Generator
 
     out = Path(args.out)
-    if out.exists() and not (args.resume or args.overwrite):
+    if out.exists() and not (args.resume or args.overwrite) and not args.preregister:
         raise DiffaugError(f"{out} already exists; pass --resume to continue it (finished runs are reused) "
                            "or --overwrite to start again")
     from .loading import is_builtin, load_data
@@ -153,7 +153,8 @@ def cmd_evaluate(args) -> None:
                          label_column=args.label_column)
     elif is_builtin(args.data) and args.split == "train":   # a built-in's own test split, as --help says
         test = load_data(args.data, "test", root=args.root)
-    options = dict(per_class=_ints(args.per_class), seeds=args.seeds, classical=args.classical,
+    options = dict(per_class=_ints(args.per_class), seeds=args.seeds, seed_start=args.seed_start,
+                   classical=args.classical,
                    classifier_steps=args.classifier_steps, batch_size=args.batch_size,
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
                    perturb_copies=args.perturb_copies, strength=_floats(args.strength), guidance=args.guidance,
@@ -162,8 +163,15 @@ def cmd_evaluate(args) -> None:
                    augment_synthetic=args.augment_synthetic, classifier_repeats=args.classifier_repeats)
     if args.arms:
         options["arms"] = tuple(args.arms.split(","))
+    if args.preregister:   # write the plan and stop: commit it, then run with --preregistered
+        from .evaluation.protocol import plan_of
+        plan_of(args.preregister, _load(args), test, gen=gen, overwrite=args.overwrite, **options)
+        print(f"wrote {args.preregister}: commit it, then run the same command with --preregistered "
+              f"{args.preregister} instead of --preregister", file=sys.stderr)
+        return
     result = evaluate(_load(args), test, gen=gen, out_dir=out, n_jobs=args.n_jobs, device=args.device,
-                      progress=not args.quiet, resume=not args.overwrite, **options)
+                      progress=not args.quiet, resume=not args.overwrite, preregistered=args.preregistered,
+                      looks=args.looks, **options)
     if from_env().main:   # under torchrun every rank ends with the whole result; rank 0 reports it
         print(result.table())
         print(f"\nreport: {out}/results.md, results.json and plots", file=sys.stderr)
@@ -261,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dataclasses import fields
 
     from .evaluation.classical import CLASSICAL
+    from .evaluation.config import ARMS
     from .evaluation import config as evaluation
     EVAL = {f.name: f.default for f in fields(evaluation.EvalConfig)}   # one source for the defaults: the Python API's
     p = sub.add_parser("evaluate", help="measure the downstream gain over classical augmentation, with CIs")
@@ -272,8 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", default=",".join(map(str, EVAL["per_class"])),
                    help="real images per class, comma-separated ('all' ok)")
     p.add_argument("--seeds", type=int, default=EVAL["seeds"])
-    p.add_argument("--arms", help="comma-separated subset of real,classical,synthesize,perturb,classical+synthesize")
-    p.add_argument("--classical", default=EVAL["classical"], choices=CLASSICAL)
+    p.add_argument("--seed-start", type=int, default=EVAL["seed_start"], help="the runs' seeds are SEED_START .. "
+                   "SEED_START + SEEDS - 1: a confirmatory run takes seeds no earlier run used (default: %(default)s)")
+    p.add_argument("--arms", help=f"comma-separated subset of {','.join(ARMS)} (default: {','.join(EVAL['arms'])})")
+    p.add_argument("--classical", default=EVAL["classical"], help="the classical baseline: 'auto' (the best of a "
+                   "menu, chosen per regime by cross-validation inside the training pool) or a policy, one of "
+                   f"{', '.join(CLASSICAL)}, optionally with (m=MAGNITUDE,p=SHARE) (default: %(default)s)")
+    p.add_argument("--preregister", metavar="FILE", help="write this evaluation's plan (every setting, the data, "
+                   "the code's hash and commit) to FILE and stop; commit it before the run")
+    p.add_argument("--preregistered", metavar="FILE", help="run the evaluation FILE describes (refused if any "
+                   "setting, the data or the code differ) and record it in the report")
+    p.add_argument("--looks", metavar="LEDGER", help="a JSON ledger of the runs that scored on this test split: "
+                   "this run is added, and the report says how many looks the split has had")
     p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
                    f"(default: {evaluation.STEPS_PER_EPOCHS} epochs of the real subset, {evaluation.STEPS_MIN} to "
                    f"{evaluation.STEPS_MAX})")

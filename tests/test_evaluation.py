@@ -10,6 +10,7 @@ import diffaug
 from diffaug.evaluation import (EvalConfig, cas, evaluate, fid_own, kid_own, memorization, paired_ci,
                                 precision_recall)
 from diffaug.evaluation.classifier import embed, train_classifier
+from diffaug.evaluation.config import unit_streams
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +27,22 @@ def test_every_arm_ran_the_same_steps_batch_and_seed(small_eval):
     assert len(result.units) == 2
     for unit in result.units:
         arms = unit["arms"]
-        assert set(arms) == set(diffaug.evaluation.ARMS)
+        assert set(arms) == set(EvalConfig().arms) and "classical+synthesize-control" in arms
         assert {a["optimizer_steps"] for a in arms.values()} == {40}
         assert {a["batch_size"] for a in arms.values()} == {32}
-        assert {a["seed"] for a in arms.values()} == {unit["seed"]}
+        # every arm's classifiers use the unit's replicate seeds (weights, batches, augmentation draws)
+        assert unit["replicate_seeds"] == [list(p) for p in unit_streams(unit["k"], unit["seed"], 2)["replicates"]]
         assert arms["synthesize"]["synthetic_share"] == 0.5 and arms["classical"]["synthetic_share"] == 0.0
+        assert arms["classical+synthesize-control"]["synthetic_share"] == 0.5
+        assert arms["classical"]["classical"] == arms["classical+synthesize"]["classical"] == unit["classical"]
+        assert len(arms["classical"]["per_class"]) == 10 and len(arms["classical"]["correct"]) == 2
 
 
 def test_each_generator_saw_only_its_regime_subset(small_eval, digits_train, digits_test):
     result, _ = small_eval
     test_keys = {bytes(x.numpy()) for x in digits_test.images}
     for unit in result.units:
-        subset = digits_train.subset(per_class=unit["k"], seed=unit["seed"])
+        subset = digits_train.subset(per_class=unit["k"], seed=unit_streams(unit["k"], unit["seed"], 0)["subset"])
         assert unit["generator"]["data_fingerprint"] == subset.fingerprint() == unit["subset_fingerprint"]
         assert unit["subset_size"] == 50 and not unit["generator"]["given"]
         # the subset holds no test image (digits has a few exact duplicates across the halves; none here)
@@ -49,8 +54,9 @@ def test_report_files_and_resume(small_eval, digits_train, digits_test):
     result, out = small_eval
     payload = json.loads((out / "results.json").read_text())
     assert payload["summary"]["5"]["vs_classical"]["synthesize"]["n"] == 2
-    assert "gain of classical+synthesize vs classical" in (out / "results.md").read_text()
-    for name in ("accuracy_vs_real_per_class.png", "samples_k5.png", "memorization_k5.png"):
+    assert "classical+synthesize vs its dose control" in (out / "results.md").read_text()
+    assert payload["config"]["classical_selection"]["5"]["winner"] == result.units[0]["classical"]
+    for name in ("gains_forest.png", "samples_k5.png", "memorization_k5.png"):
         assert (out / name).stat().st_size > 0
     # a second call finds every unit cached and re-runs nothing
     again = evaluate(digits_train, digits_test, per_class=(5,), seeds=2, gen_steps=60, gen_batch_size=32,
@@ -147,7 +153,7 @@ def test_cached_units_are_not_reused_for_other_data(digits_train, digits_test, t
     other = diffaug.ImageData.from_arrays((255 - digits_train.images).permute(0, 2, 3, 1).numpy(),
                                           digits_train.labels.numpy(), digits_train.class_names)
     second = evaluate(other, digits_test, out_dir=tmp_path, **TINY)
-    assert second.units[0]["subset_fingerprint"] == other.subset(per_class=3, seed=0).fingerprint()
+    assert second.units[0]["subset_fingerprint"] == other.subset(per_class=3, seed=unit_streams(3, 0, 0)["subset"]).fingerprint()
     assert second.units[0]["subset_fingerprint"] != first.units[0]["subset_fingerprint"]
     # the test split and the classifier are part of the key too
     third = evaluate(digits_train, digits_test.subset(per_class=20, seed=0), out_dir=tmp_path, **TINY)
@@ -165,7 +171,7 @@ def test_headline_is_the_declared_primary_arm_with_holm_adjusted_intervals(digit
         plain = s["vs_classical"][arm]
         assert h["ci_low"] <= plain["ci_low"] + 1e-12 and h["ci_high"] >= plain["ci_high"] - 1e-12
     table = result.table()
-    assert "primary arm (declared in advance): perturb" in table and "Holm" in table
+    assert "declared in advance: perturb" in table and "Holm" in table
     with pytest.raises(diffaug.DataError, match="primary"):
         evaluate(digits_train, digits_test, primary="magic", **TINY)
 
@@ -207,7 +213,7 @@ def test_classifier_replicates_are_paired_by_seed_and_averaged(digits_train, dig
     two = evaluate(digits_train, digits_test, classifier_repeats=2, **{**TINY, "metrics": False})
     for arm, a in two.units[0]["arms"].items():
         assert len(a["replicates"]) == 2 and a["accuracy"] == pytest.approx(np.mean(a["replicates"]))
-        # replicate 0 is the unit's own seed: the same classifier a single-replicate run trains
+        # replicate 0 has the same seeds in both runs: the same classifier a single-replicate run trains
         assert a["replicates"][0] == one.units[0]["arms"][arm]["accuracy"]
     assert "mean of 2 classifiers" in two.table()
     with pytest.raises(diffaug.DataError, match="classifier_repeats"):
@@ -216,15 +222,15 @@ def test_classifier_replicates_are_paired_by_seed_and_averaged(digits_train, dig
 
 def test_classical_augmentation_can_spare_the_synthetic_rows(digits_train):
     from diffaug.evaluation.batched import BatchAugment
-    from diffaug.evaluation.unit import _batches
+    from diffaug.evaluation.classifier import mixed_batches
     subset = digits_train.subset(per_class=5, seed=0)
     pool = (torch.zeros(40, 1, 8, 8, dtype=torch.uint8) + 77, torch.arange(10).repeat(4))
     aug = BatchAugment("trivialaugment", digits_train.size)
-    spared = _batches(subset, pool, 0.5, 32, aug, 0, "cpu", augment_synthetic=False)(0)[0]
+    spared = mixed_batches(subset, pool, 0.5, 32, aug, (0, 1), "cpu", augment_synthetic=False)(0)[0]
     assert (spared[16:] == 77).all()                     # synthetic rows exactly as sampled
-    augmented = _batches(subset, pool, 0.5, 32, aug, 0, "cpu", augment_synthetic=True)(0)[0]
+    augmented = mixed_batches(subset, pool, 0.5, 32, aug, (0, 1), "cpu", augment_synthetic=True)(0)[0]
     assert not (augmented[16:] == 77).all()              # ... or augmented like the real ones
-    plain = _batches(subset, pool, 0.5, 32, None, 0, "cpu")(0)[0]
+    plain = mixed_batches(subset, pool, 0.5, 32, None, (0, 1), "cpu")(0)[0]
     assert not torch.equal(spared[:16], plain[:16])      # the real rows are augmented either way
     with pytest.raises(diffaug.DataError, match="augment_synthetic"):
         EvalConfig(augment_synthetic="yes")
@@ -243,3 +249,100 @@ def test_n_jobs_auto_is_one_process_per_core_on_a_cpu_and_bad_values_are_refused
     for bad in (0, "many", 1.5, True):
         with pytest.raises(diffaug.DataError, match="n_jobs"):
             evaluate(digits_train, digits_test, n_jobs=bad, **TINY)
+
+
+# --- issue 18: a tuned baseline, dose controls, fresh seeds, records a statistician can use ------------------
+
+def test_the_dose_control_is_the_primary_arms_batches_with_clean_real_rows_for_the_synthetic_ones(digits_train):
+    """Same real rows (indices and augmentation draws) in every batch; where the primary arm has a synthetic
+    image, the control has an un-augmented image of the subset."""
+    from diffaug.evaluation.batched import BatchAugment
+    from diffaug.evaluation.classifier import mixed_batches
+    subset = digits_train.subset(per_class=5, seed=0)
+    synthetic = (torch.full((300, 1, 8, 8), 200, dtype=torch.uint8), torch.arange(10).repeat(30))
+    real = (subset.images, subset.labels)
+    aug = BatchAugment("trivialaugment", digits_train.size, magnitude=0.5)
+    primary = mixed_batches(subset, synthetic, 0.5, 32, aug, (5, 6), "cpu", augment_synthetic=False)
+    control = mixed_batches(subset, real, 0.5, 32, aug, (5, 6), "cpu", augment_synthetic=False)
+    known = {bytes(x.numpy()) for x in subset.images}
+    for step in range(5):
+        (xp, yp), (xc, yc) = primary(step), control(step)
+        assert torch.equal(xp[:16], xc[:16]) and torch.equal(yp[:16], yc[:16])   # the real half, augmented alike
+        assert (xp[16:] == 200).all()                                             # synthetic rows
+        assert all(bytes(x.numpy()) in known for x in xc[16:])                    # clean real rows instead
+        assert [int(y) for y in yc[16:]] == [int(subset.labels[i]) for i in
+                                             [next(j for j, z in enumerate(subset.images) if torch.equal(z, x))
+                                              for x in xc[16:]]]
+
+
+def test_the_tuned_baseline_never_reads_the_test_split(digits_train, digits_test):
+    """Poisoned test labels change the test accuracies, not the classical choice or its scores."""
+    options = {**TINY, "arms": ("classical", "synthesize"), "metrics": False, "seeds": 1}
+    clean = evaluate(digits_train, digits_test, **options)
+    poisoned_test = diffaug.ImageData(digits_test.images, (digits_test.labels + 1) % 10, digits_test.class_names)
+    poisoned = evaluate(digits_train, poisoned_test, **options)
+    assert clean.config["classical_selection"] == {
+        k: {**v, "seconds": clean.config["classical_selection"][k]["seconds"]}
+        for k, v in poisoned.config["classical_selection"].items()}
+    assert clean.units[0]["arms"]["classical"]["accuracy"] != poisoned.units[0]["arms"]["classical"]["accuracy"]
+    selection = clean.config["classical_selection"]["3"]
+    assert selection["winner"] in selection["menu"] and len(selection["per_fold"][selection["winner"]]) == 3
+    assert clean.units[0]["classical"] == selection["winner"]
+
+
+def test_the_seed_streams_of_two_units_never_overlap():
+    words = []
+    for k in (0, 10, 50, 100):
+        for seed in range(20):
+            s = unit_streams(k, seed, 3)
+            words += [s["subset"], s["generator"], s["pools"], *(w for pair in s["replicates"] for w in pair)]
+    assert len(words) == len(set(words))
+
+
+def test_seed_start_gives_fresh_seeds_and_a_cached_unit_of_other_code_is_not_reused(digits_train, digits_test,
+                                                                                    tmp_path, monkeypatch):
+    import diffaug.evaluation.protocol as protocol
+    options = {**TINY, "arms": ("classical", "synthesize"), "metrics": False, "classical": "crop"}
+    first = evaluate(digits_train, digits_test, seed_start=40, out_dir=tmp_path, **options)
+    assert [u["seed"] for u in first.units] == [40]
+    assert evaluate(digits_train, digits_test, seed_start=40, out_dir=tmp_path, **options).units[0]["seconds"] == \
+        first.units[0]["seconds"]   # the same code reuses its cached unit
+    monkeypatch.setattr(protocol, "source_digest", lambda: "other code")
+    again = evaluate(digits_train, digits_test, seed_start=40, out_dir=tmp_path, **options)
+    assert again.config["cache_key"] != first.config["cache_key"]
+    assert len(list((tmp_path / "runs").glob("k3-seed40-*.json"))) == 2   # run anew, stored beside the old
+
+
+def test_a_preregistered_run_must_be_the_one_registered(digits_train, digits_test, tmp_path):
+    from diffaug.evaluation.protocol import plan_of
+    options = {**TINY, "arms": ("classical", "synthesize"), "metrics": False, "classical": "crop"}
+    plan = plan_of(tmp_path / "plan.json", digits_train, digits_test, **options)
+    assert plan["config"]["primary"] == "synthesize" and plan["source"] and plan["baseline_rule"] == "fixed: crop"
+    result = evaluate(digits_train, digits_test, preregistered=tmp_path / "plan.json", looks=tmp_path / "looks.json",
+                      **options)
+    assert result.config["preregistration"]["file"] == str(tmp_path / "plan.json")
+    assert result.config["looks_at_test_split"] == 1
+    assert evaluate(digits_train, digits_test, looks=tmp_path / "looks.json", **options).config[
+        "looks_at_test_split"] == 2
+    with pytest.raises(diffaug.DataError, match=r"not the one preregistered .*config \(seed_start\)"):
+        evaluate(digits_train, digits_test, preregistered=tmp_path / "plan.json", **{**options, "seed_start": 5})
+
+
+def test_each_classifier_records_which_test_images_it_got_right(small_eval, digits_test):
+    from diffaug.evaluation.metrics import unpack_bits
+    result, _ = small_eval
+    arm = result.units[0]["arms"]["classical"]
+    bits = [unpack_bits(b, len(digits_test)) for b in arm["correct"]]
+    assert [b.mean() for b in bits] == pytest.approx(arm["replicates"])
+    primary = result.summary["5"]["primary"]
+    assert {"gain", "bootstrap", "vs_control", "bootstrap_vs_control"} <= set(primary)
+    assert primary["bootstrap"]["mean"] == pytest.approx(primary["gain"]["mean"], abs=1e-6)
+
+
+def test_classical_policies_parse_and_bad_ones_are_refused():
+    from diffaug.evaluation.policies import MENU, Policy
+    assert Policy.parse("trivialaugment(m=0.5,p=0.5)") == Policy("trivialaugment", 0.5, 0.5)
+    assert all(Policy.parse(p.label) == p for p in MENU)
+    for bad in ("magic", "crop(q=1)", "crop(p=2)", "albumentations(m=0.5)", "trivialaugment(m=x)"):
+        with pytest.raises(diffaug.DataError):
+            EvalConfig(classical=bad)

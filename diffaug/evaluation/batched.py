@@ -18,6 +18,10 @@ from torchvision.transforms.v2 import functional as TF
 from ..errors import DataError
 
 POLICIES = ("crop", "trivialaugment", "randaugment", "autoaugment")
+# Translations scaled to the image (magnitude= given): at most this fraction of the side, RandAugment's 150/331
+# (timm's translate_pct 0.45), where torchvision's TrivialAugmentWide moves up to 32 pixels whatever the size
+# (four times the side of an 8x8 digit).
+TRANSLATE_FRACTION = 150 / 331
 
 
 def _kornia_ops():
@@ -61,12 +65,22 @@ def shift(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 class BatchAugment:
     """`augment(images)`: uint8 (N,C,H,W) -> uint8 (N,C,H,W) on the same device; per-image randomness from
     `generator` (or torch's global RNG). `name` is one of POLICIES; every policy starts with a random
-    crop with zero padding of max(1, min(H, W) // 8) pixels (a per-image integer shift), as classical.py does."""
+    crop with zero padding of max(1, min(H, W) // 8) pixels (a per-image integer shift), as classical.py does.
 
-    def __init__(self, name: str, size: tuple[int, int], hflip: bool = False):
+    magnitude=None keeps torchvision's magnitudes exactly. A number m in (0, 1] scales them to the image:
+    translations become fractions of the side (at most TRANSLATE_FRACTION), and every op's magnitudes move
+    from its weakest value toward its strongest by m only (m = 1: torchvision's range). `p` is the share of
+    images augmented at all (crop and policy); the others pass through unchanged."""
+
+    def __init__(self, name: str, size: tuple[int, int], hflip: bool = False, magnitude: float | None = None,
+                 p: float = 1.0):
         if name not in POLICIES:
             raise DataError(f"unknown batched policy {name!r}; choose one of {POLICIES}")
-        self.name, self.size, self.hflip = name, tuple(size), hflip
+        if magnitude is not None and not 0.0 < magnitude <= 1.0:
+            raise DataError(f"magnitude must lie in (0, 1], got {magnitude!r}")
+        if not 0.0 < p <= 1.0:
+            raise DataError(f"p must lie in (0, 1], got {p!r}")
+        self.name, self.size, self.hflip, self.magnitude, self.p = name, tuple(size), hflip, magnitude, p
         self.pad = max(1, min(size) // 8)
         self.ops = _kornia_ops()
         self.policy = {"trivialaugment": v2.TrivialAugmentWide(), "randaugment": v2.RandAugment(),
@@ -89,6 +103,19 @@ class BatchAugment:
                 if values is not None and values.ndim > 0:
                     self.table[i, :values.numel()] = values.float()
                     self.signed[i] = signed
+            if magnitude is not None:
+                self._scale_to_image(magnitude)
+
+    def _scale_to_image(self, m: float) -> None:
+        """Translations as fractions of the side; every row from its weakest value toward its strongest by m."""
+        h, w = self.size
+        for op, side in (("TranslateX", w), ("TranslateY", h)):
+            if op in self.index:
+                row = self.table[self.index[op]]
+                row.copy_(torch.linspace(0.0, TRANSLATE_FRACTION * side, len(row)))
+        self.table = self.table[:, :1] + m * (self.table - self.table[:, :1])
+        if "Posterize" in self.index:   # bits stay whole numbers
+            self.table[self.index["Posterize"]] = self.table[self.index["Posterize"]].round()
 
     # --- drawing: per op slot, (op name per image, magnitude per image); slots are applied in sequence ---
 
@@ -143,6 +170,14 @@ class BatchAugment:
         if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[-2:]) != self.size:
             raise DataError(f"BatchAugment takes uint8 (N,C,{self.size[0]},{self.size[1]}) batches, "
                             f"got {images.dtype} {tuple(images.shape)}")
+        if self.p < 1.0:   # only the chosen images are augmented; the draw is skipped at p = 1 (same stream)
+            chosen = (torch.rand(len(images), generator=generator) < self.p).to(images.device)
+            out = images.clone()
+            out[chosen] = self._augment(images[chosen], generator)
+            return out
+        return self._augment(images, generator)
+
+    def _augment(self, images: torch.Tensor, generator) -> torch.Tensor:
         n = len(images)
         shifts = torch.randint(-self.pad, self.pad + 1, (n, 2), generator=generator).float()
         flips = torch.rand(n, generator=generator) < 0.5 if self.hflip else None

@@ -13,6 +13,7 @@ import torch
 
 from ..data import ImageData
 from ..io import atomic_path
+from .config import unit_streams
 
 def _unit_path(runs: Path, k: int, seed: int, tag: str) -> Path:
     return runs / f"k{k}-seed{seed}-{tag}.json"
@@ -26,7 +27,7 @@ def cached(runs, k, seed, tag, train: ImageData):
     if not path.exists():
         return None
     unit = json.loads(path.read_text())
-    subset = train.subset(per_class=k, seed=seed) if k else train
+    subset = train.subset(per_class=k, seed=unit_streams(k, seed, 0)["subset"]) if k else train
     if unit.get("subset_fingerprint") != subset.fingerprint():
         return None
     arrays = path.with_suffix(".npz")
@@ -61,3 +62,14 @@ def gather_units(runs: Path, everything: list, tag: str, train: ImageData, poll_
         if len(units) < len(everything):
             time.sleep(poll_s)
     return list(units.values())
+
+
+def load_json(path: Path | None):
+    """A cached JSON fact (e.g. a regime's classical selection), or None."""
+    return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+
+def store_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=1))

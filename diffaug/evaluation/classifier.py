@@ -1,4 +1,5 @@
-"""The fixed downstream classifier: a small BatchNorm CNN and its short one-cycle training loop.
+"""The fixed downstream classifier: a small BatchNorm CNN, the batches an arm trains on, and its short one-cycle
+training loop.
 
 Ideas from fast small-data training (e.g. Keller Jordan's CIFAR-10 speedruns): BatchNorm, label smoothing,
 SGD with Nesterov momentum and a one-cycle LR, augmentation applied to whole batches on the device.
@@ -12,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import ImageData
 from ..diffusion.step import to_unit
+from .batched import BatchAugment
+from .classical import augment_batch
 
 
 class SmallCNN(nn.Module):
@@ -56,6 +60,31 @@ def random_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, 
     def next_batch(step):
         idx = torch.randint(len(images), (batch_size,), generator=g)
         return images[idx], labels[idx]
+    return next_batch
+
+
+def mixed_batches(real: ImageData, pool, share: float, batch_size: int, aug, seeds: tuple[int, int], device,
+             augment_synthetic: bool = True):
+    """Batch maker for one arm: (1 - share) real images and share rows of `pool` (synthetic images, or for a
+    dose control the real images again), all on `device`, plus the classical augmentation `aug` (batched: one
+    call per batch; per-image: the CPU reference) on the real rows, and on the pool's rows too when
+    `augment_synthetic`. seeds: (batch indices, augmentation draws), two streams, so the arms stay paired."""
+    g = torch.Generator().manual_seed(seeds[0])
+    g_aug = torch.Generator().manual_seed(seeds[1])
+    n_syn = int(round(share * batch_size)) if pool is not None else 0
+    n_aug = batch_size if augment_synthetic else batch_size - n_syn
+    images, labels = real.images.to(device), real.labels.to(device)
+
+    def next_batch(step):
+        idx = torch.randint(len(images), (batch_size - n_syn,), generator=g).to(device)
+        x, y = images[idx], labels[idx]
+        if n_syn:
+            j = torch.randint(len(pool[0]), (n_syn,), generator=g).to(device)
+            x, y = torch.cat([x, pool[0][j]]), torch.cat([y, pool[1][j]])
+        if aug is not None and n_aug:
+            head = aug(x[:n_aug], g_aug) if isinstance(aug, BatchAugment) else augment_batch(aug, x[:n_aug].cpu())
+            x = torch.cat([head.to(device), x[n_aug:]])
+        return x, y
     return next_batch
 
 

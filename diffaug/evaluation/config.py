@@ -11,11 +11,20 @@ from ..diffusion.sampling import SamplingSpec
 from ..diffusion.unet import PRESETS
 from ..errors import DataError
 from ..io import json_digest
-from .classical import CLASSICAL
+from .policies import AUTO, Policy
 
-ARMS = ("real", "classical", "synthesize", "perturb", "classical+synthesize")
+MIXING = ("synthesize", "perturb", "classical+synthesize")   # arms that mix generated rows into each batch
+CONTROL = "-control"
+# Each mixing arm's dose control: the same batches (real rows, indices, augmentation draws) with the generated
+# rows replaced by clean real rows of the subset. A gain that does not beat it is augmentation dose.
+ARMS = ("real", "classical", *MIXING, *(arm + CONTROL for arm in MIXING))
+DEFAULT_ARMS = ("real", "classical", *MIXING, "classical+synthesize" + CONTROL)
 BASELINE = "classical"
 PRIMARY_ORDER = ("classical+synthesize", "synthesize", "perturb")   # the default headline arm, fixed before any run
+# What each arm trains on: (the pool its mixed rows come from, whether the classical augmentation applies).
+PLAN = {"real": (None, False), "classical": (None, True), "synthesize": ("synthesize", False),
+        "perturb": ("perturb", False), "classical+synthesize": ("synthesize", True),
+        **{arm + CONTROL: ("real", arm.startswith("classical")) for arm in MIXING}}
 # Classifier steps when not given: 50 epochs of the real subset, at least 500 (low-data regimes converge well
 # within that) and at most 5000 (~11 epochs of Fashion-MNIST's 60k at batch 128).
 STEPS_PER_EPOCHS, STEPS_MIN, STEPS_MAX = 50, 500, 5000
@@ -33,8 +42,11 @@ class EvalConfig:
 
     per_class: tuple = (10, 50, 100)       # real images per class; 0 means all
     seeds: int = 5
-    arms: tuple = ARMS
-    classical: str = "trivialaugment"      # see classical.CLASSICAL
+    seed_start: int = 0                    # the units' seeds are seed_start .. seed_start + seeds - 1: a
+                                           # confirmatory run takes seeds no earlier run used
+    arms: tuple = DEFAULT_ARMS
+    classical: str = AUTO                  # "auto": per regime, the best of policies.MENU by cross-validation in
+                                           # the training pool; or a policy by name, e.g. "trivialaugment(m=0.5)"
     hflip: bool = False
     classifier_steps: int | None = None    # optimizer steps, identical for every arm; None: scaled with the
                                            # real subset (steps_for), so "all" is not trained for 2 epochs
@@ -73,6 +85,7 @@ class EvalConfig:
         if not self.per_class:
             raise DataError("per_class must name at least one regime (images per class; 0 = all)")
         self.arms = tuple(dict.fromkeys(self.arms))
+        whole_number(self.seed_start, "seed_start", low=0, high=2 ** 32)
         for name in ("seeds", "batch_size", "synthetic_per_class", "perturb_copies", "sample_steps", "cas_steps",
                      "reference_steps", "gen_batch_size", "classifier_steps", "gen_steps", "classifier_repeats"):
             if getattr(self, name) is not None:
@@ -91,11 +104,11 @@ class EvalConfig:
             raise DataError(f"unknown arm(s) {sorted(unknown)}; choose from {ARMS}")
         if BASELINE not in self.arms:
             raise DataError(f"the arms must include {BASELINE!r}: every gain is measured against it")
-        if self.classical not in CLASSICAL:
-            raise DataError(f"unknown classical augmentation {self.classical!r}; choose one of {CLASSICAL}")
+        if self.classical != AUTO:
+            Policy.parse(self.classical)
         if self.primary is None:
             self.primary = next((a for a in PRIMARY_ORDER if a in self.arms), None)
-        if self.primary not in self.arms or self.primary in (BASELINE, "real"):
+        if self.primary not in self.diffusion_arms:
             raise DataError(f"primary must be one of the diffusion arms run, {self.diffusion_arms}; got {self.primary!r}")
         if self.preset not in PRESETS:
             raise DataError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
@@ -109,7 +122,11 @@ class EvalConfig:
 
     @property
     def diffusion_arms(self) -> tuple:
-        return tuple(a for a in self.arms if a not in (BASELINE, "real"))
+        return tuple(a for a in self.arms if a in MIXING)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed_start, self.seed_start + self.seeds))
 
     def steps_for(self, n_real: int) -> int:
         """Classifier optimizer steps for a real subset of n_real images: `classifier_steps` if set, else
@@ -129,7 +146,20 @@ class EvalConfig:
 
     def key(self, **context) -> str:
         """Names a unit's cache file: every setting that changes a (k, seed) run and the `context` it ran in
-        (training and test data, classifier, library version, given generator), but not the list of regimes,
-        the number of seeds or the headline's arm (so widening an evaluation reuses the runs it has)."""
-        unit = {k: v for k, v in asdict(self).items() if k not in ("per_class", "seeds", "primary")}
+        (training and test data, classifier, library source, given generator), but not the list of regimes,
+        the seeds or the headline's arm (so widening an evaluation reuses the runs it has)."""
+        unit = {k: v for k, v in asdict(self).items() if k not in ("per_class", "seeds", "seed_start", "primary")}
         return json_digest({**unit, **context}, length=12)
+
+
+UNIT_ENTROPY = 0x6469666661756700   # "diffaug": keeps these streams apart from any other use of SeedSequence
+
+
+def unit_streams(k: int, seed: int, replicates: int) -> dict:
+    """Every random stream of unit (k, seed), from numpy's SeedSequence([UNIT_ENTROPY, seed, k]): the subset draw,
+    the generator fit, the synthetic pools, and per classifier replicate a (weights and batches, augmentation)
+    pair of seeds. Units get independent streams: no unit's seed is another's plus one."""
+    words = [int(w) >> 1 for w in   # < 2**63: what every torch seed takes
+             np.random.SeedSequence([UNIT_ENTROPY, seed, k]).generate_state(3 + 2 * replicates, dtype=np.uint64)]
+    return {"subset": words[0], "generator": words[1], "pools": words[2],
+            "replicates": [(words[3 + 2 * r], words[4 + 2 * r]) for r in range(replicates)]}

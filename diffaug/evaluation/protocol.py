@@ -8,8 +8,10 @@ finished unit is cached as JSON in `out_dir/runs/`, so an interrupted evaluation
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,9 +27,11 @@ from ..diffusion.step import resolve_device
 from ..errors import DataError
 from ..generator import Generator
 from ..loading import is_builtin, load_data
-from .cache import cached, gather_units, store
-from .config import BASELINE, EvalConfig
-from .metrics import holm, paired_ci
+from .cache import cached, gather_units, load_json, store, store_json
+from .config import BASELINE, CONTROL, EvalConfig
+from .metrics import holm, paired_bootstrap, paired_ci, unpack_bits
+from .policies import AUTO, MENU, RULE, Policy, select
+from .registry import check_preregistered, preregister, record_look
 from .unit import reference_for, run_unit
 
 @dataclass
@@ -42,25 +46,34 @@ class EvalResult:
         return markdown_table(self)
 
 
-def summarize(units: list, cfg: EvalConfig) -> dict:
-    """Per regime: mean/std of every arm's accuracy, the paired difference against the baseline, the declared
-    primary arm's gain, and Holm-corrected comparisons of every diffusion arm."""
+def summarize(units: list, cfg: EvalConfig, n_test: int) -> dict:
+    """Per regime: mean/std of every arm's accuracy, the paired difference of every arm against the baseline and
+    of each mixing arm against its dose control, the declared primary arm's gains (t-interval over seeds, and a
+    paired bootstrap over seeds and test images), and Holm-corrected comparisons of every diffusion arm."""
     summary = {}
     for k in cfg.per_class:
         rows = sorted((u for u in units if u["k"] == k), key=lambda u: u["seed"])
         if not rows:
             continue
-        s = {"arms": {}, "vs_" + BASELINE: {}}
-        diffs = {}
+        acc = {arm: np.array([u["arms"][arm]["accuracy"] for u in rows]) for arm in cfg.arms}
+        s = {"arms": {}, "vs_" + BASELINE: {}, "vs_control": {}}
         for arm in cfg.arms:
-            accs = [u["arms"][arm]["accuracy"] for u in rows]
-            s["arms"][arm] = {"mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)) if len(accs) > 1
-                              else math.nan, "ci": paired_ci(accs), "n": len(accs)}
+            s["arms"][arm] = {"mean": float(acc[arm].mean()),
+                              "std": float(acc[arm].std(ddof=1)) if len(rows) > 1 else math.nan,
+                              "ci": paired_ci(acc[arm]), "n": len(rows),
+                              "per_class": np.mean([u["arms"][arm]["per_class"] for u in rows], 0).tolist()}
             if arm != BASELINE:
-                diffs[arm] = [u["arms"][arm]["accuracy"] - u["arms"][BASELINE]["accuracy"] for u in rows]
-                s["vs_" + BASELINE][arm] = paired_ci(diffs[arm])
-        s["primary"] = {"arm": cfg.primary, "gain": s["vs_" + BASELINE][cfg.primary]}
-        s["holm"] = holm({arm: diffs[arm] for arm in cfg.diffusion_arms})
+                s["vs_" + BASELINE][arm] = paired_ci(acc[arm] - acc[BASELINE])
+            if arm + CONTROL in cfg.arms:
+                s["vs_control"][arm] = paired_ci(acc[arm] - acc[arm + CONTROL])
+        primary, control = cfg.primary, cfg.primary + CONTROL
+        s["primary"] = {"arm": primary, "gain": s["vs_" + BASELINE][primary],
+                        "bootstrap": paired_bootstrap(_correct(rows, primary, n_test), _correct(rows, BASELINE, n_test))}
+        if control in cfg.arms:
+            s["primary"].update(control=control, vs_control=s["vs_control"][primary],
+                                bootstrap_vs_control=paired_bootstrap(_correct(rows, primary, n_test),
+                                                                      _correct(rows, control, n_test)))
+        s["holm"] = holm({arm: acc[arm] - acc[BASELINE] for arm in cfg.diffusion_arms})
         if any("quality" in u for u in rows):
             q = [u["quality"] for u in rows if "quality" in u]
             s["quality"] = {m: float(np.mean([x[m] for x in q]))
@@ -69,69 +82,124 @@ def summarize(units: list, cfg: EvalConfig) -> dict:
     return summary
 
 
+def _correct(rows: list, arm: str, n_test: int) -> np.ndarray:
+    """(seeds, test images): the share of the arm's classifiers that got each test image right."""
+    return np.stack([np.mean([unpack_bits(b, n_test) for b in u["arms"][arm]["correct"]], 0) for u in rows])
+
+
 def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=None, n_jobs: int | str = 1,
              device="auto", classifier: Callable | None = None, progress: bool = True, resume: bool = True,
-             **options) -> EvalResult:
-    """Measure downstream gains of diffusion augmentation against classical augmentation.
+             preregistered=None, looks=None, **options) -> EvalResult:
+    """Measure downstream gains of diffusion augmentation against the tuned classical augmentation.
 
     data: the training pool (ImageData, a built-in name or a path); test: the test split (default: the
     built-in's test split, else a stratified half of `data`, seed 0). `gen`: a generator used as-is in every
     unit (only fair if it saw nothing but training data); by default each unit fits its own on its subset.
     `classifier`: a factory (in_channels, num_classes) -> nn.Module replacing the reference CNN.
     `n_jobs`: units run at once in separate processes, or "auto" (see `jobs_for`).
+    `preregistered`: a file `plan_of` wrote before the run; the run must be the one it describes.
+    `looks`: a ledger file of the runs that scored on this test split; this run is added and counted.
     `options` are `EvalConfig` fields. With `out_dir`, finished units are cached there and a report is written.
     """
-    unknown = set(options) - set(EvalConfig.__dataclass_fields__)
-    if unknown:
-        raise DataError(f"unknown evaluation option(s) {sorted(unknown)}; see diffaug.evaluation.EvalConfig")
-    cfg = EvalConfig(**options)
+    cfg, train, test, split_note, context = _prepare(data, test, gen, classifier, options)
     if not (n_jobs == "auto" or (isinstance(n_jobs, (int, np.integer)) and not isinstance(n_jobs, bool)
                                  and n_jobs >= 1)):
         raise DataError(f"n_jobs must be a whole number >= 1 or 'auto', got {n_jobs!r}")
-    train, test, split_note = _splits(data, test)
-    if gen is not None and (gen.image_size != train.size or gen.channels != train.channels):
-        raise DataError(f"the generator makes {gen.channels}x{gen.image_size} images, the data is "
-                        f"{train.channels}x{train.size}")
+    prereg = check_preregistered(preregistered, asdict(cfg), context) if preregistered is not None else None
     if gen is not None:
         check_leakage(gen, train, test)
-    classifier_name = "SmallCNN" if classifier is None else f"{classifier.__module__}.{classifier.__qualname__}"
-    context = {"train": train.fingerprint(), "test": test.fingerprint(), "classifier": classifier_name,
-               "diffaug": __version__, "source": source_digest(),
-               "generator": gen.fingerprint if gen is not None else None}
-    tag = cfg.key(**context)
+    tag = cfg.key(**{k: v for k, v in context.items() if k not in ("data", "baseline", "baseline_rule")},
+                  generator=gen.fingerprint if gen is not None else None)
     runs = Path(out_dir) / "runs" if out_dir is not None else None
     ranks = from_env()   # under torchrun each rank runs its share of the units; all of them then read every unit
     if ranks.active and runs is None:
         raise DataError("an evaluation spread over torchrun's ranks needs out_dir (the ranks share units through it)")
     device = rank_device(device, ranks)
-    everything = [(k, seed) for k in cfg.per_class for seed in range(cfg.seeds)]
+    everything = [(k, seed) for k in cfg.per_class for seed in cfg.seed_list]
     todo, units = [], []
     for i, (k, seed) in enumerate(everything):
         if i % ranks.world != ranks.rank:
             continue
         unit = cached(runs, k, seed, tag, train) if resume else None
         (units.append(unit) if unit else todo.append((k, seed)))
-    n_jobs = jobs_for(len(todo), device) if n_jobs == "auto" else n_jobs
+    n_jobs = jobs_for(max(len(todo), len(MENU)), device) if n_jobs == "auto" else n_jobs
     _note_shared_gpu(n_jobs, device)
-    reference = reference_for(train, test, cfg, device)
     threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs)) if n_jobs != 1 else None
-    for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference):
+    selection = {str(k): _classical_for(k, train, cfg, tag, runs, ranks, device, classifier, n_jobs, threads)
+                 for k in cfg.per_class} if cfg.classical == AUTO else {}   # str keys: as results.json has them
+    reference = reference_for(train, test, cfg, device)
+    policies = {int(k): Policy.parse(sel["winner"]) for k, sel in selection.items()}
+    for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference,
+                         policies):
         if runs is not None:
             store(runs, unit, tag)
         units.append(unit)
     if ranks.active:
         units = gather_units(runs, everything, tag, train)
     units.sort(key=lambda u: (u["k"], u["seed"]))
-    result = EvalResult(config={**asdict(cfg), "baseline": BASELINE, "data": split_note, "generator_given": gen is not None,
-                                "classifier": classifier_name, "reference_network": reference.info,
-                                "device": str(resolve_device(device)), "cache_key": tag,
-                                "headline": f"primary arm declared in advance: {cfg.primary}; all diffusion arms "
-                                            "also compared with Holm correction"},
-                        units=units, summary=summarize(units, cfg), out_dir=str(out_dir) if out_dir else None)
+    config = {**asdict(cfg), "baseline": BASELINE, "data": split_note, "generator_given": gen is not None,
+              "classifier": context["classifier"], "reference_network": reference.info,
+              "device": str(resolve_device(device)), "cache_key": tag, "source": context["source"],
+              "classical_selection": selection, "baseline_rule": context["baseline_rule"],
+              "preregistration": prereg, "headline": f"primary arm declared in advance: {cfg.primary}; all diffusion "
+                                                    "arms also compared with Holm correction"}
+    if looks is not None and ranks.main:
+        config["looks_at_test_split"] = record_look(looks, context["test"], {
+            "date": datetime.date.today().isoformat(), "out": str(out_dir), "seeds": cfg.seed_list,
+            "per_class": list(cfg.per_class), "preregistered": prereg["file"] if prereg else None})
+    result = EvalResult(config=config, units=units, summary=summarize(units, cfg, len(test)),
+                        out_dir=str(out_dir) if out_dir else None)
     if out_dir is not None and ranks.main:
         from .report import write_report
         write_report(result, train, gen)
     return result
+
+
+def plan_of(path, data="digits", test=None, *, gen: Generator | None = None, classifier: Callable | None = None,
+            overwrite: bool = False, **options) -> dict:
+    """Preregister an evaluation: write to `path` everything that will decide its numbers (the EvalConfig with
+    every default resolved, the baseline rule, data and test fingerprints, the code's source hash and git
+    commit), to be committed before `evaluate(..., preregistered=path)` runs it. Takes evaluate's arguments;
+    those that only say how to run it (out_dir, n_jobs, device, progress, resume, looks) are not part of a plan."""
+    options = {k: v for k, v in options.items() if k not in ("out_dir", "n_jobs", "device", "progress", "resume",
+                                                             "looks")}
+    cfg, _, _, _, context = _prepare(data, test, gen, classifier, options)
+    return preregister(path, asdict(cfg), context, overwrite=overwrite)
+
+
+def _prepare(data, test, gen, classifier, options):
+    """The checked config, the splits and the context every run of it shares."""
+    unknown = set(options) - set(EvalConfig.__dataclass_fields__)
+    if unknown:
+        raise DataError(f"unknown evaluation option(s) {sorted(unknown)}; see diffaug.evaluation.EvalConfig")
+    cfg = EvalConfig(**options)
+    train, test, split_note = _splits(data, test)
+    if gen is not None and (gen.image_size != train.size or gen.channels != train.channels):
+        raise DataError(f"the generator makes {gen.channels}x{gen.image_size} images, the data is "
+                        f"{train.channels}x{train.size}")
+    classifier_name = "SmallCNN" if classifier is None else f"{classifier.__module__}.{classifier.__qualname__}"
+    rule = RULE if cfg.classical == AUTO else f"fixed: {Policy.parse(cfg.classical).label}"
+    context = {"data": split_note, "train": train.fingerprint(), "test": test.fingerprint(),
+               "classifier": classifier_name, "diffaug": __version__, "source": source_digest(),
+               "baseline": BASELINE, "baseline_rule": rule}
+    return cfg, train, test, split_note, context
+
+
+def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, classifier,
+                   n_jobs: int, threads) -> dict:
+    """Regime k's tuned classical baseline (policies.select), cached in runs/ and computed by one rank."""
+    path = runs / f"classical-k{k}-{tag}.json" if runs is not None else None
+    choice = load_json(path)
+    while choice is None and ranks.active and not ranks.main:   # rank 0 chooses; the others read its choice
+        time.sleep(1.0)
+        choice = load_json(path)
+    if choice is None:
+        n_real = k * train.num_classes if k else len(train)
+        choice = select(train, k, cfg.steps_for(n_real), cfg.batch_size, cfg.hflip, resolve_device(device),
+                        classifier, n_jobs=n_jobs, threads=threads)
+        if path is not None:
+            store_json(path, choice)
+    return choice
 
 
 def jobs_for(units: int, device) -> int:
@@ -194,19 +262,20 @@ def _splits(data, test):
     return train, test, f"train: {train.source or 'given in memory'}; test: {test.source or 'given in memory'}"
 
 
-def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference):
+def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference, policies):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
     if n_jobs == 1 or len(todo) <= 1:
         for k, seed in todo:
             bar.set_postfix(k=k, seed=seed)
-            yield run_unit(train, test, k, seed, cfg, gen, device, classifier, reference=reference)
+            yield run_unit(train, test, k, seed, cfg, gen, device, classifier, reference=reference,
+                           classical=policies.get(k))
             bar.update(1)
     else:
         from joblib import Parallel, delayed
-        jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, classifier, threads, reference.to("cpu"))
-                for k, seed in todo)
+        jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, classifier, threads, reference.to("cpu"),
+                                  policies.get(k)) for k, seed in todo)
         for unit in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
             yield unit
             bar.update(1)

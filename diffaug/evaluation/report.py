@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..grid import save_grid
@@ -17,29 +16,52 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
+def _k(k: str) -> str:
+    return "all" if k == "0" else k
+
+
 def markdown_table(result) -> str:
-    """Accuracy per arm (mean +- std over seeds), the declared primary arm's paired gain over the classical arm
-    with its 95% CI, and every diffusion arm's gain with Holm-adjusted p-values and simultaneous intervals."""
+    """Accuracy per arm (mean +- std over seeds); the declared primary arm's paired gain over the tuned classical
+    arm and over its dose control, each with its t-interval over seeds and a bootstrap interval over seeds and test
+    images; every diffusion arm's gain with Holm-adjusted p-values; the classical choice; generator quality."""
     cfg = result.config
     arms = list(cfg["arms"])
     primary, baseline = cfg["primary"], cfg["baseline"]
     fmt = lambda d: f"{100 * d['mean']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"   # noqa: E731
     repeats = cfg.get("classifier_repeats", 1)
     each = f" (each seed: the mean of {repeats} classifiers trained per arm)" if repeats > 1 else ""
-    lines = [f"Test accuracy (%) over {cfg['seeds']} seeds{each}; gain = paired difference against `{baseline}` "
-             f"({cfg['classical']}), 95% CI in brackets. A gain whose interval includes 0 is not a gain. "
-             f"Headline: primary arm (declared in advance): {primary}.", "",
-             "| real / class | " + " | ".join(arms) + f" | gain of {primary} vs classical (points) |",
-             "| --- | " + " | ".join("---" for _ in arms) + " | --- |"]
+    seeds = cfg.get("seed_start", 0)
+    looks = cfg.get("looks_at_test_split")
+    lines = [f"Test accuracy (%) over {cfg['seeds']} seeds ({seeds}..{seeds + cfg['seeds'] - 1}){each}. "
+             f"`{baseline}` = {cfg.get('baseline_rule', cfg['classical'])}. Gains are paired differences in points, "
+             "95% t-interval over seeds in brackets, then a 95% paired bootstrap over seeds and test images; a gain "
+             f"whose interval includes 0 is not a gain. Headline: the primary arm, declared in advance: {primary}."
+             + (f" This test split has been looked at {looks} time(s), this run included." if looks else "")
+             + (f" Preregistered: `{cfg['preregistration']['file']}`." if cfg.get("preregistration") else ""), "",
+             "| real / class | " + " | ".join(arms) + f" | {primary} vs {baseline} | {primary} vs its dose control |",
+             "| --- | " + " | ".join("---" for _ in arms) + " | --- | --- |"]
     for k, s in result.summary.items():
         cells = [f"{_pct(s['arms'][a]['mean'])} ± {_pct(s['arms'][a]['std'])}" for a in arms]
-        lines.append(f"| {'all' if k == '0' else k} | " + " | ".join(cells) + f" | {fmt(s['primary']['gain'])} |")
-    lines += ["", "Every diffusion arm against classical, corrected for the number of arms (Holm-adjusted p-values; "
+        p = s["primary"]
+        vs_control = f"{fmt(p['vs_control'])}; {fmt(p['bootstrap_vs_control'])}" if "vs_control" in p else "n/a"
+        lines.append(f"| {_k(k)} | " + " | ".join(cells) + f" | {fmt(p['gain'])}; {fmt(p['bootstrap'])} | "
+                     f"{vs_control} |")
+    lines += ["", f"Every diffusion arm against {baseline}, corrected for the number of arms (Holm-adjusted p-values; "
                   "Bonferroni intervals, simultaneous 95%):", "",
               "| real / class | arm | gain (points) [simultaneous CI] | p | p (Holm) |", "| --- | --- | --- | --- | --- |"]
     for k, s in result.summary.items():
         for arm, h in s["holm"].items():
-            lines.append(f"| {'all' if k == '0' else k} | {arm} | {fmt(h)} | {h['p_value']:.3g} | {h['p_holm']:.3g} |")
+            lines.append(f"| {_k(k)} | {arm} | {fmt(h)} | {h['p_value']:.3g} | {h['p_holm']:.3g} |")
+    selection = cfg.get("classical_selection") or {}
+    if selection:
+        menu = next(iter(selection.values()))["menu"]
+        lines += ["", f"The classical baseline's choice (validation accuracy %, {next(iter(selection.values()))['folds']}"
+                      "-fold cross-validation inside the training pool; the test split is not used):", "",
+                  "| real / class | " + " | ".join(f"`{m}`" for m in menu) + " | chosen |",
+                  "| --- | " + " | ".join("---" for _ in menu) + " | --- |"]
+        for k, sel in selection.items():
+            lines.append(f"| {_k(str(k))} | " + " | ".join(_pct(sel["mean"][m]) for m in menu) +
+                         f" | `{sel['winner']}` |")
     quality = {k: s["quality"] for k, s in result.summary.items() if "quality" in s}
     if quality:
         lines += ["", "Generator quality (mean over seeds; own-feature FID/KID and precision/recall use the features "
@@ -47,7 +69,7 @@ def markdown_table(result) -> str:
                   "| real / class | CAS | FID (own) | KID (own) | precision | recall | memorization rate |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for k, q in quality.items():
-            lines.append(f"| {'all' if k == '0' else k} | {_pct(q['cas'])} | {q['fid_own']:.2f} | {q['kid_own']:.4f} | "
+            lines.append(f"| {_k(k)} | {_pct(q['cas'])} | {q['fid_own']:.2f} | {q['kid_own']:.4f} | "
                          f"{q['precision']:.2f} | {q['recall']:.2f} | {_pct(q['memorization_rate'])}% |")
     return "\n".join(lines)
 
@@ -72,33 +94,36 @@ def write_report(result, train, gen=None) -> Path:
         if "memorized" in arrays:
             pairs = torch.stack([arrays["memorized"], arrays["nearest_train"]], dim=1).flatten(0, 1)
             save_grid(pairs, 2, out / f"memorization_k{k}.png")   # each row: synthetic | nearest real
-    _plot_accuracy(result, out / "accuracy_vs_real_per_class.png")
+    _plot_gains(result, out / "gains_forest.png")
     return out
 
 
-def _plot_accuracy(result, path: Path) -> None:
+def _plot_gains(result, path: Path) -> None:
+    """A forest plot: per regime, every arm's paired difference against the baseline (and each mixing arm's
+    against its dose control) with its 95% t-interval over seeds: the quantities the report claims."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:   # the report still has the table and the JSON
         return
-    ks = [k for k in result.summary]
-    xs = np.arange(len(ks))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in result.config["arms"]:
-        m = np.array([result.summary[k]["arms"][arm]["ci"]["mean"] for k in ks])
-        lo = np.array([result.summary[k]["arms"][arm]["ci"]["ci_low"] for k in ks])
-        hi = np.array([result.summary[k]["arms"][arm]["ci"]["ci_high"] for k in ks])
-        ax.plot(xs, 100 * m, marker="o", label=arm)
-        if not np.isnan(lo).any():
-            ax.fill_between(xs, 100 * lo, 100 * hi, alpha=0.2)
-    ax.set_xticks(xs, ["all" if k == "0" else k for k in ks])
-    ax.set_xlabel("real images per class")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Downstream accuracy, 95% CI over seeds")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    baseline = result.config["baseline"]
+    rows = [(k, f"{arm} vs {baseline}", d) for k, s in result.summary.items() for arm, d in s[f"vs_{baseline}"].items()]
+    rows += [(k, f"{arm} vs its control", d) for k, s in result.summary.items() for arm, d in s["vs_control"].items()]
+    rows.sort(key=lambda r: (int(r[0]), r[1]))
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
+    for i, (k, label, d) in enumerate(rows):
+        lo, hi = 100 * d["ci_low"], 100 * d["ci_high"]
+        colour = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
+        if not math.isnan(lo):
+            ax.plot([lo, hi], [i, i], color=colour, lw=2)
+        ax.plot(100 * d["mean"], i, "o", color=colour)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{_k(k)}/class: {label}" for k, label, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference in test accuracy (points), 95% CI over seeds")
+    ax.set_title("Gains (green: interval above 0)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -18,36 +18,28 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..io import digest
-from .batched import POLICIES, BatchAugment
-from .classical import augment_batch, classical_augment
-from .classifier import accuracy, embed, predict_proba, random_batches, train_classifier
-from .config import EvalConfig
-from .metrics import cas, fid_own, kid_own, memorization, precision_recall
+from .classifier import embed, mixed_batches, predict_proba, random_batches, train_classifier
+from .config import PLAN, EvalConfig, unit_streams
+from .metrics import cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall
+from .policies import Policy
 
-def replicate_seed(seed: int, replicate: int) -> int:
-    """The seed of a unit's classifier replicate: replicate 0 is the unit's own seed; every arm's replicate r
-    uses the same one (same initial weights, same batch indices), so the arms stay paired."""
-    return seed + 10_000 * replicate
-
-
-def train_arm(subset: ImageData, pool, aug, cfg: EvalConfig, seed: int, test_images, test_labels, device,
-              factory: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
-    """One arm of one unit: `cfg.classifier_repeats` classifiers on batches of the real `subset` (plus the
-    synthetic `pool`, if any, at `cfg.synthetic_share`) with the classical augmentation `aug` (or None), each
-    scored on the test images. Replicate r has seed replicate_seed(seed, r) in every arm, for its weights, its
-    batches and (train_classifier seeds torch's RNG) the per-image reference augmentation: the arms stay paired.
-    Returns replicate 0's model and every replicate's accuracy."""
+def train_arm(subset: ImageData, pool, aug, cfg: EvalConfig, replicates: list, test_images, test_labels, device,
+              factory: Callable | None = None) -> tuple[torch.nn.Module, list[dict]]:
+    """One arm of one unit: a classifier per replicate seed pair on batches of the real `subset` (plus the rows
+    of `pool`, if any, at `cfg.synthetic_share`) with the classical augmentation `aug` (or None), each scored on
+    the test images. Replicate r has the same seeds in every arm (weights, batch indices and augmentation draws;
+    train_classifier seeds torch's RNG for the per-image reference augmentation): the arms stay paired.
+    Returns replicate 0's model and, per replicate, its accuracy and which test images it got right."""
     share = cfg.synthetic_share if pool else 0.0
-    first, accuracies = None, []
-    for r in range(cfg.classifier_repeats):
-        s = replicate_seed(seed, r)
-        batches = _batches(subset, pool, share, cfg.batch_size, aug, s, device, cfg.augment_synthetic)
+    first, records = None, []
+    for seeds in replicates:
+        batches = mixed_batches(subset, pool, share, cfg.batch_size, aug, seeds, device, cfg.augment_synthetic)
         model = train_classifier(batches, subset.channels, subset.num_classes, steps=cfg.steps_for(len(subset)),
-                                 seed=s, device=device, factory=factory)
-        if r == 0:
-            first = model
-        accuracies.append(accuracy(model, test_images, test_labels, device))
-    return first, accuracies
+                                 seed=seeds[0], device=device, factory=factory)
+        first = model if first is None else first
+        correct = predict_proba(model, test_images, device).argmax(1) == test_labels.cpu()
+        records.append({"accuracy": correct.float().mean().item(), "correct": correct})
+    return first, records
 
 
 def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device) -> dict:
@@ -75,30 +67,6 @@ def _filter(pool, model, threshold):
     if keep.sum() == 0:   # training on an empty pool is no arm at all: use the whole pool and say so
         return pool, {"share_kept": 0.0, "used": "whole pool (nothing passed the filter)"}
     return (images[keep], labels[keep]), {"share_kept": keep.float().mean().item(), "used": "kept images"}
-
-
-def _batches(real: ImageData, pool, share: float, batch_size: int, aug, seed: int, device,
-             augment_synthetic: bool = True):
-    """Batch maker for one arm: (1 - share) real images and share synthetic ones, all on `device`, plus the
-    classical augmentation `aug` (batched: one call per batch; per-image: the CPU reference) on the real rows,
-    and on the synthetic rows too when `augment_synthetic`."""
-    g = torch.Generator().manual_seed(seed)
-    g_aug = torch.Generator().manual_seed(seed + 1)   # its own stream: the arms' batch indices stay paired
-    n_syn = int(round(share * batch_size)) if pool is not None else 0
-    n_aug = batch_size if augment_synthetic else batch_size - n_syn
-    images, labels = real.images.to(device), real.labels.to(device)
-
-    def next_batch(step):
-        idx = torch.randint(len(images), (batch_size - n_syn,), generator=g).to(device)
-        x, y = images[idx], labels[idx]
-        if n_syn:
-            j = torch.randint(len(pool[0]), (n_syn,), generator=g).to(device)
-            x, y = torch.cat([x, pool[0][j]]), torch.cat([y, pool[1][j]])
-        if aug is not None and n_aug:
-            head = aug(x[:n_aug], g_aug) if isinstance(aug, BatchAugment) else augment_batch(aug, x[:n_aug].cpu())
-            x = torch.cat([head.to(device), x[n_aug:]])
-        return x, y
-    return next_batch
 
 
 @dataclass
@@ -132,47 +100,51 @@ def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device) ->
 
 def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConfig, gen: Generator | None = None,
              device="cpu", factory: Callable | None = None, threads: int | None = None,
-             reference: Reference | None = None) -> dict:
-    """One (k, seed) unit: subset, generator (fitted on the subset only), pools, every arm, metrics."""
+             reference: Reference | None = None, classical: Policy | None = None) -> dict:
+    """One (k, seed) unit: subset, generator (fitted on the subset only), pools, every arm, metrics.
+    `classical`: the baseline's policy for this regime (the tuned choice); None: cfg.classical as named."""
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
     reference = reference.to(device) if reference is not None else reference_for(train, test, cfg, device)
-    subset = train.subset(per_class=k, seed=seed) if k else train
+    streams = unit_streams(k, seed, cfg.classifier_repeats)
+    subset = train.subset(per_class=k, seed=streams["subset"]) if k else train
     t0 = time.perf_counter()
     given = gen is not None
     if gen is None:
-        gen = fit(subset, cfg.preset, cfg.gen_steps_for(len(subset)), seed=seed, device=device, progress=False,
-                  batch_size=cfg.gen_batch_size, distributed=False)   # a unit is one process, even under torchrun
+        gen = fit(subset, cfg.preset, cfg.gen_steps_for(len(subset)), seed=streams["generator"], device=device,
+                  progress=False, batch_size=cfg.gen_batch_size, distributed=False)   # one process, even under torchrun
     fit_s = time.perf_counter() - t0
-    pools = _pools(gen, subset, cfg, seed, device) if set(cfg.arms) - {"real", "classical"} else {}
+    pools = _pools(gen, subset, cfg, streams["pools"], device)
+    pools["real"] = (subset.images.to(device), subset.labels.to(device))   # what a dose control mixes in instead
     pools_s = time.perf_counter() - t0 - fit_s
 
     steps = cfg.steps_for(len(subset))
-    if cfg.classical in POLICIES:
-        classical = BatchAugment(cfg.classical, train.size, cfg.hflip)
-    else:   # no batched version (the albumentations preset): torchvision/albumentations per image, on the CPU
-        classical = classical_augment(cfg.classical, train.size, cfg.hflip)
-    plan = {"real": (None, None), "classical": (None, classical), "synthesize": ("synthesize", None),
-            "perturb": ("perturb", None), "classical+synthesize": ("synthesize", classical)}
+    policy = classical or Policy.parse(cfg.classical)
+    aug = policy.build(train.size, cfg.hflip)
     arms, models, kept = {}, {}, {}
     order = sorted(cfg.arms, key=lambda a: a != "real")   # the real-only model filters the pools
     for arm in order:
-        pool_name, aug = plan[arm]
+        pool_name, augmented = PLAN[arm]
         pool = pools.get(pool_name)
-        if pool is not None and cfg.filter_confidence is not None:
+        if pool is not None and pool_name != "real" and cfg.filter_confidence is not None:
             if "real" not in models:
                 raise DataError("filter_confidence needs the 'real' arm (its classifier does the filtering)")
             pool, kept[arm] = _filter(pool, models["real"], cfg.filter_confidence)
         t1 = time.perf_counter()
-        share = cfg.synthetic_share if pool else 0.0
-        models[arm], replicates = train_arm(subset, pool, aug, cfg, seed, reference.test_images,
-                                            reference.test_labels, device, factory)
-        arms[arm] = {"accuracy": float(np.mean(replicates)), "replicates": replicates, "optimizer_steps": steps,
-                     "batch_size": cfg.batch_size, "seed": seed, "synthetic_share": share,
-                     "seconds": round(time.perf_counter() - t1, 2)}
-    unit = {"k": k, "seed": seed, "arms": arms, "kept_after_filter": kept,
-            "subset_size": len(subset), "subset_fingerprint": subset.fingerprint(),
+        models[arm], records = train_arm(subset, pool, aug if augmented else None, cfg, streams["replicates"],
+                                         reference.test_images, reference.test_labels, device, factory)
+        correct = torch.stack([r["correct"] for r in records]).float().mean(0)   # per test image, over replicates
+        arms[arm] = {"accuracy": float(np.mean([r["accuracy"] for r in records])),
+                     "replicates": [r["accuracy"] for r in records],
+                     "per_class": per_class_accuracy(correct, reference.test_labels.cpu(), train.num_classes),
+                     "correct": [pack_bits(r["correct"]) for r in records],
+                     "optimizer_steps": steps, "batch_size": cfg.batch_size,
+                     "synthetic_share": cfg.synthetic_share if pool else 0.0,
+                     "classical": policy.label if augmented else None, "seconds": round(time.perf_counter() - t1, 2)}
+    unit = {"k": k, "seed": seed, "streams": {n: streams[n] for n in ("subset", "generator", "pools")},
+            "replicate_seeds": [list(p) for p in streams["replicates"]], "classical": policy.label, "arms": arms,
+            "kept_after_filter": kept, "subset_size": len(subset), "subset_fingerprint": subset.fingerprint(),
             "test_fingerprint": test.fingerprint(), "device": str(device),
             "generator": {"given": given, "fingerprint": gen.fingerprint,
                           "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
@@ -183,7 +155,7 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
         unit["_arrays"] = {"samples": torch.cat([images[labels == c][:8] for c in range(train.num_classes)])}
     if cfg.metrics and "synthesize" in pools:
         t1 = time.perf_counter()
-        unit["quality"] = _quality(pools["synthesize"], subset, reference, cfg, seed, device)
+        unit["quality"] = _quality(pools["synthesize"], subset, reference, cfg, streams["pools"], device)
         unit["quality_seconds"] = round(time.perf_counter() - t1, 1)
         worst = [w["synthetic"] for w in unit["quality"]["memorization_worst"]]
         nearest = [w["nearest_train"] for w in unit["quality"]["memorization_worst"]]

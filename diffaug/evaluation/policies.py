@@ -1,0 +1,134 @@
+"""The classical baseline: named augmentation policies, the menu the tuned baseline is chosen from, and the choice
+itself, by cross-validation inside the training pool (the test split is never passed in).
+
+A diffusion arm has to beat the strongest classical augmentation a user would have tuned, not one fixed policy:
+`classical="auto"` (the default) picks, per regime, the menu entry whose classifiers do best on held-out folds
+of the training pool, trained exactly as the evaluation's arms are (same classifier, steps and batch size)."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data import ImageData
+from ..errors import DataError
+from .batched import POLICIES, BatchAugment
+from .classical import CLASSICAL, classical_augment
+from .classifier import accuracy, mixed_batches, train_classifier
+
+AUTO = "auto"
+FOLDS = 3          # each pool image validated on once; 3 folds of digits' 898 images hold ~300 each
+SELECTION_SEED = 20261127   # the folds' split: fixed, so a regime's choice is one cached fact
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A classical augmentation: a policy of POLICIES (or CLASSICAL's per-image ones), its magnitude scaled to the
+    image (None: torchvision's own magnitudes) and the share `p` of images it touches."""
+
+    name: str
+    magnitude: float | None = None
+    p: float = 1.0
+
+    @property
+    def label(self) -> str:
+        extras = ([f"m={self.magnitude:g}"] if self.magnitude is not None else []) + \
+                 ([f"p={self.p:g}"] if self.p != 1.0 else [])
+        return self.name + (f"({','.join(extras)})" if extras else "")
+
+    @classmethod
+    def parse(cls, text: str) -> "Policy":
+        """'trivialaugment', 'trivialaugment(m=0.5)', 'crop(p=0.5)', 'randaugment(m=1,p=0.5)'."""
+        match = re.fullmatch(r"([\w]+)(?:\(([^)]*)\))?", str(text).strip())
+        if not match or match[1] not in CLASSICAL:
+            raise DataError(f"unknown classical augmentation {text!r}; choose one of {CLASSICAL} (optionally with "
+                            f"(m=..., p=...), e.g. 'trivialaugment(m=0.5,p=0.5)') or {AUTO!r}")
+        values = {}
+        for part in filter(None, (match[2] or "").split(",")):
+            key, _, value = part.partition("=")
+            try:
+                values[key.strip()] = float(value)
+            except ValueError:
+                raise DataError(f"{text!r}: {part!r} is not key=number") from None
+        if set(values) - {"m", "p"}:
+            raise DataError(f"{text!r}: a policy takes m= (magnitude) and p= (share of images), not {sorted(values)}")
+        policy = cls(match[1], values.get("m"), values.get("p", 1.0))
+        if (policy.magnitude is not None and not 0 < policy.magnitude <= 1) or not 0 < policy.p <= 1:
+            raise DataError(f"{text!r}: m and p must lie in (0, 1]")
+        if policy.name not in POLICIES and (policy.magnitude is not None or policy.p != 1.0):
+            raise DataError(f"{text!r}: {policy.name} has no batched version, so no m= or p=")
+        return policy
+
+    def build(self, size: tuple[int, int], hflip: bool = False):
+        """The augmentation: batched on the device where there is a batched version, else per image on the CPU."""
+        if self.name in POLICIES:
+            return BatchAugment(self.name, size, hflip, self.magnitude, self.p)
+        return classical_augment(self.name, size, hflip)
+
+
+# Small on purpose (every entry costs FOLDS classifier fits per regime): crop alone, and the two automatic
+# policies with magnitudes scaled to the image at half and full strength, each on every image or on half of them.
+MENU = tuple(Policy(name, m, p) for name, m in (("crop", None), ("trivialaugment", 0.5), ("trivialaugment", 1.0),
+                                                ("randaugment", 1.0))
+             for p in (1.0, 0.5))
+RULE = (f"the menu entry with the highest mean validation accuracy over {FOLDS} stratified folds of the training "
+        "pool (per regime: a subset of k per class from the other folds, one classifier per entry and fold, the "
+        "evaluation's classifier, steps and batch size; ties go to the earlier entry); the test split is not used")
+
+
+def folds(labels: torch.Tensor, n: int = FOLDS) -> list[np.ndarray]:
+    """Stratified folds of a pool (indices), from SELECTION_SEED."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = labels.numpy()
+    split = StratifiedKFold(n_splits=n, shuffle=True, random_state=SELECTION_SEED).split(np.zeros(len(y)), y)
+    return [val for _, val in split]
+
+
+def selection_tasks(pool: ImageData, k: int) -> list[tuple[int, ImageData, ImageData]]:
+    """(fold, training subset, validation images) per fold: k per class from the other folds (all when k = 0)."""
+    tasks = []
+    for f, val in enumerate(folds(pool.labels)):
+        rest = pool.select(np.setdiff1d(np.arange(len(pool)), val))
+        fewest = min(rest.class_counts())
+        train = rest.subset(per_class=min(k, fewest), seed=SELECTION_SEED + f) if k else rest
+        tasks.append((f, train, pool.select(val)))
+    return tasks
+
+
+def score(policy: Policy, fold: int, train: ImageData, val: ImageData, steps: int, batch_size: int, hflip: bool,
+          device, factory=None, threads: int | None = None) -> float:
+    """Validation accuracy of one classifier trained on `train` with `policy` (seeded by the fold: every entry
+    of the menu sees the same initial weights and batch indices)."""
+    if threads:
+        torch.set_num_threads(threads)
+    seed = SELECTION_SEED + fold
+    batches = mixed_batches(train, None, 0.0, batch_size, policy.build(train.size, hflip), (seed, seed + 1), device)
+    model = train_classifier(batches, train.channels, train.num_classes, steps=steps, seed=seed, device=device,
+                             factory=factory)
+    return accuracy(model, val.images, val.labels, device)
+
+
+def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, device, factory=None,
+           n_jobs: int = 1, threads: int | None = None) -> dict:
+    """Choose the classical baseline for regime k from MENU by cross-validation inside `pool` (the training
+    pool; nothing else is passed in). Returns the menu, each entry's per-fold and mean scores, and the winner."""
+    t0 = time.perf_counter()
+    tasks = [(policy, *task) for policy in MENU for task in selection_tasks(pool, k)]
+    args = (steps, batch_size, hflip, device, factory)
+    if n_jobs > 1:
+        from joblib import Parallel, delayed
+        results = Parallel(n_jobs=n_jobs)(delayed(score)(*t, *args, threads) for t in tasks)
+    else:
+        results = [score(*t, *args) for t in tasks]
+    per_fold = {p.label: [] for p in MENU}
+    for (policy, *_), acc in zip(tasks, results):
+        per_fold[policy.label].append(acc)
+    means = {label: float(np.mean(v)) for label, v in per_fold.items()}
+    winner = max(means, key=lambda label: (means[label], -list(means).index(label)))
+    return {"k": k, "menu": list(means), "per_fold": per_fold, "mean": means, "winner": winner, "rule": RULE,
+            "folds": FOLDS, "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
