@@ -48,11 +48,13 @@ def cmd_fit(args) -> None:
     if main_rank:
         print(f"fitting a {args.preset} generator on {data}; checkpoints in {ckpt}", file=sys.stderr)
     options = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
-                                     compile=args.compile, hflip=args.hflip, fast=args.fast).items()
+                                     compile=args.compile, hflip=args.hflip, fast=args.fast,
+                                     unlabeled_share=args.unlabeled_share).items()
                if v is not None}
     gen = fit(data, args.preset, args.steps, minutes=args.minutes, device=args.device, seed=args.seed,
               out_dir=ckpt, resume=args.resume, progress=not args.quiet,
-              distributed=True if args.distributed else None, timeout_s=args.timeout, **options)
+              distributed=True if args.distributed else None, timeout_s=args.timeout, unlabeled=args.unlabeled,
+              init=args.init, **options)
     train = gen.config["train"]
     if main_rank:   # every rank holds the same generator
         gen.save(out, overwrite=True)   # `out` was checked above; it may have appeared only if --overwrite
@@ -199,7 +201,11 @@ def cmd_info(args) -> None:
           f"  training   {t['steps']} steps at batch {t['batch_size']}, lr {t['lr']}, EMA {t['ema_decay']}, "
           f"seed {t['seed']}\n"
           f"  data       {c['data_size']} images, fingerprint {c['data_fingerprint']}\n"
-          f"  weights    fingerprint {gen.fingerprint}")
+          + (f"  unlabeled  {c['unlabeled']['count']} images, fingerprint {c['unlabeled']['fingerprint']}, "
+             f"{c['unlabeled']['share']:.0%} of each batch\n" if "unlabeled" in c else "")
+          + (f"  init       generator {c['init']['fingerprint']} (fitted on data {c['init']['data_fingerprint']}; "
+             f"{len(c['init']['matched_classes'])} classes matched by name)\n" if "init" in c else "")
+          + f"  weights    fingerprint {gen.fingerprint}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffaug {__import__('diffaug').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .diffusion.trainer import DEFAULT_BATCH
+    from .diffusion.trainer import DEFAULT_BATCH, TrainConfig
     from .diffusion.unet import PRESETS
     p = sub.add_parser("fit", help="fit a class-conditional diffusion generator to labelled images")
     _data_args(p)
@@ -228,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fast-path", dest="fast", action="store_false", default=None,
                    help="run the eager reference training step instead of the graph-safe one (CUDA graphs on CUDA)")
     p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips (not for digits/text)")
+    p.add_argument("--unlabeled", metavar="PATH", help="unlabelled images from the same source: a folder of images "
+                   "(no class sub-folders), an .npz with `images` only, or a saved HF dataset without labels; they "
+                   "train the unconditional (null-class) model")
+    p.add_argument("--unlabeled-share", type=float, help="share of each batch drawn from --unlabeled (default: "
+                   f"{TrainConfig.unlabeled_share})")
+    p.add_argument("--init", metavar="GEN", help="start from this generator's weights (same preset and image size; "
+                   "classes matched by name)")
     p.add_argument("--distributed", action="store_true", help="data-parallel over torchrun's ranks (detected "
                    "when torchrun launches more than one process; this flag insists)")
     p.add_argument("--timeout", type=float, default=300, help="seconds a rank waits for a lost rank before the run "

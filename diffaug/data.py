@@ -78,7 +78,7 @@ class ImageData:
 
     def image_hashes(self) -> np.ndarray:
         """One 8-byte hash per image, uint8 (N, 8): finds the same picture in another dataset (leakage checks)."""
-        return np.stack([np.frombuffer(image_hash(x), np.uint8) for x in self.images.numpy()])
+        return image_hashes(self.images)
 
     def __repr__(self) -> str:
         c, h, w = self.images.shape[1:]
@@ -229,6 +229,11 @@ def image_hash(image) -> bytes:
     """A short hash of one uint8 (C,H,W) image's pixels."""
     arr = image.numpy() if isinstance(image, torch.Tensor) else image
     return hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=8).digest()
+
+
+def image_hashes(images: torch.Tensor) -> np.ndarray:
+    """One 8-byte hash per uint8 (C,H,W) image of a batch, uint8 (N, 8)."""
+    return np.stack([np.frombuffer(image_hash(x), np.uint8) for x in images.numpy()])
 
 
 def hf_column(ds, name: str) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""Data by name or path: the built-in datasets (scikit-learn's digits, Fashion-MNIST from local files) and
-`load_data`, which maps a built-in name, an .npz, an image folder or a saved HF dataset onto `ImageData`."""
+"""Data by name or path: the built-in datasets (scikit-learn's digits, Fashion-MNIST from local files),
+`load_data`, which maps a built-in name, an .npz, an image folder or a saved HF dataset onto `ImageData`, and
+`load_unlabeled`, the same for images without labels."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .data import ImageData
+from .data import IMAGE_SUFFIXES, ImageData, _column, _pil_mode, _pil_or_array, _to_uint8_nchw, hf_column
 from .errors import DataError, require_extra
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -134,3 +136,77 @@ def _hf_from_disk(path: Path, split: str, image_column: str, label_column: str) 
         else:
             raise DataError(f"{path} has splits {list(ds)}; no {split!r} split")
     return ImageData.from_hf(ds, image_column=image_column, label_column=label_column)
+
+
+def load_unlabeled(source, *, image_column: str = "image", label_column: str = "label") -> torch.Tensor:
+    """Unlabelled images as uint8 (N,C,H,W): an image folder WITHOUT class sub-folders (images directly in it, or
+    in any nesting below it if it has no sub-folders at its top), an `.npz` with `images` only, a saved HF dataset
+    without a label column (or whose labels are all -1), an ImageData (its labels are dropped), or an array."""
+    if isinstance(source, ImageData):
+        return source.images
+    if not isinstance(source, (str, Path)):
+        return _to_uint8_nchw(source)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"no such unlabelled data: {path}")
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise DataError(f"{path} is a file but not an .npz; unlabelled images come as an .npz with `images`, "
+                            "a folder of images or a saved HF dataset")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise DataError(f"{path} is not a readable .npz file ({e})") from None
+        if "images" not in arrays:
+            raise DataError(f"{path} has no `images` array; it has {sorted(arrays)}")
+        if "labels" in arrays:
+            raise DataError(f"{path} has `labels`: that is labelled data (pass it as DATA); unlabelled images come "
+                            "as an .npz with `images` only")
+        return _to_uint8_nchw(arrays["images"])
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        return _hf_unlabeled(path, image_column, label_column)
+    return _folder_unlabeled(path)
+
+
+def _folder_unlabeled(root: Path) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    top = [f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+    if classes and not top:
+        raise DataError(f"{root} has class sub-folders ({', '.join(sorted(classes)[:5])}): that is labelled data "
+                        "(pass it as DATA); unlabelled images lie directly in the folder")
+    if not top:
+        raise DataError(f"{root} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    images = []
+    for f in sorted(top):
+        try:
+            with Image.open(f) as im:
+                images.append(np.asarray(_pil_mode(im)))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"cannot read image {f}: {e}") from None
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"images in {root} have mixed sizes {sorted(shapes)[:4]}; resize them to one size first")
+    return _to_uint8_nchw(np.stack(images))
+
+
+def _hf_unlabeled(path: Path, image_column: str, label_column: str) -> torch.Tensor:
+    datasets = require_extra("datasets", "hf")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise DataError(f"cannot load the Hugging Face dataset at {path}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = datasets.concatenate_datasets(list(ds.values()))
+    if image_column not in ds.column_names:
+        raise DataError(f"the dataset at {path} has no image column {image_column!r}; its columns are "
+                        f"{ds.column_names}")
+    if label_column in ds.column_names and (hf_column(ds, label_column) != -1).any():
+        raise DataError(f"the dataset at {path} has labels in {label_column!r}: that is labelled data (pass it as "
+                        "DATA); unlabelled rows have no label column, or -1 labels")
+    images = [_pil_or_array(x) for x in _column(ds, image_column)]
+    if len({im.shape for im in images}) > 1:
+        raise DataError(f"column {image_column!r} at {path} holds images of mixed sizes")
+    return _to_uint8_nchw(np.stack(images))

@@ -46,6 +46,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     label_dropout: float = 0.1        # share of labels replaced by the null class (CFG, Ho & Salimans 2022)
+    unlabeled_share: float = 0.5      # with unlabelled images: the share of each batch drawn from them (they train
+                                      # under the null class, as DPT's unconditional rows do); not yet tuned
     schedule: str = "cosine"
     prediction: str = "v"
     min_snr_gamma: float | None = 5.0
@@ -65,7 +67,8 @@ class TrainConfig:
         check_seed(self.seed)
         for name, low, high, closed in (("lr", 0.0, 10.0, False), ("grad_clip", 0.0, 1e6, False),
                                         ("weight_decay", 0.0, 1e3, True), ("ema_decay", 0.0, 1.0, True),
-                                        ("label_dropout", 0.0, 1.0, True), ("minutes", 0.0, 1e9, False),
+                                        ("label_dropout", 0.0, 1.0, True), ("unlabeled_share", 0.0, 1.0, True),
+                                        ("minutes", 0.0, 1e9, False),
                                         ("min_snr_gamma", 0.0, 1e6, False)):
             if getattr(self, name) is not None or name not in ("minutes", "min_snr_gamma"):
                 finite_number(getattr(self, name), name, low, high, closed)
@@ -90,9 +93,16 @@ class Trainer:
     """
 
     def __init__(self, data: ImageData, config: TrainConfig, device="auto", out_dir=None, progress: bool = True,
-                 distributed: bool | None = None, timeout_s: float = ddp.DEFAULT_TIMEOUT_S):
+                 distributed: bool | None = None, timeout_s: float = ddp.DEFAULT_TIMEOUT_S,
+                 unlabeled: torch.Tensor | None = None, init: torch.nn.Module | None = None):
+        """`unlabeled`: uint8 (M,C,H,W) images without labels; `config.unlabeled_share` of every batch comes from
+        them, under the null class. `init`: a UNet of the same preset and channels to start from (its class
+        embedding already resized to this data's classes, see fitting.init_weights)."""
         self.data = data
-        self.data_fingerprint = data.fingerprint()   # hashes every pixel: once, not at every checkpoint
+        self.unlabeled = unlabeled if unlabeled is not None and len(unlabeled) else None
+        # hashes every pixel (labelled and unlabelled): once, not at every checkpoint
+        self.data_fingerprint = data.fingerprint() if self.unlabeled is None else \
+            digest({"labelled": data.fingerprint(), "unlabeled": self.unlabeled})[:16]
         self.timeout_s = timeout_s
         self.ranks, self.device, self._owns_group = ddp.setup(distributed, resolve_device(device), timeout_s)
         self.progress = progress and self.ranks.main
@@ -106,14 +116,20 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         torch.manual_seed(config.seed)   # weight init only (the same on every rank); every later draw uses self.rng
         net = UNet(data.channels, data.num_classes, get_preset(config.preset).unet)
+        if init is not None:
+            net.load_state_dict(init.state_dict())
         self.model = prepare_model(net, self.device)
         self._seed_dropout(0)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = make_optimizer(self.model, config, self.device)
         self.loss_fn = DiffusionLoss(get_schedule(config.schedule), config.prediction, config.min_snr_gamma)
         self.rng = torch.Generator(self.device).manual_seed(config.seed)
-        self.images = data.images.to(self.device)   # uint8 on the device: 4x smaller than float
+        # uint8 on the device (4x smaller than float): the labelled rows, then any unlabelled ones (null class)
+        self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
+        self.n_unlabeled = 0 if self.unlabeled is None else round(config.batch_size * config.unlabeled_share)
+        if self.unlabeled is not None:
+            self.extra = self.unlabeled.to(self.device)
         self.step = 0
         self.loss_sum = torch.zeros((), device=self.device)   # summed on the device, read every 25 steps
         self.loss_curve: list[tuple[int, float]] = []   # (step, mean loss since the previous entry)
@@ -192,13 +208,20 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------
 
     def batch(self):
-        idx = torch.randint(len(self.images), (self.cfg.batch_size,), generator=self.rng, device=self.device)
-        x = to_unit(self.images[idx])
+        n = self.cfg.batch_size - self.n_unlabeled
+        idx = torch.randint(len(self.images), (n,), generator=self.rng, device=self.device)
+        x = self.images[idx]
+        if self.n_unlabeled:
+            extra = torch.randint(len(self.extra), (self.n_unlabeled,), generator=self.rng, device=self.device)
+            x = torch.cat([x, self.extra[extra]])
+        x = to_unit(x)
         if self.cfg.hflip:
             flip = torch.rand(len(x), generator=self.rng, device=self.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         x = x.contiguous(memory_format=torch.channels_last)
         y = drop_labels(self.labels[idx], self.data.num_classes, self.cfg.label_dropout, self.rng)
+        if self.n_unlabeled:   # unlabelled rows train the unconditional (null-class) model
+            y = torch.cat([y, torch.full((self.n_unlabeled,), self.data.num_classes, device=self.device)])
         return x, y
 
     def train_step(self) -> None:
