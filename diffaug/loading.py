@@ -122,7 +122,8 @@ def _fashion_mnist(split: str, root=None) -> ImageData:
                                  np.concatenate([p[1] for p in parts]), FASHION_MNIST_CLASSES)
 
 
-def _hf_from_disk(path: Path, split: str, image_column: str, label_column: str) -> ImageData:
+def _hf_split(path: Path, split: str):
+    """The `split` of a dataset saved with save_to_disk ("all": every split joined; a Dataset is its one split)."""
     datasets = require_extra("datasets", "hf")
     try:
         ds = datasets.load_from_disk(str(path))
@@ -135,7 +136,11 @@ def _hf_from_disk(path: Path, split: str, image_column: str, label_column: str) 
             ds = ds[split]
         else:
             raise DataError(f"{path} has splits {list(ds)}; no {split!r} split")
-    return ImageData.from_hf(ds, image_column=image_column, label_column=label_column)
+    return ds
+
+
+def _hf_from_disk(path: Path, split: str, image_column: str, label_column: str) -> ImageData:
+    return ImageData.from_hf(_hf_split(path, split), image_column=image_column, label_column=label_column)
 
 
 def load_unlabeled(source, *, image_column: str = "image", label_column: str = "label") -> torch.Tensor:
@@ -193,13 +198,7 @@ def _folder_unlabeled(root: Path) -> torch.Tensor:
 
 
 def _hf_unlabeled(path: Path, image_column: str, label_column: str) -> torch.Tensor:
-    datasets = require_extra("datasets", "hf")
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as e:
-        raise DataError(f"cannot load the Hugging Face dataset at {path}: {e}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        ds = datasets.concatenate_datasets(list(ds.values()))
+    ds = _hf_split(path, "all")
     if image_column not in ds.column_names:
         raise DataError(f"the dataset at {path} has no image column {image_column!r}; its columns are "
                         f"{ds.column_names}")
