@@ -162,7 +162,8 @@ def cmd_evaluate(args) -> None:
                    perturb_copies=args.perturb_copies, strength=_floats(args.strength), guidance=args.guidance,
                    sample_steps=args.sample_steps, filter_confidence=args.filter_confidence, preset=args.preset,
                    gen_steps=args.gen_steps, metrics=not args.no_metrics, primary=args.primary,
-                   augment_synthetic=args.augment_synthetic, classifier_repeats=args.classifier_repeats)
+                   augment_synthetic=args.augment_synthetic, classifier_repeats=args.classifier_repeats,
+                   unlabeled=args.unlabeled, pseudo_label_threshold=args.pseudo_label_threshold)
     if args.arms:
         options["arms"] = tuple(args.arms.split(","))
     if args.preregister:   # write the plan and stop: commit it, then run with --preregistered
@@ -304,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "the code's hash and commit) to FILE and stop; commit it before the run")
     p.add_argument("--preregistered", metavar="FILE", help="run the evaluation FILE describes (refused if any "
                    "setting, the data or the code differ) and record it in the report")
+    p.add_argument("--unlabeled", choices=evaluation.UNLABELED, help="rest: the training pool, labels withheld, is "
+                   "unlabelled data; one generator is fitted on it once and each run fine-tunes it on its labelled "
+                   "images and confident pseudo-labels; adds the self-training arm (classical + confident pseudo-labels), the fair opponent")
+    p.add_argument("--pseudo-label-threshold", type=float, default=EVAL["pseudo_label_threshold"],
+                   help="--unlabeled: pseudo-labels of at least this confidence (from the classical arm's classifier) "
+                        "train the self-training arm and the generator")
     p.add_argument("--looks", metavar="LEDGER", help="a JSON ledger of the runs that scored on this test split: "
                    "this run is added, and the report says how many looks the split has had")
     p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "

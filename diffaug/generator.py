@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_output_size, check_seed, check_strength, is_number, whole_number
 from .data import _to_uint8_nchw
+from .diffusion.fastpath import GraphedForward
 from .diffusion.noise import ImageNoise
 from .diffusion.objectives import to_x0
 from .diffusion.samplers import get_sampler
@@ -43,7 +44,7 @@ class Generator:
         self.device = next(model.parameters()).device
         self._schedule = get_schedule(config["schedule"])
         self.fast = True        # on CUDA, replay the network as CUDA graphs while sampling (False: eager)
-        self._graphed = None
+        self._graphed, self._graphed_model = None, None
 
     # --- what it is -------------------------------------------------------------------------------
 
@@ -141,9 +142,8 @@ class Generator:
 
     def _net(self, z, t, y):
         if self.device.type == "cuda" and self.fast:   # one CUDA-graph replay per network call (fastpath.py)
-            if self._graphed is None:
-                from .diffusion.fastpath import GraphedForward
-                self._graphed = GraphedForward(self._forward)
+            if self._graphed is None or self._graphed_model is not self.model:   # a replaced model: new graphs
+                self._graphed, self._graphed_model = GraphedForward(self._forward), self.model
             return self._graphed(z, t, y)
         return self._forward(z, t, y)
 

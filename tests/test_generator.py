@@ -145,3 +145,30 @@ def test_bad_indices_are_refused(digits_gen):
         digits_gen.sample([1, 2, 3], indices=[0, 1])
     with pytest.raises(DataError, match="indices"):
         digits_gen.sample([1, 2], indices=[0, -1])
+
+
+def test_graphed_sampling_pads_small_calls_to_a_captured_graph_and_keeps_few(monkeypatch):
+    """GraphedForward's bookkeeping, checked on the CPU with a stand-in for the CUDA graph (a replay recomputes
+    the static output from the static inputs, as a captured graph does)."""
+    from diffaug.diffusion.fastpath import GraphedForward
+
+    def fn(z, t, y):
+        return z * 2 + t[:, None, None, None] + y[:, None, None, None]
+
+    captured = []
+
+    def capture(self, z, t, y):
+        static = (z.clone(), t.clone(), y.clone())
+        out = fn(*static)
+        captured.append(len(z))
+        return type("Graph", (), {"replay": lambda _: out.copy_(fn(*static))})(), static, out
+
+    monkeypatch.setattr(GraphedForward, "_capture", capture)
+    graphed = GraphedForward(fn, max_graphs=2)
+    z, t, y = torch.randn(8, 1, 4, 4), torch.rand(8), torch.arange(8)
+    assert torch.equal(graphed(z, t, y), fn(z, t, y))
+    assert torch.equal(graphed(z[:3], t[:3], y[:3]), fn(z[:3], t[:3], y[:3]))   # padded into the batch-8 graph
+    assert captured == [8]
+    graphed(torch.randn(16, 1, 4, 4), torch.rand(16), torch.arange(16))
+    graphed(torch.randn(2, 1, 5, 5), torch.rand(2), torch.arange(2))            # another image shape
+    assert captured == [8, 16, 2] and len(graphed.graphs) == 2                  # the oldest capture dropped

@@ -120,3 +120,25 @@ def test_the_cli_fits_with_unlabelled_images_and_an_init_and_info_shows_them(few
     assert main(["fit", str(tmp_path / "few.npz"), "--out", str(tmp_path / "h.safetensors"), "--steps", "1",
                  "--unlabeled", str(tmp_path / "few.npz")]) == 2
     assert "that is labelled data" in capsys.readouterr().err
+
+
+def test_an_evaluation_with_unlabelled_images_shares_one_pool_generator_and_adds_self_training(digits_train,
+                                                                                                digits_test, tmp_path):
+    from diffaug.evaluation.protocol import check_leakage
+    result = diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=2, gen_steps=10,
+                              gen_batch_size=16, classifier_steps=20, batch_size=16, synthetic_per_class=4,
+                              perturb_copies=1, sample_steps=2, metrics=False, classical="crop", out_dir=tmp_path,
+                              progress=False)
+    pool = result.config["pool_generator"]
+    assert pool is not None and len(list((tmp_path / "runs").glob("pool-generator-*.safetensors"))) == 1
+    pool_gen = diffaug.Generator.load(next((tmp_path / "runs").glob("pool-generator-*.safetensors")))
+    assert pool_gen.fingerprint == pool["fingerprint"] and pool_gen.config["unlabeled"]["share"] == 1.0
+    check_leakage(pool_gen, digits_train, digits_test)   # fitted on the training pool only
+    for unit in result.units:
+        assert "self-training" in unit["arms"]
+        kept = unit["kept_after_filter"]["pseudo_labels"]
+        assert kept["unlabeled"] == len(digits_train) - 30 and 0 < kept["kept"] <= kept["unlabeled"]
+        assert unit["generator"]["init"] == pool["fingerprint"]   # every unit fine-tuned the one pool generator
+    assert "vs_self_training" in result.summary["3"]["primary"] and "vs self-training" in result.table()
+    with pytest.raises(DataError, match="needs unlabelled images"):
+        diffaug.evaluation.EvalConfig(arms=("classical", "synthesize", "self-training"))

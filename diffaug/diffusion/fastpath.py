@@ -16,6 +16,8 @@ the same loss trajectory on CPU; benchmarks/gpu_check.py does the same on CUDA w
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from .step import autocast, ema_decay_at, ema_update, lr_at, step_counter
@@ -77,32 +79,44 @@ class FastStep:
 
 
 class GraphedForward:
-    """`fn(z, t, y)` under no_grad replayed as CUDA graphs, one per input shape (a sampler calls the network
-    at one batch shape, plus the last partial batch): inputs are copied into static buffers, the graph is
-    replayed, and the output is cloned so callers may keep it across calls."""
+    """`fn(z, t, y)` under no_grad replayed as CUDA graphs. A call with fewer images than a captured graph is
+    padded up to it (a sampler's last partial batch, a small perturb call: no new capture, no new memory pool);
+    the network's rows are independent in eval mode (GroupNorm and attention work per image), so the padding rows
+    change nothing. At most `max_graphs` captures are kept, the least recently used dropped first. Inputs are
+    copied into static buffers, the graph is replayed, and the output is cloned so callers may keep it."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, max_graphs: int = 4):
         self.fn = fn
-        self.graphs: dict = {}
+        self.max_graphs = max_graphs
+        self.graphs: OrderedDict = OrderedDict()   # (batch, image shape, strides, dtype) -> (graph, inputs, out)
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        key = (tuple(z.shape), tuple(z.stride()), z.dtype)
-        if key not in self.graphs:
-            static = (z.clone(memory_format=torch.preserve_format), t.clone(), y.clone())
-            side = torch.cuda.Stream(z.device)
-            side.wait_stream(torch.cuda.current_stream(z.device))
-            with torch.cuda.stream(side):   # warm-up: cuDNN autotuning and lazy init happen outside the graph
-                for _ in range(2):
-                    self.fn(*static)
-            torch.cuda.current_stream(z.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self.fn(*static)
-            self.graphs[key] = (graph, static, out)
+        n, form = len(z), (tuple(z.shape[1:]), tuple(z.stride()[1:]), z.dtype)
+        fits = [key for key in self.graphs if key[1:] == form and key[0] >= n]
+        key = min(fits, key=lambda k: k[0]) if fits else (n, *form)
+        if not fits:
+            self.graphs[key] = self._capture(z, t, y)
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
         graph, (sz, st, sy), out = self.graphs[key]
-        sz.copy_(z)
-        st.copy_(t)
-        sy.copy_(y)
+        sz[:n].copy_(z)
+        st[:n].copy_(t)
+        sy[:n].copy_(y)
         graph.replay()
-        return out.clone()
+        return out[:n].clone()
+
+    def _capture(self, z, t, y) -> tuple:
+        """(graph, static inputs, static output) for inputs shaped like z, t, y."""
+        static = (z.clone(memory_format=torch.preserve_format), t.clone(), y.clone())
+        side = torch.cuda.Stream(z.device)
+        side.wait_stream(torch.cuda.current_stream(z.device))
+        with torch.cuda.stream(side):   # warm-up: cuDNN autotuning and lazy init happen outside the graph
+            for _ in range(2):
+                self.fn(*static)
+        torch.cuda.current_stream(z.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.fn(*static)
+        return graph, static, out

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checks import check_seed, finite_number, whole_number
+from ..checks import check_probability, check_seed, finite_number, whole_number
 from ..data import ImageData
 from ..errors import DiffaugError, first_line
 from ..io import atomic_path, digest
@@ -67,11 +67,11 @@ class TrainConfig:
         check_seed(self.seed)
         for name, low, high, closed in (("lr", 0.0, 10.0, False), ("grad_clip", 0.0, 1e6, False),
                                         ("weight_decay", 0.0, 1e3, True), ("ema_decay", 0.0, 1.0, True),
-                                        ("label_dropout", 0.0, 1.0, True), ("unlabeled_share", 0.0, 1.0, True),
-                                        ("minutes", 0.0, 1e9, False),
+                                        ("label_dropout", 0.0, 1.0, True), ("minutes", 0.0, 1e9, False),
                                         ("min_snr_gamma", 0.0, 1e6, False)):
             if getattr(self, name) is not None or name not in ("minutes", "min_snr_gamma"):
                 finite_number(getattr(self, name), name, low, high, closed)
+        check_probability(self.unlabeled_share, "unlabeled_share")   # 1: every row unlabelled (an unconditional fit)
         if not isinstance(self.hflip, bool):
             raise DiffaugError(f"hflip must be True or False, got {self.hflip!r}")
 

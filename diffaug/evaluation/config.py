@@ -17,14 +17,17 @@ MIXING = ("synthesize", "perturb", "classical+synthesize")   # arms that mix gen
 CONTROL = "-control"
 # Each mixing arm's dose control: the same batches (real rows, indices, augmentation draws) with the generated
 # rows replaced by clean real rows of the subset. A gain that does not beat it is augmentation dose.
-ARMS = ("real", "classical", *MIXING, *(arm + CONTROL for arm in MIXING))
+SELF_TRAINING = "self-training"   # with unlabelled images: classical + the pool's confident pseudo-labels
+ARMS = ("real", "classical", *MIXING, *(arm + CONTROL for arm in MIXING), SELF_TRAINING)
 DEFAULT_ARMS = ("real", "classical", *MIXING, "classical+synthesize" + CONTROL)
+UNLABELED = ("rest",)   # where a regime's unlabelled images come from: the rest of the training pool
 BASELINE = "classical"
 PRIMARY_ORDER = ("classical+synthesize", "synthesize", "perturb")   # the default headline arm, fixed before any run
 # What each arm trains on: (the pool its mixed rows come from, whether the classical augmentation applies).
 PLAN = {"real": (None, False), "classical": (None, True), "synthesize": ("synthesize", False),
         "perturb": ("perturb", False), "classical+synthesize": ("synthesize", True),
-        **{arm + CONTROL: ("real", arm.startswith("classical")) for arm in MIXING}}
+        **{arm + CONTROL: ("real", arm.startswith("classical")) for arm in MIXING},
+        SELF_TRAINING: ("pseudo", True)}   # pseudo-labelled rows are augmented like the real ones
 # Classifier steps when not given: 50 epochs of the real subset, at least 500 (low-data regimes converge well
 # within that) and at most 5000 (~11 epochs of Fashion-MNIST's 60k at batch 128).
 STEPS_PER_EPOCHS, STEPS_MIN, STEPS_MAX = 50, 500, 5000
@@ -78,13 +81,27 @@ class EvalConfig:
     reference_steps: int = 1000            # the fixed feature network for FID/KID/precision/recall (trained once)
     primary: str | None = None             # the diffusion arm whose gain is the headline, declared in advance;
                                            # None: the first of PRIMARY_ORDER among the arms run
+    unlabeled: str | None = None           # "rest": the training pool, labels withheld, is unlabelled data; one
+                                           # generator is fitted on it once (null class) and every unit fine-tunes
+                                           # it on its labelled subset plus confident pseudo-labels (DPT); adds the
+                                           # self-training arm, the fair opponent
+    pseudo_label_threshold: float = 0.9    # with unlabelled images: the classical classifier's pseudo-labels of at
+                                           # least this confidence train the self-training arm and the generator
 
     def __post_init__(self):
         per_class = (self.per_class,) if isinstance(self.per_class, (int, np.integer)) else tuple(self.per_class)
         self.per_class = tuple(dict.fromkeys(whole_number(k, "per_class", low=0) for k in per_class))   # no repeats
         if not self.per_class:
             raise DataError("per_class must name at least one regime (images per class; 0 = all)")
+        if self.unlabeled is not None and self.unlabeled not in UNLABELED:
+            raise DataError(f"unlabeled must be one of {UNLABELED} or None, got {self.unlabeled!r}")
+        if self.unlabeled and tuple(self.arms) == DEFAULT_ARMS:
+            self.arms = (*DEFAULT_ARMS, SELF_TRAINING)
         self.arms = tuple(dict.fromkeys(self.arms))
+        if SELF_TRAINING in self.arms and not self.unlabeled:
+            raise DataError(f"the {SELF_TRAINING!r} arm needs unlabelled images (unlabeled='rest')")
+        if not (is_number(self.pseudo_label_threshold) and 0 < self.pseudo_label_threshold <= 1):
+            raise DataError(f"pseudo_label_threshold must lie in (0, 1], got {self.pseudo_label_threshold!r}")
         whole_number(self.seed_start, "seed_start", low=0, high=2 ** 32)
         for name in ("seeds", "batch_size", "synthetic_per_class", "perturb_copies", "sample_steps", "cas_steps",
                      "reference_steps", "gen_batch_size", "classifier_steps", "gen_steps", "classifier_repeats"):

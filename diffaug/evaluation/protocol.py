@@ -25,10 +25,11 @@ from ..data import ImageData
 from ..diffusion.distributed import from_env, rank_device
 from ..diffusion.step import resolve_device
 from ..errors import DataError
+from ..fitting import fit
 from ..generator import Generator
 from ..loading import is_builtin, load_data
 from .cache import cached, gather_units, load_json, store, store_json
-from .config import BASELINE, CONTROL, EvalConfig
+from .config import BASELINE, CONTROL, SELF_TRAINING, EvalConfig
 from .metrics import holm, paired_bootstrap, paired_ci, unpack_bits
 from .policies import AUTO, MENU, RULE, Policy, select
 from .registry import check_preregistered, preregister, record_look
@@ -73,6 +74,10 @@ def summarize(units: list, cfg: EvalConfig, n_test: int) -> dict:
             s["primary"].update(control=control, vs_control=s["vs_control"][primary],
                                 bootstrap_vs_control=paired_bootstrap(_correct(rows, primary, n_test),
                                                                       _correct(rows, control, n_test)))
+        if SELF_TRAINING in cfg.arms:   # with unlabelled images, the fair opponent
+            s["primary"].update(vs_self_training=paired_ci(acc[primary] - acc[SELF_TRAINING]),
+                                bootstrap_vs_self_training=paired_bootstrap(_correct(rows, primary, n_test),
+                                                                            _correct(rows, SELF_TRAINING, n_test)))
         s["holm"] = holm({arm: acc[arm] - acc[BASELINE] for arm in cfg.diffusion_arms})
         if any("quality" in u for u in rows):
             q = [u["quality"] for u in rows if "quality" in u]
@@ -129,8 +134,10 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                  for k in cfg.per_class} if cfg.classical == AUTO else {}   # str keys: as results.json has them
     reference = reference_for(train, test, cfg, device)
     policies = {int(k): Policy.parse(sel["winner"]) for k, sel in selection.items()}
+    pool_gen = _pool_generator(train, cfg, tag, runs, ranks, device, progress) if cfg.unlabeled and gen is None \
+        else None
     for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference,
-                         policies):
+                         policies, pool_gen):
         if runs is not None:
             store(runs, unit, tag)
         units.append(unit)
@@ -141,6 +148,8 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
               "classifier": context["classifier"], "reference_network": reference.info,
               "device": str(resolve_device(device)), "cache_key": tag, "source": context["source"],
               "classical_selection": selection, "baseline_rule": context["baseline_rule"],
+              "pool_generator": {"fingerprint": pool_gen.fingerprint, "steps": pool_gen.config["train"]["steps"],
+                                 "seconds": pool_gen.config["train"]["seconds"]} if pool_gen else None,
               "preregistration": prereg, "headline": f"primary arm declared in advance: {cfg.primary}; all diffusion "
                                                     "arms also compared with Holm correction"}
     if looks is not None and ranks.main:
@@ -183,6 +192,26 @@ def _prepare(data, test, gen, classifier, options):
                "classifier": classifier_name, "diffaug": __version__, "source": source_digest(),
                "baseline": BASELINE, "baseline_rule": rule}
     return cfg, train, test, split_note, context
+
+
+POOL_SEED = 1   # the pool generator's fit: one per evaluation, shared by every unit
+
+
+def _pool_generator(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, progress) -> Generator:
+    """The evaluation's unlabelled generator: fitted once on the training pool's images under the null class
+    (unlabeled_share=1: no labelled row is drawn, the labels are never read), cached in runs/; every unit
+    fine-tunes it on its labelled subset. Never sees a test image."""
+    path = runs / f"pool-generator-{tag}.safetensors" if runs is not None else None
+    while path is not None and not path.exists() and ranks.active and not ranks.main:
+        time.sleep(1.0)
+    if path is not None and path.exists():
+        return Generator.load(path, device=resolve_device(device))
+    pool_gen = fit(train, cfg.preset, cfg.gen_steps_for(len(train)), seed=POOL_SEED, device=device,
+                   progress=progress, batch_size=cfg.gen_batch_size, distributed=False, unlabeled=train.images,
+                   unlabeled_share=1.0)
+    if path is not None:
+        pool_gen.save(path, overwrite=True)
+    return pool_gen
 
 
 def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, classifier,
@@ -262,7 +291,8 @@ def _splits(data, test):
     return train, test, f"train: {train.source or 'given in memory'}; test: {test.source or 'given in memory'}"
 
 
-def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference, policies):
+def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference, policies,
+             pool_gen):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
@@ -270,12 +300,13 @@ def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, p
         for k, seed in todo:
             bar.set_postfix(k=k, seed=seed)
             yield run_unit(train, test, k, seed, cfg, gen, device, classifier, reference=reference,
-                           classical=policies.get(k))
+                           classical=policies.get(k), pool_gen=pool_gen)
             bar.update(1)
     else:
         from joblib import Parallel, delayed
+        pool_gen = pool_gen.to("cpu") if pool_gen is not None else None
         jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, classifier, threads, reference.to("cpu"),
-                                  policies.get(k)) for k, seed in todo)
+                                  policies.get(k), pool_gen) for k, seed in todo)
         for unit in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
             yield unit
             bar.update(1)

@@ -37,15 +37,18 @@ def markdown_table(result) -> str:
              "95% t-interval over seeds in brackets, then a 95% paired bootstrap over seeds and test images; a gain "
              f"whose interval includes 0 is not a gain. Headline: the primary arm, declared in advance: {primary}."
              + (f" This test split has been looked at {looks} time(s), this run included." if looks else "")
-             + (f" Preregistered: `{cfg['preregistration']['file']}`." if cfg.get("preregistration") else ""), "",
-             "| real / class | " + " | ".join(arms) + f" | {primary} vs {baseline} | {primary} vs its dose control |",
-             "| --- | " + " | ".join("---" for _ in arms) + " | --- | --- |"]
+             + (f" Preregistered: `{cfg['preregistration']['file']}`." if cfg.get("preregistration") else ""), ""]
+    opponents = [("gain", "bootstrap", f"{primary} vs {baseline}"),
+                 ("vs_control", "bootstrap_vs_control", f"{primary} vs its dose control")]
+    if any("vs_self_training" in s["primary"] for s in result.summary.values()):
+        opponents.append(("vs_self_training", "bootstrap_vs_self_training", f"{primary} vs self-training"))
+    lines += ["| real / class | " + " | ".join(arms) + " | " + " | ".join(o[2] for o in opponents) + " |",
+              "| --- | " + " | ".join("---" for _ in arms + opponents) + " |"]
     for k, s in result.summary.items():
         cells = [f"{_pct(s['arms'][a]['mean'])} ± {_pct(s['arms'][a]['std'])}" for a in arms]
         p = s["primary"]
-        vs_control = f"{fmt(p['vs_control'])}; {fmt(p['bootstrap_vs_control'])}" if "vs_control" in p else "n/a"
-        lines.append(f"| {_k(k)} | " + " | ".join(cells) + f" | {fmt(p['gain'])}; {fmt(p['bootstrap'])} | "
-                     f"{vs_control} |")
+        cells += [f"{fmt(p[t])}; {fmt(p[b])}" if t in p else "n/a" for t, b, _ in opponents]
+        lines.append(f"| {_k(k)} | " + " | ".join(cells) + " |")
     lines += ["", f"Every diffusion arm against {baseline}, corrected for the number of arms (Holm-adjusted p-values; "
                   "Bonferroni intervals, simultaneous 95%):", "",
               "| real / class | arm | gain (points) [simultaneous CI] | p | p (Holm) |", "| --- | --- | --- | --- | --- |"]

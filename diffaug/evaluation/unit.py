@@ -5,7 +5,7 @@ steps, batch size and seeds, and score the generator's samples."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -59,6 +59,23 @@ def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device
     return pools
 
 
+def _pseudo_labels(model, train: ImageData, subset: ImageData, cfg: EvalConfig, device):
+    """The unlabelled images (the training pool less the subset) the classical classifier labels with confidence
+    >= cfg.pseudo_label_threshold, with those labels: the self-training arm's pool (a standard semi-supervised
+    baseline: Lee 2013; FixMatch's confidence threshold) and, as DPT does, more labelled rows for the generator."""
+    known = {bytes(x.numpy()) for x in subset.images}
+    rest = [i for i, x in enumerate(train.images) if bytes(x.numpy()) not in known]
+    images, withheld = train.images[rest], train.labels[rest]
+    confidence, labels = predict_proba(model, images, device).max(1)
+    keep = confidence >= cfg.pseudo_label_threshold
+    if not keep.any():   # nothing that confident: the single most confident image, so the arm still mixes
+        keep[confidence.argmax()] = True
+    info = {"share_kept": float(keep.float().mean()), "kept": int(keep.sum()), "unlabeled": len(rest),
+            # for the report only (training never reads the withheld labels): how right the pseudo-labels are
+            "pseudo_label_accuracy": float((labels[keep] == withheld[keep]).float().mean())}
+    return (images[keep].to(device), labels[keep].to(device)), info
+
+
 def _filter(pool, model, threshold):
     """Keep the synthetic images the real-trained classifier gives their own class with p >= threshold."""
     images, labels = pool
@@ -100,9 +117,12 @@ def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device) ->
 
 def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConfig, gen: Generator | None = None,
              device="cpu", factory: Callable | None = None, threads: int | None = None,
-             reference: Reference | None = None, classical: Policy | None = None) -> dict:
-    """One (k, seed) unit: subset, generator (fitted on the subset only), pools, every arm, metrics.
-    `classical`: the baseline's policy for this regime (the tuned choice); None: cfg.classical as named."""
+             reference: Reference | None = None, classical: Policy | None = None,
+             pool_gen: Generator | None = None) -> dict:
+    """One (k, seed) unit: the subset; the arms that need no generator (real, classical, dose controls,
+    self-training); the generator, fitted on the subset only or, with cfg.unlabeled, fine-tuned from `pool_gen` on
+    the subset plus the classical classifier's confident pseudo-labels and the unlabelled pool; its pools; the
+    arms that mix them in; metrics. `classical`: this regime's tuned baseline policy (None: cfg.classical)."""
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
@@ -110,45 +130,61 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     streams = unit_streams(k, seed, cfg.classifier_repeats)
     subset = train.subset(per_class=k, seed=streams["subset"]) if k else train
     t0 = time.perf_counter()
-    given = gen is not None
-    if gen is None:
-        gen = fit(subset, cfg.preset, cfg.gen_steps_for(len(subset)), seed=streams["generator"], device=device,
-                  progress=False, batch_size=cfg.gen_batch_size, distributed=False)   # one process, even under torchrun
-    fit_s = time.perf_counter() - t0
-    pools = _pools(gen, subset, cfg, streams["pools"], device)
-    pools["real"] = (subset.images.to(device), subset.labels.to(device))   # what a dose control mixes in instead
-    pools_s = time.perf_counter() - t0 - fit_s
-
-    steps = cfg.steps_for(len(subset))
     policy = classical or Policy.parse(cfg.classical)
     aug = policy.build(train.size, cfg.hflip)
+    pools = {"real": (subset.images.to(device), subset.labels.to(device))}   # what a dose control mixes in
     arms, models, kept = {}, {}, {}
-    order = sorted(cfg.arms, key=lambda a: a != "real")   # the real-only model filters the pools
-    for arm in order:
+
+    def run(arm: str) -> None:
         pool_name, augmented = PLAN[arm]
         pool = pools.get(pool_name)
-        if pool is not None and pool_name != "real" and cfg.filter_confidence is not None:
+        if pool is not None and pool_name not in ("real", "pseudo") and cfg.filter_confidence is not None:
             if "real" not in models:
                 raise DataError("filter_confidence needs the 'real' arm (its classifier does the filtering)")
             pool, kept[arm] = _filter(pool, models["real"], cfg.filter_confidence)
         t1 = time.perf_counter()
-        models[arm], records = train_arm(subset, pool, aug if augmented else None, cfg, streams["replicates"],
+        arm_cfg = replace(cfg, augment_synthetic=True) if pool_name == "pseudo" else cfg   # pseudo rows: like real
+        models[arm], records = train_arm(subset, pool, aug if augmented else None, arm_cfg, streams["replicates"],
                                          reference.test_images, reference.test_labels, device, factory)
         correct = torch.stack([r["correct"] for r in records]).float().mean(0)   # per test image, over replicates
         arms[arm] = {"accuracy": float(np.mean([r["accuracy"] for r in records])),
                      "replicates": [r["accuracy"] for r in records],
                      "per_class": per_class_accuracy(correct, reference.test_labels.cpu(), train.num_classes),
                      "correct": [pack_bits(r["correct"]) for r in records],
-                     "optimizer_steps": steps, "batch_size": cfg.batch_size,
+                     "optimizer_steps": cfg.steps_for(len(subset)), "batch_size": cfg.batch_size,
                      "synthetic_share": cfg.synthetic_share if pool else 0.0,
                      "classical": policy.label if augmented else None, "seconds": round(time.perf_counter() - t1, 2)}
+
+    # the real-only model filters the pools; the classical arm's model pseudo-labels the unlabelled images
+    first = [a for a in ("real", "classical") if a in cfg.arms]
+    for arm in first:
+        run(arm)
+    if cfg.unlabeled:
+        pools["pseudo"], kept["pseudo_labels"] = _pseudo_labels(models["classical"], train, subset, cfg, device)
+    for arm in (a for a in cfg.arms if a not in first and PLAN[a][0] in (None, "real", "pseudo")):
+        run(arm)
+    t_fit = time.perf_counter()
+    given = gen is not None
+    if gen is None:
+        labelled = subset
+        if cfg.unlabeled:   # DPT-style: the confident pseudo-labels train the generator's classes too
+            labelled = ImageData(torch.cat([subset.images, pools["pseudo"][0].cpu()]),
+                                 torch.cat([subset.labels, pools["pseudo"][1].cpu()]), subset.class_names)
+        gen = fit(labelled, cfg.preset, cfg.gen_steps_for(len(labelled)), seed=streams["generator"], device=device,
+                  progress=False, batch_size=cfg.gen_batch_size, distributed=False,   # one process, even under torchrun
+                  unlabeled=train.images if cfg.unlabeled else None, init=pool_gen)   # "rest": labels withheld
+    fit_s = time.perf_counter() - t_fit
+    pools.update(_pools(gen, subset, cfg, streams["pools"], device))
+    pools_s = time.perf_counter() - t_fit - fit_s
+    for arm in (a for a in cfg.arms if a not in arms):
+        run(arm)
     unit = {"k": k, "seed": seed, "streams": {n: streams[n] for n in ("subset", "generator", "pools")},
-            "replicate_seeds": [list(p) for p in streams["replicates"]], "classical": policy.label, "arms": arms,
-            "kept_after_filter": kept, "subset_size": len(subset), "subset_fingerprint": subset.fingerprint(),
-            "test_fingerprint": test.fingerprint(), "device": str(device),
+            "replicate_seeds": [list(p) for p in streams["replicates"]], "classical": policy.label,
+            "arms": {arm: arms[arm] for arm in cfg.arms}, "kept_after_filter": kept, "subset_size": len(subset),
+            "subset_fingerprint": subset.fingerprint(), "test_fingerprint": test.fingerprint(), "device": str(device),
             "generator": {"given": given, "fingerprint": gen.fingerprint,
                           "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
-                          "steps": gen.config["train"]["steps"]},
+                          "steps": gen.config["train"]["steps"], "init": gen.config.get("init", {}).get("fingerprint")},
             "pools_seconds": round(pools_s, 1)}
     if "synthesize" in pools:   # a preview grid for the report: the first 8 synthetic images of every class
         images, labels = (t.cpu() for t in pools["synthesize"])
