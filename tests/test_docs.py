@@ -12,6 +12,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,6 +86,9 @@ def test_every_diffaug_command_of_the_readme_runs(capped, capsys):
         fmnist = True
     except diffaug.DataError:   # the Debian package is not installed here: the same command runs on digits
         fmnist = False
+    # the reader's own unlabelled images, which the README's `--unlabeled unlabeled.npz` stands for
+    images = diffaug.load_data("digits", "train").images[:200]
+    np.savez(capped / "unlabeled.npz", images=images.permute(0, 2, 3, 1).numpy())
     for argv in commands:
         argv = [a if fmnist or a != "fashion-mnist" else "digits" for a in argv]
         if not torch.cuda.is_available() and "--device" in argv:   # the same command on this machine's CPU
