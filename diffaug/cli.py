@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "setting, the data or the code differ) and record it in the report")
     p.add_argument("--unlabeled", choices=evaluation.UNLABELED, help="rest: the training pool, labels withheld, is "
                    "unlabelled data; one generator is fitted on it once and each run fine-tunes it on its labelled "
-                   "images and confident pseudo-labels; adds the self-training arm (classical + confident pseudo-labels), the fair opponent")
+                   "images and confident pseudo-labels; adds the self-training arm (classical + those "
+                   "pseudo-labels), the fair opponent")
     p.add_argument("--pseudo-label-threshold", type=float, default=EVAL["pseudo_label_threshold"],
                    help="--unlabeled: pseudo-labels of at least this confidence (from the classical arm's classifier) "
                         "train the self-training arm and the generator")

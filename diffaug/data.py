@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import DataError, require_extra
+from .errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

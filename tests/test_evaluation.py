@@ -153,7 +153,8 @@ def test_cached_units_are_not_reused_for_other_data(digits_train, digits_test, t
     other = diffaug.ImageData.from_arrays((255 - digits_train.images).permute(0, 2, 3, 1).numpy(),
                                           digits_train.labels.numpy(), digits_train.class_names)
     second = evaluate(other, digits_test, out_dir=tmp_path, **TINY)
-    assert second.units[0]["subset_fingerprint"] == other.subset(per_class=3, seed=unit_streams(3, 0, 0)["subset"]).fingerprint()
+    subset_seed = unit_streams(3, 0, 0)["subset"]
+    assert second.units[0]["subset_fingerprint"] == other.subset(per_class=3, seed=subset_seed).fingerprint()
     assert second.units[0]["subset_fingerprint"] != first.units[0]["subset_fingerprint"]
     # the test split and the classifier are part of the key too
     third = evaluate(digits_train, digits_test.subset(per_class=20, seed=0), out_dir=tmp_path, **TINY)

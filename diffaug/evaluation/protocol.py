@@ -69,7 +69,8 @@ def summarize(units: list, cfg: EvalConfig, n_test: int) -> dict:
                 s["vs_control"][arm] = paired_ci(acc[arm] - acc[arm + CONTROL])
         primary, control = cfg.primary, cfg.primary + CONTROL
         s["primary"] = {"arm": primary, "gain": s["vs_" + BASELINE][primary],
-                        "bootstrap": paired_bootstrap(_correct(rows, primary, n_test), _correct(rows, BASELINE, n_test))}
+                        "bootstrap": paired_bootstrap(_correct(rows, primary, n_test),
+                                                      _correct(rows, BASELINE, n_test))}
         if control in cfg.arms:
             s["primary"].update(control=control, vs_control=s["vs_control"][primary],
                                 bootstrap_vs_control=paired_bootstrap(_correct(rows, primary, n_test),

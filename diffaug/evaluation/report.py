@@ -57,9 +57,9 @@ def markdown_table(result) -> str:
             lines.append(f"| {_k(k)} | {arm} | {fmt(h)} | {h['p_value']:.3g} | {h['p_holm']:.3g} |")
     selection = cfg.get("classical_selection") or {}
     if selection:
-        menu = next(iter(selection.values()))["menu"]
-        lines += ["", f"The classical baseline's choice (validation accuracy %, {next(iter(selection.values()))['folds']}"
-                      "-fold cross-validation inside the training pool; the test split is not used):", "",
+        menu, folds = (next(iter(selection.values()))[key] for key in ("menu", "folds"))
+        lines += ["", f"The classical baseline's choice (validation accuracy %, {folds}-fold cross-validation inside "
+                      "the training pool; the test split is not used):", "",
                   "| real / class | " + " | ".join(f"`{m}`" for m in menu) + " | chosen |",
                   "| --- | " + " | ".join("---" for _ in menu) + " | --- |"]
         for k, sel in selection.items():

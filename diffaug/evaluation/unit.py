@@ -23,6 +23,7 @@ from .config import PLAN, EvalConfig, unit_streams
 from .metrics import cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall
 from .policies import Policy
 
+
 def train_arm(subset: ImageData, pool, aug, cfg: EvalConfig, replicates: list, test_images, test_labels, device,
               factory: Callable | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """One arm of one unit: a classifier per replicate seed pair on batches of the real `subset` (plus the rows
