@@ -41,7 +41,8 @@ def main() -> None:
                               seeds=args.seeds, device=args.device, n_jobs=args.n_jobs, out_dir=RESULTS / name,
                               **options)
     command = "python benchmarks/gains.py " + " ".join(sys.argv[1:])
-    table = f"Command: `{command}` (seeds 0..{args.seeds - 1})\n\n" + result.table()
+    first = result.config["seed_start"]
+    table = f"Command: `{command}` (seeds {first}..{first + args.seeds - 1})\n\n" + result.table()
     write_results(name, {"command": command, "seconds_this_run": round(time.perf_counter() - t0, 1),
                          "config": result.config, "summary": result.summary}, table)
 
