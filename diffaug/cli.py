@@ -128,6 +128,12 @@ def _floats(text: str) -> tuple[float, ...]:
         raise DiffaugError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _strength(text: str) -> float | tuple[float, ...]:
+    """--strength: one number, or low,high."""
+    values = _floats(text)
+    return values[0] if len(values) == 1 else values
+
+
 def _jobs(text: str) -> int | str:
     if text == "auto":
         return text
@@ -159,7 +165,7 @@ def cmd_evaluate(args) -> None:
                    classical=args.classical,
                    classifier_steps=args.classifier_steps, batch_size=args.batch_size,
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
-                   perturb_copies=args.perturb_copies, strength=_floats(args.strength), guidance=args.guidance,
+                   perturb_copies=args.perturb_copies, strength=_strength(args.strength), guidance=args.guidance,
                    sample_steps=args.sample_steps, filter_confidence=args.filter_confidence, preset=args.preset,
                    gen_steps=args.gen_steps, metrics=not args.no_metrics, primary=args.primary,
                    augment_synthetic=args.augment_synthetic, classifier_repeats=args.classifier_repeats,

@@ -161,3 +161,14 @@ def test_n_jobs_on_one_gpu_says_what_it_does(monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match="3 evaluation units at once share one GPU"):
         with pytest.raises(Exception):   # this machine has no GPU: the run itself cannot start
             diffaug.evaluate("digits", per_class=(2,), seeds=1, n_jobs=3, device="cuda", progress=False)
+
+
+def test_evaluate_takes_one_strength_or_a_range(tmp_path):
+    import json
+    for text, expected in (("0.4", [0.4, 0.4]), ("0.3,0.6", [0.3, 0.6])):
+        plan = tmp_path / f"plan-{text}.json"
+        assert main(["evaluate", "digits", "--per-class", "3", "--seeds", "1", "--strength", text,
+                     "--out", str(tmp_path / "report"), "--preregister", str(plan)]) == 0
+        assert json.loads(plan.read_text())["config"]["strength"] == expected
+    assert main(["evaluate", "digits", "--strength", "0.1,0.2,0.3", "--out", str(tmp_path / "r"),
+                 "--preregister", str(tmp_path / "bad.json")]) == 2

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..checks import is_number, whole_number
+from ..checks import check_strength, is_number, whole_number
 from ..diffusion.sampling import SamplingSpec
 from ..diffusion.unet import PRESETS
 from ..errors import DataError
@@ -108,10 +108,7 @@ class EvalConfig:
             if getattr(self, name) is not None:
                 whole_number(getattr(self, name), name, low=1)
         SamplingSpec(self.sample_steps, guidance=self.guidance)   # checks both
-        lo, hi = (self.strength, self.strength) if np.isscalar(self.strength) else tuple(self.strength)
-        if not (is_number(lo) and is_number(hi)) or not 0 < lo <= hi <= 1:
-            raise DataError(f"strength must be a number or a (low, high) range within (0, 1], got {self.strength!r}")
-        self.strength = (float(lo), float(hi))
+        self.strength = check_strength(self.strength)
         if not isinstance(self.synthetic_share, (int, float)) or not 0.0 <= self.synthetic_share < 1.0:
             raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share!r}")
         if not isinstance(self.augment_synthetic, (bool, np.bool_)):
