@@ -11,6 +11,7 @@ from diffaug import DataError, MismatchError
 from diffaug.cli import main
 from diffaug.diffusion.trainer import TrainConfig, Trainer
 from diffaug.loading import load_unlabeled
+from diffaug.pseudo import pseudo_label
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_unlabelled_rows_train_under_the_null_class(few_and_many):
     trainer = Trainer(few, TrainConfig(steps=2, batch_size=32, unlabeled_share=0.25), device="cpu", progress=False,
                       unlabeled=many)
     keys = {bytes(x.numpy()) for x in many}
-    x, y = trainer.batch()
+    x, y, _ = trainer.batch()
     assert y.shape == (32,) and (y[24:] == few.num_classes).all()   # the last quarter: unlabelled, null class
     pixels = ((x[24:] + 1) * 127.5).round().to(torch.uint8)
     assert all(bytes(p.contiguous().numpy()) in keys for p in pixels)
@@ -142,3 +143,29 @@ def test_an_evaluation_with_unlabelled_images_shares_one_pool_generator_and_adds
     assert "vs_self_training" in result.summary["3"]["primary"] and "vs self-training" in result.table()
     with pytest.raises(DataError, match="needs unlabelled images"):
         diffaug.evaluation.EvalConfig(arms=("classical", "synthesize", "self-training"))
+
+
+def test_fit_pseudo_labels_the_confident_unlabelled_images(few_and_many, digits_train, tmp_path, capsys):
+    """A classifier of the labelled images labels the unlabelled ones it is sure of; they train under those labels
+    (the trainer's labelled rows), and the generator records how many and by which rule."""
+    few, many = few_and_many
+    truth = {bytes(x.numpy()): int(y) for x, y in zip(digits_train.images, digits_train.labels)}
+    kept, info = pseudo_label(few, many, threshold=0.9, policy="trivialaugment(m=0.5)")
+    assert 0 < len(kept) < len(many) and info["kept"] == len(kept) and sum(info["per_class"]) == len(kept)
+    right = np.mean([truth[bytes(x.numpy())] == int(y) for x, y in zip(kept.images, kept.labels)])
+    assert right > 0.9   # confident labels are mostly right (the withheld labels are read here, never in fit)
+    gen = diffaug.fit(few, steps=5, batch_size=16, progress=False, unlabeled=many, pseudo_labels=0.9,
+                      pseudo_label_policy="trivialaugment(m=0.5)")
+    record = gen.config["pseudo_labels"]
+    assert record["kept"] == len(kept) and record["labelled"] == len(few) and record["policy"] == "trivialaugment(m=0.5)"
+    assert gen.config["data_size"] == len(few) + len(kept)
+    with pytest.raises(DataError, match="needs unlabelled images"):
+        diffaug.fit(few, steps=1, progress=False, pseudo_labels=0.9)
+    with pytest.raises(DataError, match="threshold"):
+        pseudo_label(few, many, threshold=0.0, policy="crop")
+    np.savez(tmp_path / "many.npz", images=many.numpy())
+    out = tmp_path / "g.safetensors"
+    assert main(["fit", "digits", "--out", str(out), "--steps", "3",
+                 "--unlabeled", str(tmp_path / "many.npz"), "--pseudo-labels", "0.95", "--pseudo-label-policy",
+                 "crop", "--quiet"]) == 0
+    assert main(["info", str(out)]) == 0 and "confidence >= 0.95, crop" in capsys.readouterr().out

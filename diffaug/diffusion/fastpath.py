@@ -45,9 +45,9 @@ class FastStep:
     def body(self) -> None:
         tr, cfg = self.tr, self.tr.cfg
         self.lr.copy_(lr_at(self.step, cfg, tr.steps))
-        x, y = tr.batch()
+        x, y, cond = tr.batch()
         with autocast(tr.device):
-            loss = tr.loss_fn(tr.forward, x, y, tr.rng, tr.part)
+            loss = tr.loss_fn(tr.forward, x, y, tr.rng, tr.part, cond)
         tr.opt.zero_grad(set_to_none=True)   # no kernels: under capture, backward allocates in the graph's pool
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)

@@ -81,9 +81,10 @@ class DiffusionLoss:
     min_snr_gamma: float | None = 5.0
 
     def __call__(self, net, x0: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
-                 part: slice = slice(None)):
+                 part: slice = slice(None), augment: torch.Tensor | None = None):
         """The mean loss over x0[part]: t and noise are drawn for all of x0 (a data-parallel rank holds the global
-        batch and trains on its part of it, so N ranks draw what one process would)."""
+        batch and trains on its part of it, so N ranks draw what one process would). `augment`: the images'
+        augmentation conditioning (diffusion/augment.py), passed on to the network."""
         n = x0.shape[0]
         # Stratified t (one sample per 1/n interval) lowers the variance of the loss estimate (VDM, Kingma 2021).
         # No shuffle needed: the trainer draws the batch's images at random, so positions are exchangeable.
@@ -94,6 +95,6 @@ class DiffusionLoss:
         logsnr = self.schedule(t)
         alpha, sigma = alpha_sigma(logsnr)
         z = _bc(alpha, x0) * x0 + _bc(sigma, x0) * eps
-        out = net(z, t, labels).float()
+        out = (net(z, t, labels) if augment is None else net(z, t, labels, augment[part])).float()
         err = (out - target(x0, eps, logsnr, self.prediction)).square().flatten(1).mean(1)
         return (min_snr_weight(logsnr, self.prediction, self.min_snr_gamma) * err).mean()

@@ -17,6 +17,7 @@ from ..data import ImageData
 from ..errors import DiffaugError, first_line
 from ..io import atomic_path, digest
 from . import distributed as ddp
+from .augment import AUGMENT_DIM, augment
 from .fastpath import FastStep
 from .objectives import DiffusionLoss, check_prediction, drop_labels
 from .schedules import get_schedule
@@ -52,6 +53,8 @@ class TrainConfig:
     prediction: str = "v"
     min_snr_gamma: float | None = 5.0
     hflip: bool = False               # off by default: a flipped digit is another symbol
+    augment: float = 0.0              # non-leaking augmentation (diffusion/augment.py): the probability of each
+                                      # transform; the network is told which, samples are drawn as "none"
     seed: int = 0
     checkpoint_every: int = 500
     compile: bool = False
@@ -72,6 +75,7 @@ class TrainConfig:
             if getattr(self, name) is not None or name not in ("minutes", "min_snr_gamma"):
                 finite_number(getattr(self, name), name, low, high, closed)
         check_probability(self.unlabeled_share, "unlabeled_share")   # 1: every row unlabelled (an unconditional fit)
+        check_probability(self.augment, "augment")
         if not isinstance(self.hflip, bool):
             raise DiffaugError(f"hflip must be True or False, got {self.hflip!r}")
 
@@ -115,9 +119,15 @@ class Trainer:
         self.cfg = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         torch.manual_seed(config.seed)   # weight init only (the same on every rank); every later draw uses self.rng
-        net = UNet(data.channels, data.num_classes, get_preset(config.preset).unet)
+        arch = init.config if init is not None else get_preset(config.preset).unet
+        if config.augment and not arch.augment_dim:   # an init without it gets a fresh (zero) conditioning layer
+            arch = replace(arch, augment_dim=AUGMENT_DIM)
+        net = UNet(data.channels, data.num_classes, arch)
         if init is not None:
-            net.load_state_dict(init.state_dict())
+            missing, unexpected = net.load_state_dict(init.state_dict(), strict=False)
+            if unexpected or set(missing) - {"augment_emb.weight"}:
+                raise DiffaugError(f"the init network does not match this fit's (missing {missing}, unexpected "
+                                   f"{unexpected})")
         self.model = prepare_model(net, self.device)
         self._seed_dropout(0)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -208,6 +218,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------
 
     def batch(self):
+        """(images, labels, augmentation conditioning or None): one global batch, drawn on the device."""
         n = self.cfg.batch_size - self.n_unlabeled
         idx = torch.randint(len(self.images), (n,), generator=self.rng, device=self.device)
         x = self.images[idx]
@@ -218,11 +229,14 @@ class Trainer:
         if self.cfg.hflip:
             flip = torch.rand(len(x), generator=self.rng, device=self.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        cond = None
+        if self.cfg.augment:
+            x, cond = augment(x, self.cfg.augment, self.rng)
         x = x.contiguous(memory_format=torch.channels_last)
         y = drop_labels(self.labels[idx], self.data.num_classes, self.cfg.label_dropout, self.rng)
         if self.n_unlabeled:   # unlabelled rows train the unconditional (null-class) model
             y = torch.cat([y, torch.full((self.n_unlabeled,), self.data.num_classes, device=self.device)])
-        return x, y
+        return x, y, cond
 
     def train_step(self) -> None:
         """The eager reference step: one kernel launch at a time, the host's step count."""
@@ -232,9 +246,9 @@ class Trainer:
                 group["lr"].copy_(lr)
             else:
                 group["lr"] = float(lr)
-        x, y = self.batch()
+        x, y, cond = self.batch()
         with autocast(self.device):
-            loss = self.loss_fn(self.forward, x, y, self.rng, self.part)
+            loss = self.loss_fn(self.forward, x, y, self.rng, self.part, cond)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip, foreach=True)

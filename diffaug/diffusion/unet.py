@@ -27,9 +27,13 @@ class UNetConfig:
     groups: int = 8                          # GroupNorm groups (channels are multiples of it)
     upsample_conv: str = "after"             # "after": nearest x2 then 3x3 conv (ADM); "before": the conv at the
                                              # low resolution, then nearest x2 (a quarter of the FLOPs)
+    augment_dim: int = 0                     # length of the non-leaking augmentation's conditioning vector
+                                             # (diffusion/augment.py); 0: none
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-ready; `augment_dim` only where set, so files without it read as before (and in older diffaug)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k != "augment_dim" or v}
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
@@ -80,7 +84,10 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.ndim != 2:
             return super().forward(x)
-        return torch.baddbmm(self.bias[None, None], x[:, None], self.weight.t().expand(len(x), -1, -1))[:, 0]
+        weight = self.weight.t().expand(len(x), -1, -1)
+        if self.bias is None:
+            return torch.bmm(x[:, None], weight)[:, 0]
+        return torch.baddbmm(self.bias[None, None], x[:, None], weight)[:, 0]
 
 
 class Stem(nn.Conv2d):
@@ -157,6 +164,9 @@ class UNet(nn.Module):
         widths = [cfg.channels * m for m in cfg.mults]
         self.time_mlp = nn.Sequential(Linear(cfg.channels, cfg.emb_dim), nn.SiLU(), Linear(cfg.emb_dim, cfg.emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, cfg.emb_dim)   # +1: the null class
+        if cfg.augment_dim:   # zero-initialised: a network fine-tuned with augmentation starts as it was
+            self.augment_emb = Linear(cfg.augment_dim, cfg.emb_dim, bias=False)
+            nn.init.zeros_(self.augment_emb.weight)
         self.stem = Stem(in_channels, widths[0], 3, padding=1)
 
         def block(cin, cout, level):
@@ -196,13 +206,19 @@ class UNet(nn.Module):
         """Height and width are padded up to a multiple of this (one halving per level)."""
         return 2 ** self._depth
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                augment: torch.Tensor | None = None) -> torch.Tensor:
+        """`augment`: how each training image was augmented (diffusion/augment.py); None when sampling (none)."""
         h0, w0 = x.shape[-2:]
         m = self.multiple
         ph, pw = (-h0) % m, (-w0) % m
         if ph or pw:   # any size works: pad to what the depth needs, crop the output back
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         emb = self.time_mlp(timestep_embedding(t, self.config.channels)) + self.class_emb(labels)
+        if augment is not None:
+            if not self.config.augment_dim:
+                raise DiffaugError("this network was built without augmentation conditioning (augment_dim=0)")
+            emb = emb + self.augment_emb(augment.to(emb.dtype))
         emb = F.silu(emb)
 
         h = self.stem(x)
