@@ -49,12 +49,13 @@ def cmd_fit(args) -> None:
         print(f"fitting a {args.preset} generator on {data}; checkpoints in {ckpt}", file=sys.stderr)
     options = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
                                      compile=args.compile, hflip=args.hflip, fast=args.fast,
-                                     unlabeled_share=args.unlabeled_share).items()
+                                     unlabeled_share=args.unlabeled_share, augment=args.augment).items()
                if v is not None}
     gen = fit(data, args.preset, args.steps, minutes=args.minutes, device=args.device, seed=args.seed,
               out_dir=ckpt, resume=args.resume, progress=not args.quiet,
               distributed=True if args.distributed else None, timeout_s=args.timeout, unlabeled=args.unlabeled,
-              init=args.init, **options)
+              init=args.init, pseudo_labels=args.pseudo_labels, pseudo_label_policy=args.pseudo_label_policy,
+              **options)
     train = gen.config["train"]
     if main_rank:   # every rank holds the same generator
         gen.save(out, overwrite=True)   # `out` was checked above; it may have appeared only if --overwrite
@@ -198,7 +199,7 @@ def cmd_info(args) -> None:
     if args.json:
         print(json.dumps(gen.config, indent=2))
         return
-    c, t = gen.config, gen.config["train"]
+    c, t, q = gen.config, gen.config["train"], gen.config.get("pseudo_labels")
     h, w = gen.image_size
     print(f"{args.gen}: diffaug generator (written by diffaug {c['diffaug_version']})\n"
           f"  images     {gen.channels}x{h}x{w} (CxHxW), {gen.num_classes} classes: {', '.join(gen.class_names[:12])}"
@@ -206,10 +207,13 @@ def cmd_info(args) -> None:
           f"  network    preset {c['preset']}, {sum(v.numel() for v in gen.model.state_dict().values()):,} weights\n"
           f"  diffusion  {c['schedule']} schedule, {c['prediction']}-prediction\n"
           f"  training   {t['steps']} steps at batch {t['batch_size']}, lr {t['lr']}, EMA {t['ema_decay']}, "
-          f"seed {t['seed']}\n"
+          f"seed {t['seed']}"
+          + (f", non-leaking augmentation p={t['augment']}" if t.get("augment") else "") + "\n"
           f"  data       {c['data_size']} images, fingerprint {c['data_fingerprint']}\n"
           + (f"  unlabeled  {c['unlabeled']['count']} images, fingerprint {c['unlabeled']['fingerprint']}, "
              f"{c['unlabeled']['share']:.0%} of each batch\n" if "unlabeled" in c else "")
+          + (f"  pseudo     {q['kept']} of them labelled by a classifier of the {q['labelled']} labelled images "
+             f"(confidence >= {q['threshold']}, {q['policy']})\n" if q else "")
           + (f"  init       generator {c['init']['fingerprint']} (fitted on data {c['init']['data_fingerprint']}; "
              f"{len(c['init']['matched_classes'])} classes matched by name)\n" if "init" in c else "")
           + f"  weights    fingerprint {gen.fingerprint}")
@@ -241,11 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fast-path", dest="fast", action="store_false", default=None,
                    help="run the eager reference training step instead of the graph-safe one (CUDA graphs on CUDA)")
     p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips (not for digits/text)")
+    p.add_argument("--augment", type=float, metavar="P", help="non-leaking augmentation of the training images "
+                   "(flips, quarter turns, shifts, scale, rotation; each with probability P, the network told which, "
+                   "samples drawn as 'not augmented'); default: off")
     p.add_argument("--unlabeled", metavar="PATH", help="unlabelled images from the same source: a folder of images "
                    "(no class sub-folders), an .npz with `images` only, or a saved HF dataset without labels; they "
                    "train the unconditional (null-class) model")
     p.add_argument("--unlabeled-share", type=float, help="share of each batch drawn from --unlabeled (default: "
                    f"{TrainConfig.unlabeled_share})")
+    p.add_argument("--pseudo-labels", type=float, metavar="THRESHOLD", help="a classifier trained on DATA labels "
+                   "the --unlabeled images it is at least this sure of (e.g. 0.9); those train under their labels "
+                   "too (DPT)")
+    p.add_argument("--pseudo-label-policy", metavar="POLICY", help="that classifier's classical augmentation, e.g. "
+                   "'trivialaugment(m=0.5)' (default: chosen by cross-validation within DATA)")
     p.add_argument("--init", metavar="GEN", help="start from this generator's weights (same preset and image size; "
                    "classes matched by name)")
     p.add_argument("--distributed", action="store_true", help="data-parallel over torchrun's ranks (detected "

@@ -12,8 +12,9 @@ import torch
 
 from ._version import __version__
 from .data import ImageData, image_hashes
+from .diffusion.step import resolve_device
 from .diffusion.trainer import TrainConfig, Trainer
-from .diffusion.unet import UNet, UNetConfig, get_preset
+from .diffusion.unet import UNet, UNetConfig
 from .errors import DataError, MismatchError
 from .generator import FORMAT, FORMAT_VERSION, Generator, weights_fingerprint
 from .io import digest
@@ -23,7 +24,7 @@ from .loading import load_data, load_unlabeled
 def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minutes: float | None = None,
         device="auto", seed: int = 0, out_dir=None, resume: bool = False, progress: bool = True,
         distributed: bool | None = None, timeout_s: float = 300, unlabeled=None, init=None,
-        **options) -> Generator:
+        pseudo_labels: float | None = None, pseudo_label_policy: str | None = None, **options) -> Generator:
     """Fit a class-conditional diffusion generator to `data` (ImageData, a built-in name or a path).
 
     `unlabeled`: images without labels from the same source (loading.load_unlabeled: an image folder without
@@ -32,6 +33,9 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
     and with it every class, learns from them. `init`: a Generator (or its file) to start from instead of random
     weights, of the same preset and image size (its class embedding is matched to these classes by name).
     Both are recorded in the new generator's config; the leakage guard covers their images.
+    `pseudo_labels`: a confidence threshold (e.g. 0.9): a classifier trained on `data` labels the unlabelled images
+    it is that sure of, and they train under those labels too, as DPT does (pseudo.py; `pseudo_label_policy` is
+    that classifier's classical augmentation, by name; None: chosen by cross-validation within `data`).
 
     `options` are further `TrainConfig` fields (batch_size, lr, ema_decay, label_dropout, schedule,
     prediction, min_snr_gamma, hflip, checkpoint_every, compile, warmup, ...). With `out_dir`,
@@ -48,6 +52,15 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
         raise DataError(f"unknown training option(s) {sorted(unknown)}; see diffaug.TrainConfig")
     cfg = TrainConfig(preset=preset, steps=steps, minutes=minutes, seed=seed, **options)
     extra = _unlabeled(unlabeled, data)
+    labelled, pseudo = data, None
+    if pseudo_labels is not None:
+        if extra is None:
+            raise DataError("pseudo_labels needs unlabelled images to label (unlabeled=...)")
+        from .pseudo import pseudo_label   # here, not at the top: pseudo.py uses the evaluation's classifier
+        kept, pseudo = pseudo_label(data, extra, pseudo_labels, pseudo_label_policy, seed=seed,
+                                    device=resolve_device(device))
+        data = ImageData(torch.cat([data.images, kept.images]), torch.cat([data.labels, kept.labels]),
+                         data.class_names)
     start = _init(init, data, preset)
     trainer = Trainer(data, cfg, device=device, out_dir=out_dir, progress=progress, distributed=distributed,
                       timeout_s=timeout_s, unlabeled=extra, init=start[0] if start else None)
@@ -62,12 +75,14 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "diffaug_version": __version__,
         "image_size": list(data.size), "channels": data.channels, "class_names": data.class_names,
-        "preset": preset, "unet": get_preset(preset).unet.to_dict(),
+        "preset": preset, "unet": ema.config.to_dict(),
         "schedule": cfg.schedule, "prediction": cfg.prediction,
         "normalization": "uint8 x -> x / 127.5 - 1",
         "data_fingerprint": trainer.data_fingerprint, "data_size": len(data), "class_counts": data.class_counts(),
         "train": {**asdict(cfg), **summary},
     }
+    if pseudo is not None:
+        config["pseudo_labels"] = {**pseudo, "labelled": len(labelled)}
     hashes = [data.image_hashes()]
     if extra is not None:
         config["unlabeled"] = {"count": len(extra), "fingerprint": digest(extra)[:16], "share": cfg.unlabeled_share}

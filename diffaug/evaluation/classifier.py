@@ -133,5 +133,15 @@ def embed(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int 
                       for i in range(0, len(images), batch_size)])
 
 
+def confident(model: torch.nn.Module, images: torch.Tensor, threshold: float, device) -> tuple[torch.Tensor, ...]:
+    """(which images to keep, their predicted labels, the confidence) for uint8 images; at least the single most
+    confident image is kept, so a mixing arm always has rows."""
+    confidence, labels = predict_proba(model, images, device).max(1)
+    keep = confidence >= threshold
+    if not keep.any():
+        keep[confidence.argmax()] = True
+    return keep, labels, confidence
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="cpu") -> float:
     return (predict_proba(model, images, device).argmax(1) == labels.cpu()).float().mean().item()

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..checks import check_strength, is_number, whole_number
+from ..checks import check_probability, check_strength, is_number, whole_number
 from ..diffusion.sampling import SamplingSpec
+from ..diffusion.trainer import TrainConfig
 from ..diffusion.unet import PRESETS
 from ..errors import DataError
 from ..io import json_digest
@@ -76,6 +77,7 @@ class EvalConfig:
     preset: str = "tiny"
     gen_steps: int | None = None           # generator fit steps per unit; None: scaled with the subset (gen_steps_for)
     gen_batch_size: int = 128
+    gen_augment: float = 0.0               # the generator fit's non-leaking augmentation probability (TrainConfig)
     metrics: bool = True                   # CAS, own-feature FID/KID, precision/recall, memorization
     cas_steps: int = 400
     reference_steps: int = 1000            # the fixed feature network for FID/KID/precision/recall (trained once)
@@ -85,6 +87,8 @@ class EvalConfig:
                                            # generator is fitted on it once (null class) and every unit fine-tunes
                                            # it on its labelled subset plus confident pseudo-labels (DPT); adds the
                                            # self-training arm, the fair opponent
+    unlabeled_share: float = TrainConfig.unlabeled_share   # with unlabelled images: their share of each batch of
+                                           # the fine-tuning in a unit (the pool generator's batches are all unlabelled)
     pseudo_label_threshold: float = 0.9    # with unlabelled images: the classical classifier's pseudo-labels of at
                                            # least this confidence train the self-training arm and the generator
 
@@ -111,6 +115,8 @@ class EvalConfig:
         self.strength = check_strength(self.strength)
         if not isinstance(self.synthetic_share, (int, float)) or not 0.0 <= self.synthetic_share < 1.0:
             raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share!r}")
+        check_probability(self.gen_augment, "gen_augment")
+        check_probability(self.unlabeled_share, "unlabeled_share")
         if not isinstance(self.augment_synthetic, (bool, np.bool_)):
             raise DataError(f"augment_synthetic must be True or False, got {self.augment_synthetic!r}")
         unknown = set(self.arms) - set(ARMS)

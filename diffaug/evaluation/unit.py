@@ -18,7 +18,7 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..io import digest
-from .classifier import embed, mixed_batches, predict_proba, random_batches, train_classifier
+from .classifier import confident, embed, mixed_batches, predict_proba, random_batches, train_classifier
 from .config import PLAN, EvalConfig, unit_streams
 from .metrics import cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall
 from .policies import Policy
@@ -67,10 +67,7 @@ def _pseudo_labels(model, train: ImageData, subset: ImageData, cfg: EvalConfig, 
     known = {bytes(x.numpy()) for x in subset.images}
     rest = [i for i, x in enumerate(train.images) if bytes(x.numpy()) not in known]
     images, withheld = train.images[rest], train.labels[rest]
-    confidence, labels = predict_proba(model, images, device).max(1)
-    keep = confidence >= cfg.pseudo_label_threshold
-    if not keep.any():   # nothing that confident: the single most confident image, so the arm still mixes
-        keep[confidence.argmax()] = True
+    keep, labels, _ = confident(model, images, cfg.pseudo_label_threshold, device)
     info = {"share_kept": float(keep.float().mean()), "kept": int(keep.sum()), "unlabeled": len(rest),
             # for the report only (training never reads the withheld labels): how right the pseudo-labels are
             "pseudo_label_accuracy": float((labels[keep] == withheld[keep]).float().mean())}
@@ -172,8 +169,10 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
             labelled = ImageData(torch.cat([subset.images, pools["pseudo"][0].cpu()]),
                                  torch.cat([subset.labels, pools["pseudo"][1].cpu()]), subset.class_names)
         gen = fit(labelled, cfg.preset, cfg.gen_steps_for(len(labelled)), seed=streams["generator"], device=device,
-                  progress=False, batch_size=cfg.gen_batch_size, distributed=False,   # one process, even under torchrun
-                  unlabeled=train.images if cfg.unlabeled else None, init=pool_gen)   # "rest": labels withheld
+                  progress=False, batch_size=cfg.gen_batch_size, augment=cfg.gen_augment,
+                  distributed=False,   # one process, even under torchrun
+                  unlabeled=train.images if cfg.unlabeled else None, init=pool_gen,   # "rest": labels withheld
+                  unlabeled_share=cfg.unlabeled_share)
     fit_s = time.perf_counter() - t_fit
     pools.update(_pools(gen, subset, cfg, streams["pools"], device))
     pools_s = time.perf_counter() - t_fit - fit_s
