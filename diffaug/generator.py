@@ -20,7 +20,7 @@ from .diffusion.fastpath import GraphedForward
 from .diffusion.noise import ImageNoise
 from .diffusion.objectives import to_x0
 from .diffusion.samplers import get_sampler
-from .diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec
+from .diffusion.sampling import GUIDANCE, GUIDANCE_INTERVAL, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec
 from .diffusion.schedules import alpha_sigma, get_schedule, timesteps
 from .diffusion.step import autocast, prepare_model, resolve_device, to_unit
 from .diffusion.unet import UNet, UNetConfig
@@ -116,18 +116,27 @@ class Generator:
                 f"and v2.Grayscale/RGB conversion) or fit a generator at this size")
         return x
 
-    def denoiser(self, labels: torch.Tensor | None, guidance: float = GUIDANCE):
+    def denoiser(self, labels: torch.Tensor | None, guidance: float = GUIDANCE,
+                 guidance_interval: tuple | None = GUIDANCE_INTERVAL):
         """x0-predicting callable for the samplers; classifier-free guidance in ONE batched forward pass.
 
         guidance w: x0 = x0_null + w (x0_cond - x0_null); w = 1 is plain conditional, labels=None unconditional.
+        guidance_interval (low, high]: guide only where EDM's noise level sigma_t / alpha_t lies in it
+        (Kynkaanniemi et al. 2024); elsewhere one conditional pass.
         """
         null = self.num_classes
         prediction = self.config["prediction"]
 
+        def guided(t: float) -> bool:
+            if guidance_interval is None:
+                return True
+            logsnr = float(self._schedule(torch.tensor([t], dtype=torch.float64)))   # on the host: no device sync
+            return guidance_interval[0] < math.exp(-0.5 * logsnr) <= guidance_interval[1]
+
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             n = z.shape[0]
             tt = torch.full((n,), float(t), device=z.device)   # t is a host scalar: a fill, not a copy and a sync
-            if labels is None or guidance == 1.0:
+            if labels is None or guidance == 1.0 or not guided(float(t)):
                 y = labels if labels is not None else torch.full((n,), null, device=z.device)
                 out = self._net(z, tt, y)
             else:
@@ -186,23 +195,26 @@ class Generator:
                 if start is not None:   # SDEdit: noise the images to t_start, then denoise (Meng et al. 2022)
                     z = alpha * to_unit(start[i:j].to(self.device)) + sigma * z
                 y = labels[i:j].to(self.device) if labels is not None else None
-                x = sample_fn(self.denoiser(y, spec.guidance), z, ts, self._schedule, generator=noise)
+                x = sample_fn(self.denoiser(y, spec.guidance, spec.guidance_interval), z, ts, self._schedule,
+                              generator=noise)
                 out[i:j] = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
                 bar.update(j - i)
         return out
 
     def sample(self, labels=None, *, per_class: int | None = None, steps: int = SAMPLE_STEPS,
-               sampler: str = SAMPLER, spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0,
-               indices=None, batch_size: int = BATCH, device=None, progress: bool | None = None) -> torch.Tensor:
+               sampler: str = SAMPLER, spacing: str | None = None, guidance: float = GUIDANCE,
+               guidance_interval: tuple | None = GUIDANCE_INTERVAL, seed: int = 0, indices=None,
+               batch_size: int = BATCH, device=None, progress: bool | None = None) -> torch.Tensor:
         """New images of the given classes: uint8 (N,C,H,W) on the CPU.
 
         `labels` are class indices or names; `per_class=k` asks for k of every class instead. Image i's noise
         comes from (seed, indices[i]) alone (indices default to 0..N-1), so the result does not depend on
         `batch_size`, and a job split into parts (each passing its rows' indices) makes exactly the images of
         one call. `spacing` places the steps: "time" (even in t), "logsnr" or "karras" (see
-        schedules.timesteps); None: the sampler's measured default (sampling.SPACING).
+        schedules.timesteps); None: the sampler's measured default (sampling.SPACING). `guidance_interval`:
+        guide only at noise levels in (low, high] (see `denoiser`); None: at every step.
         """
-        spec = SamplingSpec(steps, sampler, spacing, guidance)
+        spec = SamplingSpec(steps, sampler, spacing, guidance, guidance_interval)
         if (labels is None) == (per_class is None):
             raise DataError("pass either labels or per_class")
         if per_class is not None:
@@ -216,9 +228,9 @@ class Generator:
                               copy=0, batch_size=batch_size, progress=progress, desc="sample")
 
     def perturb(self, images, labels=None, *, strength: float = STRENGTH, steps: int = SAMPLE_STEPS,
-                sampler: str = SAMPLER, spacing: str | None = None, guidance: float = GUIDANCE, seed: int = 0,
-                indices=None, copy: int = 0, batch_size: int = BATCH, device=None,
-                progress: bool | None = None) -> torch.Tensor:
+                sampler: str = SAMPLER, spacing: str | None = None, guidance: float = GUIDANCE,
+                guidance_interval: tuple | None = GUIDANCE_INTERVAL, seed: int = 0, indices=None, copy: int = 0,
+                batch_size: int = BATCH, device=None, progress: bool | None = None) -> torch.Tensor:
         """Variations of real images: noise them to t = strength, then denoise conditioned on their class.
 
         uint8 in, uint8 out (N,C,H,W). Without labels the null class is used (unconditional denoising).
@@ -226,7 +238,7 @@ class Generator:
         as diffusers' img2img does. Image i's noise comes from (seed, indices[i], copy) alone: `copy` numbers
         the independent perturbations of one image (see `sample` for `indices`).
         """
-        spec = SamplingSpec(steps, sampler, spacing, guidance)
+        spec = SamplingSpec(steps, sampler, spacing, guidance, guidance_interval)
         strength, _ = check_strength(strength, allow_range=False)
         x = self.check_images(images)
         y = None

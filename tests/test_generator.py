@@ -172,3 +172,28 @@ def test_graphed_sampling_pads_small_calls_to_a_captured_graph_and_keeps_few(mon
     graphed(torch.randn(16, 1, 4, 4), torch.rand(16), torch.arange(16))
     graphed(torch.randn(2, 1, 5, 5), torch.rand(2), torch.arange(2))            # another image shape
     assert captured == [8, 16, 2] and len(graphed.graphs) == 2                  # the oldest capture dropped
+
+
+def test_guidance_in_a_limited_interval(digits_gen, real_classifier):
+    """Guidance only at noise levels in (low, high] (Kynkaanniemi et al. 2024): an interval holding every step is
+    guidance everywhere, one holding none is no guidance, and in between the unguided steps run one pass."""
+    rows = []
+    hook = digits_gen.model.register_forward_pre_hook(lambda m, inputs: rows.append(len(inputs[0])))
+    try:
+        labels = list(range(10)) * 3
+        everywhere = digits_gen.sample(labels, steps=10, seed=4)
+        full_rows, rows[:] = sum(rows), []
+        assert torch.equal(digits_gen.sample(labels, steps=10, seed=4, guidance_interval=(0, float("inf"))),
+                           everywhere)
+        rows.clear()
+        assert torch.equal(digits_gen.sample(labels, steps=10, seed=4, guidance_interval=(1e6, 1e7)),
+                           digits_gen.sample(labels, steps=10, seed=4, guidance=1.0))
+        rows.clear()
+        middle = digits_gen.sample(labels, steps=10, seed=4, guidance_interval=(0.3, 5.0))
+        assert len(labels) * 10 < sum(rows) < full_rows   # some steps guided (2 rows per image), some not
+        assert not torch.equal(middle, everywhere)
+        assert (real_classifier.predict(flat(middle)) == labels).mean() > 0.8
+    finally:
+        hook.remove()
+    with pytest.raises(DataError, match="guidance_interval"):
+        digits_gen.sample([0], guidance_interval=(2.0, 1.0))
