@@ -1,0 +1,119 @@
+"""Evaluation settings compared on a VALIDATION split carved out of the training pool (never the test split),
+with the evaluation itself: each variant is one `diffaug.evaluate` run on the same pool, validation split and
+seeds, so the units pair by seed (the same subsets, the same classifier seeds, the same classical arm: chosen by
+the first run's cross-validation, then named for the others).
+
+    # non-leaking augmentation of the generator's training images, and longer fits with it
+    python benchmarks/sweep.py --tag gen_augment --per-class 10 --seeds 5 \\
+        --variant '{}' --variant '{"gen_augment": 0.2}' --variant '{"gen_augment": 0.5}' \\
+        --variant '{"gen_augment": 0.5, "gen_steps": 500}' --variant '{"gen_augment": 0.5, "gen_steps": 1000}'
+    # with unlabelled images: the unlabelled share of the generator's batches, the pseudo-label threshold
+    python benchmarks/sweep.py --tag unlabeled --set unlabeled='"rest"' --variant '{}' ...
+
+Reported per variant: the primary arm against the tuned classical arm, its dose control, the self-training arm
+(with unlabelled images) and the first variant's primary arm (paired by seed); synthesize alone; the generators'
+CAS, own-feature FID, recall, memorization and fit seconds. Written after every variant (a killed run keeps them):
+results/sweep_<dataset>_<tag>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import diffaug  # noqa: E402
+from _common import write_results  # noqa: E402
+from diffaug.evaluation.metrics import paired_ci  # noqa: E402
+
+VALIDATION_SHARE = 0.3   # of the training pool, stratified, seed 1 (as benchmarks/knobs.py and gen_budget.py)
+SEED_START = 500         # validation seeds: no test split is scored, so they need not be fresh
+ARMS = ("classical", "synthesize", "classical+synthesize", "classical+synthesize-control")
+PRIMARY = "classical+synthesize"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--tag", required=True, help="names the results file")
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], help="EvalConfig field=JSON value, every variant")
+    parser.add_argument("--variant", action="append", required=True,
+                        help="JSON object of EvalConfig fields; the first variant is the reference")
+    parser.add_argument("--n-jobs", default="auto")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    common = {"arms": ARMS, "primary": PRIMARY}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        common[name] = json.loads(value)
+    if common.get("unlabeled"):
+        common["arms"] = (*ARMS, "self-training")
+    pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
+    n_jobs = args.n_jobs if args.n_jobs == "auto" else int(args.n_jobs)
+    classical, rows = "auto", {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(args.variant):
+            variant = json.loads(text)
+            t0 = time.perf_counter()
+            result = diffaug.evaluate(pool, test=validation, per_class=[args.per_class], seeds=args.seeds,
+                                      seed_start=SEED_START, classical=classical, device=args.device, n_jobs=n_jobs,
+                                      progress=False, out_dir=Path(tmp) / f"v{i}", **{**common, **variant})
+            classical = result.units[0]["classical"]   # the first run's choice, named for the others
+            rows[json.dumps(variant)] = {"variant": variant, "seconds": time.perf_counter() - t0,
+                                         "units": result.units}
+            print(f"{json.dumps(variant)}: {rows[json.dumps(variant)]['seconds']:.0f} s", flush=True)
+            report(args, rows, classical, common)
+
+
+def _acc(units, arm) -> dict:
+    return {u["seed"]: u["arms"][arm]["accuracy"] for u in units if arm in u["arms"]}
+
+
+def _ci(a: dict, b: dict) -> str:
+    if not a or not b or a is b:
+        return ""
+    ci = paired_ci([a[s] - b[s] for s in sorted(a)])
+    return f"{100 * ci['mean']:+.2f} [{100 * ci['ci_low']:+.2f}, {100 * ci['ci_high']:+.2f}]"
+
+
+def report(args, rows: dict, classical: str, common: dict) -> None:
+    reference = _acc(next(iter(rows.values()))["units"], PRIMARY)
+    lines = []
+    for name, row in rows.items():
+        units = row["units"]
+        primary = _acc(units, PRIMARY)
+        q = [u["quality"] for u in units]
+        lines.append(
+            f"| `{name}` | {_ci(primary, _acc(units, 'classical'))} | {_ci(primary, _acc(units, PRIMARY + '-control'))}"
+            f" | {_ci(primary, _acc(units, 'self-training'))} | {_ci(primary, reference)} | "
+            f"{100 * np.mean(list(_acc(units, 'synthesize').values())):.1f} | "
+            f"{100 * np.mean([x['cas'] for x in q]):.1f} | {np.mean([x['fid_own'] for x in q]):.3f} | "
+            f"{np.mean([x['recall'] for x in q]):.2f} | {100 * np.mean([x['memorization_rate'] for x in q]):.1f}% | "
+            f"{np.mean([u['generator']['fit_seconds'] for u in units]):.0f} |")
+    head = ("| variant | primary vs tuned classical | vs its dose control | vs self-training | vs the first variant "
+            "| synthesize alone (%) | CAS | FID (own) | recall | memorization | fit s |")
+    table = (f"Command: `python benchmarks/sweep.py {' '.join(sys.argv[1:])}`. {args.dataset}, {args.per_class} real "
+             f"images per class, seeds {SEED_START}..{SEED_START + args.seeds - 1}; validation split: "
+             f"{VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), never the test split. Settings of "
+             f"every variant: `{json.dumps(common)}`. Primary arm: {PRIMARY}; tuned classical: {classical} (chosen "
+             "by the first run's cross-validation). Gains in points, paired by seed, 95% CI.\n\n"
+             + "\n".join([head, "|" + " --- |" * (head.count("|") - 1), *lines]))
+    write_results(f"sweep_{args.dataset}_{args.tag}",
+                  {"validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1", "classical": classical,
+                   "common": common,
+                   "variants": {k: {**v, "units": [{"seed": u["seed"], "quality": u["quality"],
+                                                    "generator": u["generator"], "kept": u.get("kept_after_filter"),
+                                                    "accuracy": {a: r["accuracy"] for a, r in u["arms"].items()}}
+                                                   for u in v["units"]]} for k, v in rows.items()}}, table)
+
+
+if __name__ == "__main__":
+    main()
