@@ -2,7 +2,11 @@
 # One GPU session's checks and timings, in two stages that each fit one device call; every step writes its
 # results as it goes, and each stage ends by packing benchmarks/results into $OUT (when set).
 #   bash benchmarks/gpu_session.sh speed   # every sampler on CUDA, graph vs eager, speed.py beside diffusers, DDP smoke
-#   bash benchmarks/gpu_session.sh eval    # Fashion-MNIST evaluation, 10 and 50 per class, 5 seeds
+#   bash benchmarks/gpu_session.sh eval    # Fashion-MNIST evaluation, 10 and 50 per class, 5 fresh seeds (300..)
+#     preregister it first, on the CPU, and commit the plan; then PLAN=that file runs exactly it:
+#     python -m diffaug evaluate fashion-mnist --per-class 10,50 --seeds 5 --seed-start 300 \
+#       --out benchmarks/results/gains_fashion-mnist_gpu \
+#       --preregister benchmarks/preregistration/fashion-mnist_k10-50_seeds300-304.json
 #   QUICK=1 DEVICE=cpu bash benchmarks/gpu_session.sh speed|eval   # the same steps at toy sizes on a CPU
 # Without a registry: WHEELS=dir installs kornia/diffusers wheels into /tmp/site first; FMNIST=dir points at
 # the four Fashion-MNIST IDX .gz files; N_JOBS sets how many evaluation units share the card (default 5).
@@ -35,8 +39,10 @@ case "$stage" in
       timeout 500 python benchmarks/gains.py --dataset fashion-mnist --per-class 10 --seeds 2 --device "$DEVICE" \
         --n-jobs "${N_JOBS:-2}" --tag quick $sets; echo "gains exit $?"
     else
-      timeout 370 python benchmarks/gains.py --dataset fashion-mnist --per-class 10,50 --seeds 5 --device "$DEVICE" \
-        --n-jobs "${N_JOBS:-5}"; echo "gains exit $?"
+      plan=${PLAN:+--preregistered $PLAN --looks benchmarks/results/test_split_looks.json}
+      timeout 370 python -m diffaug evaluate fashion-mnist --per-class 10,50 --seeds 5 --seed-start "${SEED_START:-300}" \
+        --device "$DEVICE" --n-jobs "${N_JOBS:-5}" --out benchmarks/results/gains_fashion-mnist_gpu $plan --quiet
+      echo "evaluate exit $?"
     fi
     ;;
   *) echo "unknown stage $stage (speed|eval)"; exit 2 ;;
