@@ -103,8 +103,8 @@ def report(args, rows: dict, classical: str, common: dict) -> None:
     table = (f"Command: `python benchmarks/sweep.py {' '.join(sys.argv[1:])}`. {args.dataset}, {args.per_class} real "
              f"images per class, seeds {SEED_START}..{SEED_START + args.seeds - 1}; validation split: "
              f"{VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), never the test split. Settings of "
-             f"every variant: `{json.dumps(common)}`. Primary arm: {PRIMARY}; tuned classical: {classical} (named with --set, or chosen "
-             "by the first run's cross-validation). Gains in points, paired by seed, 95% CI.\n\n"
+             f"every variant: `{json.dumps(common)}`. Primary arm: {PRIMARY}; tuned classical: {classical} (named "
+             "with --set, or chosen by the first run's cross-validation). Gains in points, paired by seed, 95% CI.\n\n"
              + "\n".join([head, "|" + " --- |" * (head.count("|") - 1), *lines]))
     write_results(f"sweep_{args.dataset}_{args.tag}",
                   {"validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1", "classical": classical,
