@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="names the results file")
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seed-start", type=int, default=SEED_START, help="more seeds for the same variants")
     parser.add_argument("--set", action="append", default=[], help="EvalConfig field=JSON value, every variant")
     parser.add_argument("--variant", action="append", required=True,
                         help="JSON object of EvalConfig fields; the first variant is the reference")
@@ -64,7 +65,8 @@ def main() -> None:
             variant = json.loads(text)
             t0 = time.perf_counter()
             result = diffaug.evaluate(pool, test=validation, per_class=[args.per_class], seeds=args.seeds,
-                                      seed_start=SEED_START, classical=classical, device=args.device, n_jobs=n_jobs,
+                                      seed_start=args.seed_start, classical=classical, device=args.device,
+                                      n_jobs=n_jobs,
                                       progress=False, out_dir=Path(tmp) / f"v{i}", **{**common, **variant})
             classical = result.units[0]["classical"]   # the first run's choice, named for the others
             rows[json.dumps(variant)] = {"variant": variant, "seconds": time.perf_counter() - t0,
@@ -101,12 +103,13 @@ def report(args, rows: dict, classical: str, common: dict) -> None:
     head = ("| variant | primary vs tuned classical | vs its dose control | vs self-training | vs the first variant "
             "| synthesize alone (%) | CAS | FID (own) | recall | memorization | fit s |")
     table = (f"Command: `python benchmarks/sweep.py {' '.join(sys.argv[1:])}`. {args.dataset}, {args.per_class} real "
-             f"images per class, seeds {SEED_START}..{SEED_START + args.seeds - 1}; validation split: "
+             f"images per class, seeds {args.seed_start}..{args.seed_start + args.seeds - 1}; validation split: "
              f"{VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), never the test split. Settings of "
              f"every variant: `{json.dumps(common)}`. Primary arm: {PRIMARY}; tuned classical: {classical} (named "
              "with --set, or chosen by the first run's cross-validation). Gains in points, paired by seed, 95% CI.\n\n"
              + "\n".join([head, "|" + " --- |" * (head.count("|") - 1), *lines]))
-    write_results(f"sweep_{args.dataset}_{args.tag}",
+    name = f"sweep_{args.dataset}_{args.tag}" + (f"_seeds{args.seed_start}" if args.seed_start != SEED_START else "")
+    write_results(name,
                   {"validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1", "classical": classical,
                    "common": common,
                    "variants": {k: {**v, "units": [{"seed": u["seed"], "quality": u["quality"],
