@@ -347,3 +347,15 @@ def test_classical_policies_parse_and_bad_ones_are_refused():
     for bad in ("magic", "crop(q=1)", "crop(p=2)", "albumentations(m=0.5)", "trivialaugment(m=x)"):
         with pytest.raises(diffaug.DataError):
             EvalConfig(classical=bad)
+
+
+def test_target_classes_draws_more_of_the_classes_the_classical_classifier_confuses(digits_train, digits_test):
+    result = evaluate(digits_train, digits_test, **{**TINY, "arms": ("classical", "classical+synthesize"),
+                                                    "target_classes": True, "synthetic_per_class": 20})
+    targeted = result.units[0]["kept_after_filter"]["targeted"]
+    error, rows = np.array(targeted["error"]), np.array(targeted["rows"])
+    assert abs(rows.sum() - 200) <= 10 and (rows >= 1).all()   # the pool keeps its size, every class stays
+    assert error.max() > error.min()   # (a barely trained generator and classifier err unevenly)
+    assert rows[error.argmax()] > rows[error.argmin()]   # more rows for the class it gets wrong more often
+    with pytest.raises(diffaug.DataError, match="target_classes"):
+        EvalConfig(target_classes="yes")

@@ -74,6 +74,9 @@ class EvalConfig:
     sample_steps: int = 10                 # DPM-Solver++(2M), Karras spacing: 10 steps match 20 and 250-step ancestral
                                            # in own-feature FID (benchmarks/results/sampler_steps_digits.md)
     filter_confidence: float | None = None  # keep synthetic images a real-trained classifier gives >= this
+    target_classes: bool = False           # draw each class's synthetic rows in proportion to the classical
+                                           # classifier's error on that class's synthetic images plus the mean
+                                           # error: more rows of the classes it confuses (uniform when it errs alike)
     preset: str = "tiny"
     gen_steps: int | None = None           # generator fit steps per unit; None: scaled with the subset (gen_steps_for)
     gen_batch_size: int = 128
@@ -117,6 +120,8 @@ class EvalConfig:
             raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share!r}")
         check_probability(self.gen_augment, "gen_augment")
         check_probability(self.unlabeled_share, "unlabeled_share")
+        if not isinstance(self.target_classes, (bool, np.bool_)):
+            raise DataError(f"target_classes must be True or False, got {self.target_classes!r}")
         if not isinstance(self.augment_synthetic, (bool, np.bool_)):
             raise DataError(f"augment_synthetic must be True or False, got {self.augment_synthetic!r}")
         unknown = set(self.arms) - set(ARMS)

@@ -74,6 +74,22 @@ def _pseudo_labels(model, train: ImageData, subset: ImageData, cfg: EvalConfig, 
     return (images[keep].to(device), labels[keep].to(device)), info
 
 
+def _target(pool, model, num_classes: int):
+    """The synthetic pool with each class's rows repeated in proportion to (the classifier's error on that class's
+    synthetic images + the mean error): the classes it confuses are drawn more often; the pool keeps its size."""
+    images, labels = pool
+    wrong = (predict_proba(model, images, images.device).argmax(1) != labels.cpu()).float()
+    error = torch.stack([wrong[labels.cpu() == c].mean() for c in range(num_classes)])
+    weight = error + error.mean() if error.sum() > 0 else torch.ones(num_classes)
+    counts = (weight / weight.sum() * len(labels)).round().long().clamp(min=1)
+    rows = []
+    for c in range(num_classes):
+        own = torch.nonzero(labels.cpu() == c).flatten()
+        rows.append(own[torch.arange(int(counts[c])) % len(own)])   # cycle through the class's images
+    rows = torch.cat(rows).to(images.device)
+    return (images[rows], labels[rows]), {"error": error.tolist(), "rows": counts.tolist()}
+
+
 def _filter(pool, model, threshold):
     """Keep the synthetic images the real-trained classifier gives their own class with p >= threshold."""
     images, labels = pool
@@ -175,6 +191,8 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
                   unlabeled_share=cfg.unlabeled_share)
     fit_s = time.perf_counter() - t_fit
     pools.update(_pools(gen, subset, cfg, streams["pools"], device))
+    if cfg.target_classes and "synthesize" in pools and "classical" in models:
+        pools["synthesize"], kept["targeted"] = _target(pools["synthesize"], models["classical"], subset.num_classes)
     pools_s = time.perf_counter() - t_fit - fit_s
     for arm in (a for a in cfg.arms if a not in arms):
         run(arm)
