@@ -44,7 +44,7 @@ def pseudo_label(data: ImageData, unlabeled: torch.Tensor, threshold: float = TH
     rule = Policy.parse(policy)
     batches = mixed_batches(data, None, 0.0, cfg.batch_size, rule.build(data.size), (seed, seed + 1), device)
     model = train_classifier(batches, data.channels, data.num_classes, steps=steps, seed=seed, device=device)
-    keep, labels, confidence = confident(model, unlabeled, threshold, device)
+    keep, labels = confident(model, unlabeled, threshold, device)
     kept = ImageData(unlabeled[keep], labels[keep], data.class_names)
     info = {"threshold": threshold, "policy": rule.label, "kept": int(keep.sum()), "of": len(unlabeled),
             "per_class": np.bincount(labels[keep].numpy(), minlength=data.num_classes).tolist(),

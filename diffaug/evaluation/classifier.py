@@ -134,13 +134,13 @@ def embed(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int 
 
 
 def confident(model: torch.nn.Module, images: torch.Tensor, threshold: float, device) -> tuple[torch.Tensor, ...]:
-    """(which images to keep, their predicted labels, the confidence) for uint8 images; at least the single most
-    confident image is kept, so a mixing arm always has rows."""
+    """(which images to keep, their predicted labels) for uint8 images; at least the single most confident image
+    is kept, so a mixing arm always has rows."""
     confidence, labels = predict_proba(model, images, device).max(1)
     keep = confidence >= threshold
     if not keep.any():
         keep[confidence.argmax()] = True
-    return keep, labels, confidence
+    return keep, labels
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="cpu") -> float:

@@ -67,7 +67,7 @@ def _pseudo_labels(model, train: ImageData, subset: ImageData, cfg: EvalConfig, 
     known = {bytes(x.numpy()) for x in subset.images}
     rest = [i for i, x in enumerate(train.images) if bytes(x.numpy()) not in known]
     images, withheld = train.images[rest], train.labels[rest]
-    keep, labels, _ = confident(model, images, cfg.pseudo_label_threshold, device)
+    keep, labels = confident(model, images, cfg.pseudo_label_threshold, device)
     info = {"share_kept": float(keep.float().mean()), "kept": int(keep.sum()), "unlabeled": len(rest),
             # for the report only (training never reads the withheld labels): how right the pseudo-labels are
             "pseudo_label_accuracy": float((labels[keep] == withheld[keep]).float().mean())}
@@ -78,13 +78,14 @@ def _target(pool, model, num_classes: int):
     """The synthetic pool with each class's rows repeated in proportion to (the classifier's error on that class's
     synthetic images + the mean error): the classes it confuses are drawn more often; the pool keeps its size."""
     images, labels = pool
-    wrong = (predict_proba(model, images, images.device).argmax(1) != labels.cpu()).float()
-    error = torch.stack([wrong[labels.cpu() == c].mean() for c in range(num_classes)])
+    classes = labels.cpu()
+    wrong = (predict_proba(model, images, images.device).argmax(1) != classes).float()
+    error = torch.stack([wrong[classes == c].mean() for c in range(num_classes)])
     weight = error + error.mean() if error.sum() > 0 else torch.ones(num_classes)
     counts = (weight / weight.sum() * len(labels)).round().long().clamp(min=1)
     rows = []
     for c in range(num_classes):
-        own = torch.nonzero(labels.cpu() == c).flatten()
+        own = torch.nonzero(classes == c).flatten()
         rows.append(own[torch.arange(int(counts[c])) % len(own)])   # cycle through the class's images
     rows = torch.cat(rows).to(images.device)
     return (images[rows], labels[rows]), {"error": error.tolist(), "rows": counts.tolist()}
