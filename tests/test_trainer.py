@@ -52,3 +52,25 @@ def test_fast_step_follows_the_eager_reference_exactly(digits_train, prediction)
     assert curves[True] == curves[False]
     for name, w in weights[False].items():
         assert torch.equal(weights[True][name], w), name
+
+
+def test_compile_by_default_only_where_it_pays(digits_train):
+    """compile=None (the default) compiles on CUDA for fits past the measured break-even, never on the CPU; an
+    explicit True/False wins; anything else is refused by name."""
+    from diffaug.diffusion.step import COMPILE_PAYS_FROM_SECONDS, COMPILE_PAYS_FROM_STEPS, compile_pays
+    from diffaug.errors import DiffaugError
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compile_pays(cuda, COMPILE_PAYS_FROM_STEPS, None)
+    assert not compile_pays(cuda, COMPILE_PAYS_FROM_STEPS - 1, None)
+    assert not compile_pays(cpu, 10 ** 6, None)
+    assert compile_pays(cuda, None, COMPILE_PAYS_FROM_SECONDS / 60)            # a minutes budget alone
+    assert not compile_pays(cuda, None, COMPILE_PAYS_FROM_SECONDS / 120)
+    assert not compile_pays(cuda, 10 ** 6, 1.0)                                # stops at the 1-minute budget first
+    data = digits_train.subset(per_class=2, seed=0)
+    default = Trainer(data, TrainConfig(steps=COMPILE_PAYS_FROM_STEPS, batch_size=8), device="cpu", progress=False)
+    assert not default.compiled and default.forward is default.model
+    asked = Trainer(data, TrainConfig(steps=2, batch_size=8, compile=True), device="cpu", progress=False)
+    assert asked.compiled and asked.forward is not asked.model
+    with pytest.raises(DiffaugError, match="compile must be True, False or None"):
+        TrainConfig(compile="yes")

@@ -33,6 +33,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+# torch.compile's break-even, measured on an H200 (benchmarks/results/speed_cuda_compile.md; `small`, batch 128, on
+# the CUDA-graph fast path): compiling and capturing took ~100 s and the compiled step 14.8 ms instead of 29.2 ms,
+# so a fit pays it back from ~6,900 steps, or ~205 s of uncompiled training. benchmarks/speed.py records the
+# break-even of every compiled case it measures (`compile_break_even_steps`).
+COMPILE_PAYS_FROM_STEPS = 7000
+COMPILE_PAYS_FROM_SECONDS = 210
+
+
+def compile_pays(device: torch.device, steps: int | None, minutes: float | None) -> bool:
+    """Whether torch.compile (`TrainConfig.compile=None`, the default) is worth its compile time for a fit of
+    `steps` optimizer steps and/or a `minutes` budget on `device`: on CUDA only (where the break-even was
+    measured; elsewhere compiling is the user's call, `compile=True`), and only for fits past the break-even."""
+    if device.type != "cuda":
+        return False
+    long_enough = steps is None or steps >= COMPILE_PAYS_FROM_STEPS
+    return long_enough and (steps is not None or minutes is not None) and (
+        minutes is None or minutes * 60 >= COMPILE_PAYS_FROM_SECONDS)
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

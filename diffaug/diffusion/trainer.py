@@ -21,8 +21,8 @@ from .augment import AUGMENT_DIM, augment
 from .fastpath import FastStep
 from .objectives import DiffusionLoss, check_prediction, drop_labels
 from .schedules import get_schedule
-from .step import autocast, ema_decay_at, ema_update, lr_at, make_optimizer, prepare_model, resolve_device, \
-    step_counter, to_unit
+from .step import autocast, compile_pays, ema_decay_at, ema_update, lr_at, make_optimizer, prepare_model, \
+    resolve_device, step_counter, to_unit
 from .unet import UNet, get_preset
 
 CHECKPOINT = "checkpoint.pt"
@@ -57,7 +57,7 @@ class TrainConfig:
                                       # transform; the network is told which, samples are drawn as "none"
     seed: int = 0
     checkpoint_every: int = 500
-    compile: bool = False
+    compile: bool | None = None       # torch.compile the network; None: where it pays (step.compile_pays)
     fast: bool = True                 # graph-safe step (diffusion/fastpath.py), a CUDA graph on CUDA; False: eager
 
     def __post_init__(self):
@@ -78,6 +78,8 @@ class TrainConfig:
         check_probability(self.augment, "augment")
         if not isinstance(self.hflip, bool):
             raise DiffaugError(f"hflip must be True or False, got {self.hflip!r}")
+        if not isinstance(self.compile, (bool, type(None))):
+            raise DiffaugError(f"compile must be True, False or None (where it pays), got {self.compile!r}")
 
 
 MAX_BATCH = 2 ** 20
@@ -149,7 +151,9 @@ class Trainer:
         if self.ranks.active:
             from torch.nn.parallel import DistributedDataParallel
             net = DistributedDataParallel(net, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.forward = torch.compile(net) if config.compile else net
+        self.compiled = config.compile if config.compile is not None else compile_pays(self.device, self.steps,
+                                                                                      config.minutes)
+        self.forward = torch.compile(net) if self.compiled else net
 
     def _seed_dropout(self, step: int) -> None:
         """Dropout draws from the global RNG: rank 0 keeps the one-process stream, other ranks get their own."""
