@@ -13,7 +13,7 @@ import torch
 from .checks import is_number
 from .data import ImageData
 from .errors import DataError
-from .evaluation.classifier import confident, mixed_batches, train_classifier
+from .evaluation.classifier import confident, fit_classifier
 from .evaluation.config import EvalConfig
 from .evaluation.policies import AUTO, FOLDS, Policy, select
 
@@ -42,8 +42,7 @@ def pseudo_label(data: ImageData, unlabeled: torch.Tensor, threshold: float = TH
         choice = select(data, 0, steps, cfg.batch_size, False, device)
         policy = choice["winner"]
     rule = Policy.parse(policy)
-    batches = mixed_batches(data, None, 0.0, cfg.batch_size, rule.build(data.size), (seed, seed + 1), device)
-    model = train_classifier(batches, data.channels, data.num_classes, steps=steps, seed=seed, device=device)
+    model = fit_classifier(data, rule.build(data.size), (seed, seed + 1), steps, cfg.batch_size, device)
     keep, labels = confident(model, unlabeled, threshold, device)
     kept = ImageData(unlabeled[keep], labels[keep], data.class_names)
     info = {"threshold": threshold, "policy": rule.label, "kept": int(keep.sum()), "of": len(unlabeled),

@@ -88,6 +88,17 @@ def mixed_batches(real: ImageData, pool, share: float, batch_size: int, aug, see
     return next_batch
 
 
+def fit_classifier(real: ImageData, aug, seeds: tuple[int, int], steps: int, batch_size: int, device, *,
+                   pool=None, share: float = 0.0, augment_synthetic: bool = True,
+                   factory: Callable[[int, int], nn.Module] | None = None) -> nn.Module:
+    """A fresh classifier trained on `real` (plus `pool`'s rows at `share`) with the classical augmentation `aug`:
+    mixed_batches and train_classifier with one seed pair (weights and batch indices from seeds[0], augmentation
+    draws from seeds[1]). The one way the evaluation's arms, its policy selection and pseudo-labelling train."""
+    batches = mixed_batches(real, pool, share, batch_size, aug, seeds, device, augment_synthetic)
+    return train_classifier(batches, real.channels, real.num_classes, steps=steps, seed=seeds[0], device=device,
+                            factory=factory)
+
+
 def train_classifier(next_batch: BatchFn, in_channels: int, num_classes: int, *, steps: int = 800,
                      lr: float = 0.05, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
                      device="cpu", factory: Callable[[int, int], nn.Module] | None = None) -> nn.Module:

@@ -18,7 +18,7 @@ from ..data import ImageData
 from ..errors import DataError
 from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, classical_augment
-from .classifier import accuracy, mixed_batches, train_classifier
+from .classifier import accuracy, fit_classifier
 
 AUTO = "auto"
 FOLDS = 3          # each pool image validated on once; 3 folds of digits' 898 images hold ~300 each
@@ -107,9 +107,8 @@ def score(policy: Policy, fold: int, train: ImageData, val: ImageData, steps: in
     if threads:
         torch.set_num_threads(threads)
     seed = SELECTION_SEED + fold
-    batches = mixed_batches(train, None, 0.0, batch_size, policy.build(train.size, hflip), (seed, seed + 1), device)
-    model = train_classifier(batches, train.channels, train.num_classes, steps=steps, seed=seed, device=device,
-                             factory=factory)
+    model = fit_classifier(train, policy.build(train.size, hflip), (seed, seed + 1), steps, batch_size, device,
+                           factory=factory)
     return accuracy(model, val.images, val.labels, device)
 
 

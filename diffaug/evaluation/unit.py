@@ -18,7 +18,7 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..io import digest
-from .classifier import confident, embed, mixed_batches, predict_proba, random_batches, train_classifier
+from .classifier import confident, embed, fit_classifier, predict_proba, random_batches, train_classifier
 from .config import PLAN, EvalConfig, unit_streams
 from .metrics import cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall
 from .policies import Policy
@@ -29,14 +29,13 @@ def train_arm(subset: ImageData, pool, aug, cfg: EvalConfig, replicates: list, t
     """One arm of one unit: a classifier per replicate seed pair on batches of the real `subset` (plus the rows
     of `pool`, if any, at `cfg.synthetic_share`) with the classical augmentation `aug` (or None), each scored on
     the test images. Replicate r has the same seeds in every arm (weights, batch indices and augmentation draws;
-    train_classifier seeds torch's RNG for the per-image reference augmentation): the arms stay paired.
+    fit_classifier seeds torch's RNG for the per-image reference augmentation): the arms stay paired.
     Returns replicate 0's model and, per replicate, its accuracy and which test images it got right."""
     share = cfg.synthetic_share if pool else 0.0
     first, records = None, []
     for seeds in replicates:
-        batches = mixed_batches(subset, pool, share, cfg.batch_size, aug, seeds, device, cfg.augment_synthetic)
-        model = train_classifier(batches, subset.channels, subset.num_classes, steps=cfg.steps_for(len(subset)),
-                                 seed=seeds[0], device=device, factory=factory)
+        model = fit_classifier(subset, aug, seeds, cfg.steps_for(len(subset)), cfg.batch_size, device, pool=pool,
+                               share=share, augment_synthetic=cfg.augment_synthetic, factory=factory)
         first = model if first is None else first
         correct = predict_proba(model, test_images, device).argmax(1) == test_labels.cpu()
         records.append({"accuracy": correct.float().mean().item(), "correct": correct})
