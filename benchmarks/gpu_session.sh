@@ -28,7 +28,7 @@ python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) 
 case "$stage" in
   speed)
     timeout 120 python benchmarks/gpu_check.py --device "$DEVICE" $Q; echo "gpu_check exit $?"
-    timeout 270 python benchmarks/speed.py --device "$DEVICE" --section gpu $Q; echo "speed exit $?"
+    timeout 420 python benchmarks/speed.py --device "$DEVICE" --section gpu $Q; echo "speed exit $?"
     # DDP smoke on the one card: NCCL (gloo on a CPU) init, the all-reduced step and rank 0's writes, under torchrun
     timeout 90 python -m torch.distributed.run --standalone --nproc-per-node 1 -m diffaug fit digits --steps 60 \
       --device "$DEVICE" --distributed --quiet --overwrite --out /tmp/ddp_smoke.safetensors; echo "ddp smoke exit $?"

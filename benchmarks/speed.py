@@ -7,6 +7,13 @@ alternating, medians over repeats (benchmarks/README.md section 2).
     python benchmarks/speed.py --device cuda    # GPU: `small` and `base` at 3x32x32, bf16, batch 128 and 512
     python benchmarks/speed.py --section gpu --quick   # the GPU section at toy sizes on any device: a dry run
 
+Two diffusers baselines, and every ratio names its own: "diffusers" is the eager loop of their tutorials, and
+"diffusers + compile" the same loop with the UNet under torch.compile (mode reduce-overhead on CUDA: inductor's
+kernels replayed as CUDA graphs, the fairest anchor for diffaug's graphed fast path; default mode elsewhere).
+On CUDA the share of the bf16 peak is given against the matmul peak measured in the run and the card's spec.
+A case with diffaug compiled also records compile's break-even: the extra warm-up seconds over the seconds each
+compiled step saves, i.e. the fit length (in steps) from which `--compile` pays.
+
 diffusers is a benchmark-only dependency (`pip install -e ".[bench]"`); the library never imports it.
 Writes benchmarks/results/speed_<cpu|cuda>.{json,md} after every measured case (a killed run keeps them).
 """
@@ -18,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +40,26 @@ from diffaug.diffusion.unet import PRESETS, UNet, count_parameters  # noqa: E402
 # diffusers layouts matched to each preset's parameter count (and its attention levels).
 DIFFUSERS_LAYOUT = {"tiny": ((24, 48, 48), 1, 8), "small": ((64, 128, 128, 128), 2, 32),
                     "base": ((128, 256, 256, 256), 2, 32)}
-# preset, C, HxW, train batch, sample batch (None: sampling was measured in the preset's first case), compiled
-CPU_CASES = [("tiny", 1, 8, 128, 512, False), ("tiny", 1, 28, 64, 128, False)]
-GPU_CASES = [("small", 3, 32, 128, 1024, False), ("small", 3, 32, 512, None, False), ("base", 3, 32, 128, 1024, False),
-             ("base", 3, 32, 512, None, False),
-             ("base", 3, 32, 512, None, True)]   # last: torch.compile's minutes must not cost the other cases
+# Dense bf16 tensor-core peak from the vendor's spec sheet (no sparsity), by a substring of the device name.
+SPEC_BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12}
+
+
+class Case(NamedTuple):
+    preset: str
+    c: int
+    hw: int
+    batch: int
+    sample_batch: int | None   # None: this preset's sampling was measured in an earlier case
+    compiled: bool = False     # also diffaug with the network under torch.compile
+    anchor: bool = False       # also diffusers under torch.compile (the compiled baseline)
+
+
+CPU_CASES = [Case("tiny", 1, 8, 128, 512), Case("tiny", 1, 28, 64, 128)]
+# The compiled systems sit in the cases the bars read (small: batch 128 training and batch 1024 sampling;
+# base: batch 512 utilization), and compiled diffaug last: torch.compile's minutes must not cost the other cases.
+GPU_CASES = [Case("small", 3, 32, 128, 1024, anchor=True), Case("small", 3, 32, 512, None),
+             Case("base", 3, 32, 128, 1024), Case("base", 3, 32, 512, None, anchor=True),
+             Case("base", 3, 32, 512, None, compiled=True)]
 
 
 def sync(device):
@@ -67,13 +90,17 @@ def diffusers_model(preset: str, c: int, hw: int):
 class DiffusersLoop:
     """The training step and guided DDIM sampler a diffusers user writes (their tutorials' loop, plus CFG)."""
 
-    def __init__(self, preset, c, hw, batch, device, channels_last):
+    def __init__(self, preset, c, hw, batch, device, channels_last, compiled: bool = False):
         from diffusers import DDIMScheduler, DDPMScheduler
 
         torch.manual_seed(0)
         self.model = diffusers_model(preset, c, hw).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = self.model
+        self.graphed = compiled and device.type == "cuda"
+        if compiled:   # fullgraph: a graph break would hide eager work inside the "compiled" figure
+            self.forward = torch.compile(self.model, fullgraph=True, mode="reduce-overhead" if self.graphed else None)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
         self.train_sched, self.sample_sched = DDPMScheduler(1000), DDIMScheduler(1000)
         self.c, self.hw, self.batch, self.device, self.cl = c, hw, batch, device, channels_last
@@ -87,8 +114,9 @@ class DiffusersLoop:
         y = torch.randint(0, 11, (self.batch,), device=self.device)
         noise = torch.randn_like(x)
         t = torch.randint(0, 1000, (self.batch,), device=self.device)
+        self._step_begins()
         with autocast(self.device):
-            pred = self.model(self.train_sched.add_noise(x, noise, t), t, class_labels=y).sample
+            pred = self.forward(self.train_sched.add_noise(x, noise, t), t, class_labels=y).sample
         loss = F.mse_loss(pred.float(), noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -101,11 +129,17 @@ class DiffusersLoop:
         x = torch.randn(n, self.c, self.hw, self.hw, device=self.device)
         y = torch.cat([torch.arange(n, device=self.device) % 10, torch.full((n,), 10, device=self.device)])
         for t in self.sample_sched.timesteps:
+            self._step_begins()
             with autocast(self.device):
-                out = self.model(torch.cat([x, x]), t, class_labels=y).sample.float()
+                out = self.forward(torch.cat([x, x]), t.to(self.device), class_labels=y).sample.float()
             cond, uncond = out.chunk(2)
             x = self.sample_sched.step(uncond + guidance * (cond - uncond), t, x).prev_sample
         return x
+
+    def _step_begins(self):
+        """Tell inductor's CUDA-graph trees a new iteration begins (its outputs of the last one are dead)."""
+        if self.graphed:
+            torch.compiler.cudagraph_mark_step_begin()
 
 
 # --- measurement --------------------------------------------------------------------------------------
@@ -144,7 +178,8 @@ def diffaug_step(preset, data, batch, device, compiled: bool):
     return trainer, FastStep(trainer)
 
 
-def measure_case(preset, c, hw, batch, sample_batch, compiled, device, repeats, train_steps, sample_steps, extra_cl):
+def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_cl):
+    preset, c, hw, batch, sample_batch, compiled, anchor = case
     data = toy_data(c, hw)
     trainer, ours_step = diffaug_step(preset, data, batch, device, False)
     systems = {"diffaug": None, "diffusers": DiffusersLoop(preset, c, hw, batch, device, device.type == "cuda")}
@@ -153,6 +188,8 @@ def measure_case(preset, c, hw, batch, sample_batch, compiled, device, repeats, 
         _, compiled_step = diffaug_step(preset, data, batch, device, True)
         systems["diffaug + compile"] = None
         train_fn["diffaug + compile"] = lambda: [compiled_step() for _ in range(train_steps)]
+    if anchor:
+        systems["diffusers + compile"] = DiffusersLoop(preset, c, hw, batch, device, device.type == "cuda", True)
     if extra_cl:   # on CPU diffusers runs NCHW as users would; also measure it in channels_last, for fairness
         systems["diffusers (channels_last)"] = DiffusersLoop(preset, c, hw, batch, device, True)
     sample_fn = {}
@@ -166,8 +203,9 @@ def measure_case(preset, c, hw, batch, sample_batch, compiled, device, repeats, 
             train_fn[name] = lambda loop=loop: [loop.train_step() for _ in range(train_steps)]
             if sample_batch:
                 sample_fn[name] = lambda loop=loop: loop.sample(sample_batch, sample_steps)
+    warmup = {}
     for name in systems:   # warm-up: cuDNN autotuning, CUDA-graph capture, compilation, allocator
-        train_fn[name]()
+        warmup[name] = timed(train_fn[name], device)
         if name in sample_fn:
             sample_fn[name]()
     if device.type == "cuda":
@@ -188,16 +226,43 @@ def measure_case(preset, c, hw, batch, sample_batch, compiled, device, repeats, 
         rows[name] = {"parameters": params[name],
                       "forward_flops": ours_flops if name.startswith("diffaug") else theirs_flops,
                       "train_img_s": train_steps * batch / statistics.median(times[name]["train"]),
+                      "warmup_seconds": warmup[name],
                       "sample_img_s": sample_batch / sample_s if sample_s else None,
                       "train_seconds": times[name]["train"], "sample_seconds": times[name]["sample"]}
     if device.type == "cuda":
         rows["diffaug"]["peak_memory_gib_all_systems"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-    base = rows["diffusers"]
-    for r in rows.values():
-        r["train_ratio_vs_diffusers"] = r["train_img_s"] / base["train_img_s"]
-        if r["sample_img_s"] and base["sample_img_s"]:
-            r["sample_ratio_vs_diffusers"] = r["sample_img_s"] / base["sample_img_s"]
+    for baseline in ("diffusers", "diffusers + compile"):
+        if baseline not in rows:
+            continue
+        base, key = rows[baseline], baseline.replace(" + ", "_")
+        for r in rows.values():
+            r[f"train_ratio_vs_{key}"] = r["train_img_s"] / base["train_img_s"]
+            if r["sample_img_s"] and base["sample_img_s"]:
+                r[f"sample_ratio_vs_{key}"] = r["sample_img_s"] / base["sample_img_s"]
+    if compiled:
+        rows["diffaug + compile"]["compile_break_even_steps"] = break_even(rows["diffaug"], rows["diffaug + compile"],
+                                                                           batch, train_steps)
     return rows
+
+
+def break_even(eager: dict, compiled: dict, batch: int, train_steps: int) -> float | None:
+    """Training steps from which the compiled step's savings repay its extra warm-up (compilation), from one
+    warm-up call of `train_steps` steps each; None when compiled steps are not faster."""
+    saved = batch / eager["train_img_s"] - batch / compiled["train_img_s"]   # seconds per step
+    extra = (compiled["warmup_seconds"] - eager["warmup_seconds"]) + train_steps * saved   # compile time alone
+    return extra / saved if saved > 0 else None
+
+
+def spec_peak(device) -> tuple[str, float | None]:
+    name = torch.cuda.get_device_name(device)
+    return name, next((peak for key, peak in SPEC_BF16_PEAK.items() if key in name), None)
+
+
+def ratios(r: dict, what: str, rows: dict) -> str:
+    """'(2.10x eager, 1.20x compiled)' against each diffusers baseline of the case."""
+    named = [(f"{what}_ratio_vs_diffusers", "eager"), (f"{what}_ratio_vs_diffusers_compile", "compiled")]
+    parts = [f"{r[k]:.2f}x {label}" for k, label in named if r.get(k) is not None]
+    return f"({', '.join(parts)})" if parts else ""
 
 
 def main() -> None:
@@ -212,7 +277,8 @@ def main() -> None:
     gpu = device.type == "cuda"
     cases = GPU_CASES if (args.section or ("gpu" if gpu else "cpu")) == "gpu" else CPU_CASES
     if args.quick:   # same code paths at toy sizes (a CPU dry run of the GPU section)
-        cases = [(p, c, 8, 8, sb and 16, cc) for p, c, hw, b, sb, cc in cases[:2]] + [("tiny", 1, 8, 16, None, True)]
+        cases = [case._replace(hw=8, batch=8, sample_batch=case.sample_batch and 16) for case in cases[:2]]
+        cases.append(Case("tiny", 1, 8, 16, None, compiled=True, anchor=True))
     repeats = 1 if args.quick else args.repeats
     train_steps, sample_steps = (2, 2) if args.quick else ((30, 20) if gpu else (10, 20))
     payload = {"device": str(device), "repeats": repeats, "train_steps_per_repeat": train_steps,
@@ -220,27 +286,33 @@ def main() -> None:
                "cases": []}
     if gpu:
         payload["bf16_peak_flops"] = bf16_peak(device)
+        payload["card"], payload["spec_bf16_peak_flops"] = spec_peak(device)
     lines = []
-    for preset, c, hw, batch, sample_batch, compiled in cases:
-        rows = measure_case(preset, c, hw, batch, sample_batch, compiled, device, repeats, train_steps, sample_steps,
-                            extra_cl=not gpu)
-        payload["cases"].append({"preset": preset, "shape": [c, hw, hw], "batch": batch, "sample_batch": sample_batch,
-                                 "systems": rows})
+    for case in cases:
+        rows = measure_case(case, device, repeats, train_steps, sample_steps, extra_cl=not gpu)
+        payload["cases"].append({**case._asdict(), "shape": [case.c, case.hw, case.hw], "systems": rows})
         for name, r in rows.items():
             share = ""
             if gpu:
-                share = f"{100 * 3 * r['forward_flops'] * r['train_img_s'] / payload['bf16_peak_flops']:.1f}% | "
-            sampled = (f"{r['sample_img_s']:,.1f} ({r['sample_ratio_vs_diffusers']:.2f}x), batch {sample_batch}"
+                flops = 3 * r["forward_flops"] * r["train_img_s"]
+                spec = payload["spec_bf16_peak_flops"]
+                share = (f"{100 * flops / payload['bf16_peak_flops']:.1f}% / "
+                         + (f"{100 * flops / spec:.1f}%" if spec else "n/a") + " | ")
+            sampled = (f"{r['sample_img_s']:,.1f} {ratios(r, 'sample', rows)}, batch {case.sample_batch}"
                        if r["sample_img_s"] else "")
-            lines.append(f"| {preset} {c}x{hw}x{hw} | {batch} | {name} | {r['parameters'] / 1e6:.2f}M | "
-                         f"{r['forward_flops'] / 1e9:.3f} | {r['train_img_s']:,.0f} ({r['train_ratio_vs_diffusers']:.2f}x) | "
-                         f"{share}{sampled} |")
-        head = ("| case | batch | system | params | fwd GFLOP/img | train img/s (vs diffusers) | "
-                + ("share of bf16 peak | " if gpu else "")
-                + f"sampling img/s, {sample_steps} steps + guidance (vs diffusers) |")
+            paid = (f"; compile pays from {r['compile_break_even_steps']:,.0f} steps"
+                    if r.get("compile_break_even_steps") else "")
+            lines.append(f"| {case.preset} {case.c}x{case.hw}x{case.hw} | {case.batch} | {name} | "
+                         f"{r['parameters'] / 1e6:.2f}M | {r['forward_flops'] / 1e9:.3f} | "
+                         f"{r['train_img_s']:,.0f} {ratios(r, 'train', rows)}{paid} | {share}{sampled} |")
+        head = ("| case | batch | system | params | fwd GFLOP/img | train img/s (vs diffusers eager, compiled) | "
+                + ("share of bf16 peak (measured / spec) | " if gpu else "")
+                + f"sampling img/s, {sample_steps} steps + guidance (vs diffusers eager, compiled) |")
         sep = "|" + " --- |" * (head.count("|") - 1)
-        where = (f"bf16 peak measured in this run: {payload['bf16_peak_flops'] / 1e12:.0f} TFLOP/s; share = 3 x forward "
-                 "FLOPs x img/s / peak.\n\n" if gpu else "")
+        spec = payload.get("spec_bf16_peak_flops")
+        where = (f"bf16 peak: {payload['bf16_peak_flops'] / 1e12:.0f} TFLOP/s measured in this run (8192^3 matmuls); "
+                 + (f"{spec / 1e12:.0f} TFLOP/s dense" if spec else "no spec figure") + f" on the spec sheet of "
+                 f"{payload['card']}; share = 3 x forward FLOPs x img/s / peak.\n\n" if gpu else "")
         table = (f"Command: `python benchmarks/speed.py --device {args.device}{' --quick' if args.quick else ''}` "
                  f"({payload['precision']}, medians of {repeats} alternating repeats of {train_steps} training steps and "
                  f"one {sample_steps}-step guided sampling run of the sample batch; diffaug: fast path, DPM-Solver++(2M); "
