@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled-share", type=float, help="share of each batch drawn from --unlabeled (default: "
                    f"{TrainConfig.unlabeled_share})")
     p.add_argument("--pseudo-labels", type=float, metavar="THRESHOLD", help="a classifier trained on DATA labels "
-                   "the --unlabeled images it is at least this sure of (e.g. 0.9); those train under their labels "
+                   "the --unlabeled images it is at least this sure of (e.g. 0.7); those train under their labels "
                    "too (DPT)")
     p.add_argument("--pseudo-label-policy", metavar="POLICY", help="that classifier's classical augmentation, e.g. "
                    "'trivialaugment(m=0.5)' (default: chosen by cross-validation within DATA)")

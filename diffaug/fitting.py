@@ -33,7 +33,7 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
     and with it every class, learns from them. `init`: a Generator (or its file) to start from instead of random
     weights, of the same preset and image size (its class embedding is matched to these classes by name).
     Both are recorded in the new generator's config; the leakage guard covers their images.
-    `pseudo_labels`: a confidence threshold (e.g. 0.9): a classifier trained on `data` labels the unlabelled images
+    `pseudo_labels`: a confidence threshold (e.g. 0.7): a classifier trained on `data` labels the unlabelled images
     it is that sure of, and they train under those labels too, as DPT does (pseudo.py; `pseudo_label_policy` is
     that classifier's classical augmentation, by name; None: chosen by cross-validation within `data`).
 
