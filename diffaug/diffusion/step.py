@@ -45,11 +45,11 @@ def compile_pays(device: torch.device, steps: int | None, minutes: float | None)
     """Whether torch.compile (`TrainConfig.compile=None`, the default) is worth its compile time for a fit of
     `steps` optimizer steps and/or a `minutes` budget on `device`: on CUDA only (where the break-even was
     measured; elsewhere compiling is the user's call, `compile=True`), and only for fits past the break-even."""
-    if device.type != "cuda":
+    if device.type != "cuda" or (steps is None and minutes is None):
         return False
-    long_enough = steps is None or steps >= COMPILE_PAYS_FROM_STEPS
-    return long_enough and (steps is not None or minutes is not None) and (
-        minutes is None or minutes * 60 >= COMPILE_PAYS_FROM_SECONDS)
+    if steps is not None and steps < COMPILE_PAYS_FROM_STEPS:
+        return False
+    return minutes is None or minutes * 60 >= COMPILE_PAYS_FROM_SECONDS   # the fit ends at whichever budget is first
 
 
 def autocast(device: torch.device):
