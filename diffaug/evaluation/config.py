@@ -124,10 +124,9 @@ class EvalConfig:
             raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share!r}")
         check_probability(self.gen_augment, "gen_augment")
         check_probability(self.unlabeled_share, "unlabeled_share")
-        if not isinstance(self.target_classes, (bool, np.bool_)):
-            raise DataError(f"target_classes must be True or False, got {self.target_classes!r}")
-        if not isinstance(self.augment_synthetic, (bool, np.bool_)):
-            raise DataError(f"augment_synthetic must be True or False, got {self.augment_synthetic!r}")
+        for name in ("target_classes", "augment_synthetic"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise DataError(f"{name} must be True or False, got {getattr(self, name)!r}")
         unknown = set(self.arms) - set(ARMS)
         if unknown:
             raise DataError(f"unknown arm(s) {sorted(unknown)}; choose from {ARMS}")
