@@ -258,7 +258,7 @@ def spec_peak(device) -> tuple[str, float | None]:
     return name, next((peak for key, peak in SPEC_BF16_PEAK.items() if key in name), None)
 
 
-def ratios(r: dict, what: str, rows: dict) -> str:
+def ratios(r: dict, what: str) -> str:
     """'(2.10x eager, 1.20x compiled)' against each diffusers baseline of the case."""
     named = [(f"{what}_ratio_vs_diffusers", "eager"), (f"{what}_ratio_vs_diffusers_compile", "compiled")]
     parts = [f"{r[k]:.2f}x {label}" for k, label in named if r.get(k) is not None]
@@ -298,13 +298,13 @@ def main() -> None:
                 spec = payload["spec_bf16_peak_flops"]
                 share = (f"{100 * flops / payload['bf16_peak_flops']:.1f}% / "
                          + (f"{100 * flops / spec:.1f}%" if spec else "n/a") + " | ")
-            sampled = (f"{r['sample_img_s']:,.1f} {ratios(r, 'sample', rows)}, batch {case.sample_batch}"
+            sampled = (f"{r['sample_img_s']:,.1f} {ratios(r, 'sample')}, batch {case.sample_batch}"
                        if r["sample_img_s"] else "")
             paid = (f"; compile pays from {r['compile_break_even_steps']:,.0f} steps"
                     if r.get("compile_break_even_steps") else "")
             lines.append(f"| {case.preset} {case.c}x{case.hw}x{case.hw} | {case.batch} | {name} | "
                          f"{r['parameters'] / 1e6:.2f}M | {r['forward_flops'] / 1e9:.3f} | "
-                         f"{r['train_img_s']:,.0f} {ratios(r, 'train', rows)}{paid} | {share}{sampled} |")
+                         f"{r['train_img_s']:,.0f} {ratios(r, 'train')}{paid} | {share}{sampled} |")
         head = ("| case | batch | system | params | fwd GFLOP/img | train img/s (vs diffusers eager, compiled) | "
                 + ("share of bf16 peak (measured / spec) | " if gpu else "")
                 + f"sampling img/s, {sample_steps} steps + guidance (vs diffusers eager, compiled) |")
