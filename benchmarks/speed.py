@@ -21,6 +21,7 @@ Writes benchmarks/results/speed_<cpu|cuda>.{json,md} after every measured case (
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import RESULTS, write_results  # noqa: E402
 from diffaug import ImageData, fit  # noqa: E402
 from diffaug.diffusion.step import autocast  # noqa: E402
 from diffaug.diffusion.trainer import TrainConfig, Trainer  # noqa: E402
@@ -55,11 +56,11 @@ class Case(NamedTuple):
 
 
 CPU_CASES = [Case("tiny", 1, 8, 128, 512), Case("tiny", 1, 28, 64, 128)]
-# The compiled systems sit in the cases the bars read (small: batch 128 training and batch 1024 sampling;
-# base: batch 512 utilization), and compiled diffaug last: torch.compile's minutes must not cost the other cases.
-GPU_CASES = [Case("small", 3, 32, 128, 1024, anchor=True), Case("small", 3, 32, 512, None),
-             Case("base", 3, 32, 128, 1024), Case("base", 3, 32, 512, None, anchor=True),
-             Case("base", 3, 32, 512, None, compiled=True)]
+# The cases the bars read come first, each with both systems compiled (small: batch 128 training and batch 1024
+# sampling; base: batch 512 utilization); torch.compile takes minutes, so the uncompiled rest comes after them.
+GPU_CASES = [Case("small", 3, 32, 128, 1024, compiled=True, anchor=True),
+             Case("base", 3, 32, 512, None, compiled=True, anchor=True),
+             Case("small", 3, 32, 512, None), Case("base", 3, 32, 128, 1024)]
 
 
 def sync(device):
@@ -178,36 +179,58 @@ def diffaug_step(preset, data, batch, device, compiled: bool):
     return trainer, FastStep(trainer)
 
 
-def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_cl):
+def build_systems(case: Case, device, train_steps, sample_steps, extra_cl, only: str | None = None):
+    """The case's systems (or only the one named `only`): {name: its diffusers loop or None}, their training calls
+    (`train_steps` steps each) and, where the case samples, their sampling calls; and the diffaug network."""
     preset, c, hw, batch, sample_batch, compiled, anchor = case
     data = toy_data(c, hw)
-    trainer, ours_step = diffaug_step(preset, data, batch, device, False)
-    systems = {"diffaug": None, "diffusers": DiffusersLoop(preset, c, hw, batch, device, device.type == "cuda")}
-    train_fn = {"diffaug": lambda: [ours_step() for _ in range(train_steps)]}
-    if compiled:   # the same fast step with the network under torch.compile (GroupNorm + SiLU fused, etc.)
-        _, compiled_step = diffaug_step(preset, data, batch, device, True)
-        systems["diffaug + compile"] = None
-        train_fn["diffaug + compile"] = lambda: [compiled_step() for _ in range(train_steps)]
-    if anchor:
-        systems["diffusers + compile"] = DiffusersLoop(preset, c, hw, batch, device, device.type == "cuda", True)
-    if extra_cl:   # on CPU diffusers runs NCHW as users would; also measure it in channels_last, for fairness
-        systems["diffusers (channels_last)"] = DiffusersLoop(preset, c, hw, batch, device, True)
-    sample_fn = {}
-    if sample_batch:
-        gen = fit(data, preset, 1, device=device, progress=False, batch_size=8)   # a real Generator for sampling
-        gen.model.load_state_dict(trainer.model.state_dict())
-        sample_fn["diffaug"] = lambda: gen.sample(torch.arange(sample_batch) % 10, steps=sample_steps, guidance=2.0,
-                                                  batch_size=sample_batch, progress=False)
-    for name, loop in systems.items():
-        if loop is not None:
+    names = (["diffaug", "diffusers"] + ["diffaug + compile"] * compiled + ["diffusers + compile"] * anchor
+             + ["diffusers (channels_last)"] * extra_cl)
+    systems, train_fn, sample_fn = {}, {}, {}
+    network = UNet(c, 10, PRESETS[preset].unet)
+    for name in names if only is None else [only]:
+        if name.startswith("diffaug"):   # the fast step, + compile: its network under torch.compile
+            trainer, step = diffaug_step(preset, data, batch, device, name == "diffaug + compile")
+            systems[name], network = None, trainer.model
+            train_fn[name] = lambda step=step: [step() for _ in range(train_steps)]
+        else:   # on CPU diffusers runs NCHW as users would; "(channels_last)" measures it that way too, for fairness
+            systems[name] = loop = DiffusersLoop(preset, c, hw, batch, device,
+                                                 device.type == "cuda" or "channels_last" in name, "compile" in name)
             train_fn[name] = lambda loop=loop: [loop.train_step() for _ in range(train_steps)]
             if sample_batch:
                 sample_fn[name] = lambda loop=loop: loop.sample(sample_batch, sample_steps)
-    warmup = {}
+    if sample_batch and any(name.startswith("diffaug") for name in systems):
+        gen = fit(data, preset, 1, device=device, progress=False, batch_size=8)   # a real Generator for sampling
+        gen.model.load_state_dict(network.state_dict())
+
+        def sample(compiled):   # Generator.compile picks the sampling network (on CUDA's fast path)
+            gen.compile = compiled
+            return gen.sample(torch.arange(sample_batch) % 10, steps=sample_steps, guidance=2.0,
+                              batch_size=sample_batch, progress=False)
+        for name in systems:
+            if name.startswith("diffaug"):
+                sample_fn[name] = lambda compiled=name == "diffaug + compile": sample(compiled)
+    return systems, train_fn, sample_fn, network
+
+
+def warm(case: Case, system: str, device, train_steps, sample_steps) -> dict:
+    """Run one system of `case` once, timed, from a cold start: fills torch.compile's on-disk caches (FX graph,
+    AOTAutograd, Triton kernels) for a timed run in another process, and gives the cold warm-up seconds."""
+    _, train_fn, sample_fn, _ = build_systems(case, device, train_steps, sample_steps, False, only=system)
+    seconds = {"train_warmup_seconds_cold": timed(train_fn[system], device)}
+    if system in sample_fn:
+        seconds["sample_warmup_seconds_cold"] = timed(sample_fn[system], device)
+    return seconds
+
+
+def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_cl):
+    preset, c, hw, batch, sample_batch, compiled, anchor = case
+    systems, train_fn, sample_fn, network = build_systems(case, device, train_steps, sample_steps, extra_cl)
+    warmup, sample_warmup = {}, {}
     for name in systems:   # warm-up: cuDNN autotuning, CUDA-graph capture, compilation, allocator
         warmup[name] = timed(train_fn[name], device)
         if name in sample_fn:
-            sample_fn[name]()
+            sample_warmup[name] = timed(sample_fn[name], device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = {name: {"train": [], "sample": []} for name in systems}
@@ -216,7 +239,7 @@ def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_c
             times[name]["train"].append(timed(train_fn[name], device))
             if name in sample_fn:
                 times[name]["sample"].append(timed(sample_fn[name], device))
-    params = {name: count_parameters(trainer.model) for name in systems if name.startswith("diffaug")}
+    params = {name: count_parameters(network) for name in systems if name.startswith("diffaug")}
     params.update({n: count_parameters(loop.model) for n, loop in systems.items() if loop is not None})
     ours_flops = forward_flops(UNet(c, 10, PRESETS[preset].unet), c, hw, lambda m, x, t, y: m(x, t, y))
     theirs_flops = forward_flops(diffusers_model(preset, c, hw), c, hw, lambda m, x, t, y: m(x, t * 999, class_labels=y))
@@ -226,7 +249,7 @@ def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_c
         rows[name] = {"parameters": params[name],
                       "forward_flops": ours_flops if name.startswith("diffaug") else theirs_flops,
                       "train_img_s": train_steps * batch / statistics.median(times[name]["train"]),
-                      "warmup_seconds": warmup[name],
+                      "warmup_seconds": warmup[name], "sample_warmup_seconds": sample_warmup.get(name),
                       "sample_img_s": sample_batch / sample_s if sample_s else None,
                       "train_seconds": times[name]["train"], "sample_seconds": times[name]["sample"]}
     if device.type == "cuda":
@@ -240,17 +263,26 @@ def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_c
             if r["sample_img_s"] and base["sample_img_s"]:
                 r[f"sample_ratio_vs_{key}"] = r["sample_img_s"] / base["sample_img_s"]
     if compiled:
-        rows["diffaug + compile"]["compile_break_even_steps"] = break_even(rows["diffaug"], rows["diffaug + compile"],
-                                                                           batch, train_steps)
+        ours, theirs = rows["diffaug"], rows["diffaug + compile"]
+        theirs["compile_break_even_steps"] = break_even(ours["warmup_seconds"], theirs["warmup_seconds"],
+                                                        batch / ours["train_img_s"], batch / theirs["train_img_s"],
+                                                        train_steps)
+        if sample_batch:   # in network rows (images x steps, x 2 guided), the unit Generator.compile=None reads
+            rows_per_call = sample_batch * sample_steps * 2
+            theirs["sample_compile_break_even_rows"] = break_even(
+                ours["sample_warmup_seconds"], theirs["sample_warmup_seconds"],
+                *[sample_batch / r["sample_img_s"] / rows_per_call for r in (ours, theirs)], rows_per_call)
     return rows
 
 
-def break_even(eager: dict, compiled: dict, batch: int, train_steps: int) -> float | None:
-    """Training steps from which the compiled step's savings repay its extra warm-up (compilation), from one
-    warm-up call of `train_steps` steps each; None when compiled steps are not faster."""
-    saved = batch / eager["train_img_s"] - batch / compiled["train_img_s"]   # seconds per step
-    extra = (compiled["warmup_seconds"] - eager["warmup_seconds"]) + train_steps * saved   # compile time alone
-    return extra / saved if saved > 0 else None
+def break_even(eager_warmup: float, compiled_warmup: float, eager_unit: float, compiled_unit: float,
+               units: float) -> float | None:
+    """Units of work (training steps, network rows) from which compiling repays its extra warm-up: each system's
+    warm-up ran `units` units at `*_unit` seconds each once warm, so the compile time is the compiled warm-up's
+    excess over the eager one's beyond that work. None when the compiled unit is not faster."""
+    saved = eager_unit - compiled_unit
+    extra = (compiled_warmup - eager_warmup) + units * saved   # compile time alone
+    return max(0.0, extra) / saved if saved > 0 else None
 
 
 def spec_peak(device) -> tuple[str, float | None]:
@@ -272,15 +304,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--section", choices=["cpu", "gpu"], help="which cases (default: by device); "
                                                                     "--section gpu --quick on a CPU dry-runs the GPU one")
+    parser.add_argument("--warm", metavar="CASE:SYSTEM", help="run one system of one case (its index in the section) "
+                        "once and exit: fills torch.compile's on-disk caches for a later timed run, and appends the "
+                        "cold warm-up seconds to results/speed_<device>_cold.jsonl")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     cases = GPU_CASES if (args.section or ("gpu" if gpu else "cpu")) == "gpu" else CPU_CASES
     if args.quick:   # same code paths at toy sizes (a CPU dry run of the GPU section)
-        cases = [case._replace(hw=8, batch=8, sample_batch=case.sample_batch and 16) for case in cases[:2]]
-        cases.append(Case("tiny", 1, 8, 16, None, compiled=True, anchor=True))
+        cases = [case._replace(hw=8, batch=8, sample_batch=case.sample_batch and 16, compiled=False, anchor=False)
+                 for case in cases[:2]]
+        cases.append(Case("tiny", 1, 8, 16, 16, compiled=True, anchor=True))
     repeats = 1 if args.quick else args.repeats
     train_steps, sample_steps = (2, 2) if args.quick else ((30, 20) if gpu else (10, 20))
+    if args.warm:
+        index, system = args.warm.split(":", 1)
+        case = cases[int(index)]
+        record = {**case._asdict(), "system": system, **warm(case, system, device, train_steps, sample_steps)}
+        with open(RESULTS / f"speed_{device.type}{'_quick' if args.quick else ''}_cold.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(record)
+        return
     payload = {"device": str(device), "repeats": repeats, "train_steps_per_repeat": train_steps,
                "sample_steps": sample_steps, "guidance": 2.0, "precision": "bf16 autocast" if gpu else "fp32",
                "cases": []}
@@ -298,10 +342,14 @@ def main() -> None:
                 spec = payload["spec_bf16_peak_flops"]
                 share = (f"{100 * flops / payload['bf16_peak_flops']:.1f}% / "
                          + (f"{100 * flops / spec:.1f}%" if spec else "n/a") + " | ")
-            sampled = (f"{r['sample_img_s']:,.1f} {ratios(r, 'sample')}, batch {case.sample_batch}"
-                       if r["sample_img_s"] else "")
             paid = (f"; compile pays from {r['compile_break_even_steps']:,.0f} steps"
                     if r.get("compile_break_even_steps") else "")
+            sample_paid = (f"; compile pays from {r['sample_compile_break_even_rows']:,.0f} network rows"
+                           if r.get("sample_compile_break_even_rows") else "")
+            sample_share = (f", {100 * 2 * sample_steps * r['forward_flops'] * r['sample_img_s'] / payload['bf16_peak_flops']:.1f}% of the measured peak"
+                            if gpu and r["sample_img_s"] else "")
+            sampled = (f"{r['sample_img_s']:,.1f} {ratios(r, 'sample')}, batch {case.sample_batch}{sample_share}"
+                       f"{sample_paid}" if r["sample_img_s"] else "")
             lines.append(f"| {case.preset} {case.c}x{case.hw}x{case.hw} | {case.batch} | {name} | "
                          f"{r['parameters'] / 1e6:.2f}M | {r['forward_flops'] / 1e9:.3f} | "
                          f"{r['train_img_s']:,.0f} {ratios(r, 'train')}{paid} | {share}{sampled} |")

@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 
 from .checks import check_output_size, check_seed, check_strength, is_number, whole_number
 from .data import _to_uint8_nchw
-from .diffusion.fastpath import GraphedForward
+from .diffusion.fastpath import SamplingNetwork
 from .diffusion.noise import ImageNoise
 from .diffusion.objectives import to_x0
 from .diffusion.samplers import get_sampler
 from .diffusion.sampling import GUIDANCE, GUIDANCE_INTERVAL, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec
 from .diffusion.schedules import alpha_sigma, get_schedule, timesteps
-from .diffusion.step import autocast, prepare_model, resolve_device, to_unit
+from .diffusion.step import autocast, prepare_model, resolve_device, sampling_compile_pays, to_unit
 from .diffusion.unet import UNet, UNetConfig
 from .errors import DataError, GeneratorFileError, MismatchError, first_line
 from .io import atomic_path
@@ -31,7 +31,8 @@ FORMAT = "diffaug.generator"
 FORMAT_VERSION = 1
 METADATA_KEY = "diffaug"
 HASHES_KEY = "diffaug.data_hashes"   # a uint8 (N, 8) tensor beside the weights: hashes of the training images
-BATCH = 500   # images per network call when sampling
+BATCH = 500   # images per network call when sampling on the CPU (and MPS)
+CUDA_BATCH_PIXELS = 2 ** 20   # on CUDA: as many images as hold about this many pixels (1024 at 32x32), at most 2048
 
 
 class Generator:
@@ -43,8 +44,9 @@ class Generator:
         self.data_hashes = data_hashes   # uint8 (N, 8): one hash per training image (ImageData.image_hashes)
         self.device = next(model.parameters()).device
         self._schedule = get_schedule(config["schedule"])
-        self.fast = True        # on CUDA, replay the network as CUDA graphs while sampling (False: eager)
-        self._graphed, self._graphed_model = None, None
+        self.fast = True        # on CUDA, sample with a bf16 copy replayed as CUDA graphs (False: the eager network)
+        self.compile = None     # on that fast path, torch.compile the network: True, False, or None (where it pays)
+        self._sampling, self._sampling_model = {}, None   # compiled? -> SamplingNetwork, for this model
 
     # --- what it is -------------------------------------------------------------------------------
 
@@ -77,8 +79,12 @@ class Generator:
     def to(self, device) -> "Generator":
         self.model = prepare_model(self.model, resolve_device(device))
         self.device = next(self.model.parameters()).device
-        self._graphed = None
+        self._sampling = {}
         return self
+
+    def default_batch(self) -> int:
+        """Images per network call when a job names none (`sampling_batch` on this generator's device)."""
+        return sampling_batch(self.device, self.image_size)
 
     # --- generation -------------------------------------------------------------------------------
 
@@ -117,13 +123,15 @@ class Generator:
         return x
 
     def denoiser(self, labels: torch.Tensor | None, guidance: float = GUIDANCE,
-                 guidance_interval: tuple | None = GUIDANCE_INTERVAL):
+                 guidance_interval: tuple | None = GUIDANCE_INTERVAL, network=None):
         """x0-predicting callable for the samplers; classifier-free guidance in ONE batched forward pass.
 
         guidance w: x0 = x0_null + w (x0_cond - x0_null); w = 1 is plain conditional, labels=None unconditional.
         guidance_interval (low, high]: guide only where EDM's noise level sigma_t / alpha_t lies in it
-        (Kynkaanniemi et al. 2024); elsewhere one conditional pass.
+        (Kynkaanniemi et al. 2024); elsewhere one conditional pass. `network`: `(z, t, y) -> output`, by default
+        the one `network()` gives.
         """
+        net = network if network is not None else self.network()
         null = self.num_classes
         prediction = self.config["prediction"]
 
@@ -138,9 +146,9 @@ class Generator:
             tt = torch.full((n,), float(t), device=z.device)   # t is a host scalar: a fill, not a copy and a sync
             if labels is None or guidance == 1.0 or not guided(float(t)):
                 y = labels if labels is not None else torch.full((n,), null, device=z.device)
-                out = self._net(z, tt, y)
+                out = net(z, tt, y)
             else:
-                both = self._net(torch.cat([z, z]), torch.cat([tt, tt]),
+                both = net(torch.cat([z, z]), torch.cat([tt, tt]),
                                  torch.cat([labels, torch.full_like(labels, null)]))
                 cond, uncond = both.chunk(2)
                 out = uncond + guidance * (cond - uncond)   # linear in the output: same as guiding x0 or eps
@@ -149,12 +157,22 @@ class Generator:
 
         return denoise
 
-    def _net(self, z, t, y):
-        if self.device.type == "cuda" and self.fast:   # one CUDA-graph replay per network call (fastpath.py)
-            if self._graphed is None or self._graphed_model is not self.model:   # a replaced model: new graphs
-                self._graphed, self._graphed_model = GraphedForward(self._forward), self.model
-            return self._graphed(z, t, y)
-        return self._forward(z, t, y)
+    def network(self, rows: int | None = None):
+        """`(z, t, y) -> network output` as sampling runs it. On CUDA with `fast`: a SamplingNetwork (bf16 weights
+        copied from `model` now, CUDA graphs), compiled if `compile` says so or, when it is None, if a job of `rows`
+        network rows pays the compile time back (step.sampling_compile_pays). Elsewhere: the eager network."""
+        if not isinstance(self.compile, (bool, type(None))):
+            raise DataError(f"Generator.compile must be True, False or None (where it pays), got {self.compile!r}")
+        if self.device.type != "cuda" or not self.fast:
+            return self._forward
+        compiled = self.compile if self.compile is not None else sampling_compile_pays(self.device, rows)
+        if self._sampling_model is not self.model:   # a replaced model: new copies, new graphs
+            self._sampling, self._sampling_model = {}, self.model
+        if compiled not in self._sampling:
+            self._sampling[compiled] = SamplingNetwork(self.model, compiled)
+        net = self._sampling[compiled]
+        net.refresh()
+        return net
 
     def _forward(self, z, t, y):
         single = len(z) == 1 and self.device.type == "cpu"
@@ -174,12 +192,16 @@ class Generator:
                   desc: str) -> torch.Tensor:
         """The sampling engine: batches of `spec`'s sampler from t_start to 0; image i's noise is its own stream."""
         check_seed(seed)
-        whole_number(batch_size, "batch_size", low=1)
+        if batch_size is not None:
+            whole_number(batch_size, "batch_size", low=1)
         whole_number(copy, "copy", low=0)
         self.check_output(n)
         indices = _image_indices(indices, n)
         sample_fn = get_sampler(spec.sampler)
         steps = spec.steps if t_start == 1.0 else max(1, math.ceil(spec.steps * t_start))
+        guided = labels is not None and spec.guidance != 1.0
+        network = self.network(rows=n * steps * (2 if guided else 1))   # at most this many network rows
+        batch_size = self.default_batch() if batch_size is None else batch_size
         c, (h, w) = self.channels, self.image_size
         ts = timesteps(steps, t_start, 0.0, schedule=self._schedule, spacing=spec.grid)
         alpha, sigma = (float(a) for a in alpha_sigma(self._schedule(ts[:1])))
@@ -195,8 +217,8 @@ class Generator:
                 if start is not None:   # SDEdit: noise the images to t_start, then denoise (Meng et al. 2022)
                     z = alpha * to_unit(start[i:j].to(self.device)) + sigma * z
                 y = labels[i:j].to(self.device) if labels is not None else None
-                x = sample_fn(self.denoiser(y, spec.guidance, spec.guidance_interval), z, ts, self._schedule,
-                              generator=noise)
+                x = sample_fn(self.denoiser(y, spec.guidance, spec.guidance_interval, network), z, ts,
+                              self._schedule, generator=noise)
                 out[i:j] = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
                 bar.update(j - i)
         return out
@@ -204,7 +226,7 @@ class Generator:
     def sample(self, labels=None, *, per_class: int | None = None, steps: int = SAMPLE_STEPS,
                sampler: str = SAMPLER, spacing: str | None = None, guidance: float = GUIDANCE,
                guidance_interval: tuple | None = GUIDANCE_INTERVAL, seed: int = 0, indices=None,
-               batch_size: int = BATCH, device=None, progress: bool | None = None) -> torch.Tensor:
+               batch_size: int | None = None, device=None, progress: bool | None = None) -> torch.Tensor:
         """New images of the given classes: uint8 (N,C,H,W) on the CPU.
 
         `labels` are class indices or names; `per_class=k` asks for k of every class instead. Image i's noise
@@ -212,7 +234,8 @@ class Generator:
         `batch_size`, and a job split into parts (each passing its rows' indices) makes exactly the images of
         one call. `spacing` places the steps: "time" (even in t), "logsnr" or "karras" (see
         schedules.timesteps); None: the sampler's measured default (sampling.SPACING). `guidance_interval`:
-        guide only at noise levels in (low, high] (see `denoiser`); None: at every step.
+        guide only at noise levels in (low, high] (see `denoiser`); None: at every step. `batch_size`: images per
+        network call; None: `default_batch()` (500 on the CPU, 1024 at 32x32 on CUDA).
         """
         spec = SamplingSpec(steps, sampler, spacing, guidance, guidance_interval)
         if (labels is None) == (per_class is None):
@@ -230,7 +253,7 @@ class Generator:
     def perturb(self, images, labels=None, *, strength: float = STRENGTH, steps: int = SAMPLE_STEPS,
                 sampler: str = SAMPLER, spacing: str | None = None, guidance: float = GUIDANCE,
                 guidance_interval: tuple | None = GUIDANCE_INTERVAL, seed: int = 0, indices=None, copy: int = 0,
-                batch_size: int = BATCH, device=None, progress: bool | None = None) -> torch.Tensor:
+                batch_size: int | None = None, device=None, progress: bool | None = None) -> torch.Tensor:
         """Variations of real images: noise them to t = strength, then denoise conditioned on their class.
 
         uint8 in, uint8 out (N,C,H,W). Without labels the null class is used (unconditional denoising).
@@ -303,6 +326,15 @@ class Generator:
             raise GeneratorFileError(f"{path} has a damaged diffaug config or weights ({str(e)[:200]})") from None
         return cls(prepare_model(model, resolve_device(device)), config,
                    hashes.numpy() if hashes is not None else None)
+
+
+def sampling_batch(device: torch.device, image_size: tuple[int, int]) -> int:
+    """Images per network call when a job names none: BATCH on the CPU and MPS; on CUDA the power of two of images
+    nearest below CUDA_BATCH_PIXELS pixels (1024 at 32x32, 64 at 128x128), at most 2048, at least 1."""
+    if device.type != "cuda":
+        return BATCH
+    h, w = image_size
+    return min(2048, 1 << max(0, (CUDA_BATCH_PIXELS // (h * w)).bit_length() - 1))
 
 
 def _image_indices(indices, n: int) -> list[int]:

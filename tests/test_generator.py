@@ -1,5 +1,6 @@
 """The Generator artifact: sampling, perturbing, and safe save/load."""
 
+import copy
 import pickle
 
 import numpy as np
@@ -147,31 +148,70 @@ def test_bad_indices_are_refused(digits_gen):
         digits_gen.sample([1, 2], indices=[0, -1])
 
 
-def test_graphed_sampling_pads_small_calls_to_a_captured_graph_and_keeps_few(monkeypatch):
+def test_graphed_sampling_pads_calls_to_power_of_two_graphs_and_keeps_few(monkeypatch):
     """GraphedForward's bookkeeping, checked on the CPU with a stand-in for the CUDA graph (a replay recomputes
-    the static output from the static inputs, as a captured graph does)."""
-    from diffaug.diffusion.fastpath import GraphedForward
+    the static output from the static inputs, as a captured graph does): a call of n images replays the graph of
+    the next power of two, padded; a call of another size in that octave reuses it; at most max_graphs are kept."""
+    from diffaug.diffusion.fastpath import GraphedForward, graph_batch
+
+    assert [graph_batch(n) for n in (1, 2, 3, 4, 5, 1000, 1024, 1025)] == [1, 2, 4, 4, 8, 1024, 1024, 2048]
 
     def fn(z, t, y):
         return z * 2 + t[:, None, None, None] + y[:, None, None, None]
 
     captured = []
 
-    def capture(self, z, t, y):
-        static = (z.clone(), t.clone(), y.clone())
+    def capture(self, static):
         out = fn(*static)
-        captured.append(len(z))
+        captured.append(len(static[0]))
         return type("Graph", (), {"replay": lambda _: out.copy_(fn(*static))})(), static, out
 
     monkeypatch.setattr(GraphedForward, "_capture", capture)
     graphed = GraphedForward(fn, max_graphs=2)
     z, t, y = torch.randn(8, 1, 4, 4), torch.rand(8), torch.arange(8)
+    assert torch.equal(graphed(z[:6], t[:6], y[:6]), fn(z[:6], t[:6], y[:6]))   # padded into a batch-8 graph
     assert torch.equal(graphed(z, t, y), fn(z, t, y))
-    assert torch.equal(graphed(z[:3], t[:3], y[:3]), fn(z[:3], t[:3], y[:3]))   # padded into the batch-8 graph
+    assert torch.equal(graphed(z[:5], t[:5], y[:5]), fn(z[:5], t[:5], y[:5]))   # the same graph again
     assert captured == [8]
-    graphed(torch.randn(16, 1, 4, 4), torch.rand(16), torch.arange(16))
+    assert torch.equal(graphed(z[:3], t[:3], y[:3]), fn(z[:3], t[:3], y[:3]))   # not 8 rows for 3: a batch-4 graph
     graphed(torch.randn(2, 1, 5, 5), torch.rand(2), torch.arange(2))            # another image shape
-    assert captured == [8, 16, 2] and len(graphed.graphs) == 2                  # the oldest capture dropped
+    assert captured == [8, 4, 2] and len(graphed.graphs) == 2                   # the oldest capture dropped
+    cl = torch.randn(3, 2, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(graphed(cl, t[:3], y[:3]), fn(cl, t[:3], y[:3]))
+    assert graphed.graphs[next(reversed(graphed.graphs))][1][0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_sampling_batch_by_device_and_image_size():
+    from diffaug.generator import BATCH, sampling_batch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert sampling_batch(cpu, (32, 32)) == sampling_batch(cpu, (512, 512)) == BATCH
+    assert [sampling_batch(cuda, hw) for hw in ((8, 8), (28, 28), (32, 32), (64, 64), (128, 128), (2048, 2048))] \
+        == [2048, 1024, 1024, 256, 64, 1]
+
+
+def test_sampling_network_refresh_copies_the_weights_into_its_own_bf16_tensors(digits_gen):
+    """SamplingNetwork samples the weights the generator holds at each job: refresh() copies them, cast to bf16, into
+    the same tensors (the ones a captured CUDA graph reads)."""
+    from diffaug.diffusion.fastpath import SamplingNetwork
+
+    model = copy.deepcopy(digits_gen.model)
+    net = SamplingNetwork(model, compiled=False)
+    before = {k: v.data_ptr() for k, v in net.copy.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.25)
+    net.refresh()
+    for k, v in net.copy.state_dict().items():
+        assert v.dtype == torch.bfloat16 and v.data_ptr() == before[k]
+        assert torch.equal(v, model.state_dict()[k].to(torch.bfloat16))
+
+
+def test_bad_compile_setting_is_refused(digits_gen):
+    gen = copy.copy(digits_gen)
+    gen.compile = "yes"
+    with pytest.raises(DataError, match="compile must be True, False or None"):
+        gen.sample([0], steps=2)
 
 
 def test_guidance_in_a_limited_interval(digits_gen, real_classifier):

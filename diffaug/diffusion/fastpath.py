@@ -1,4 +1,6 @@
-"""The training step without the launch tax: `Trainer.train_step`'s math, graph-safe, replayed as a CUDA graph.
+"""Training and sampling without the launch tax. The training step: `Trainer.train_step`'s math, graph-safe,
+replayed as a CUDA graph (FastStep). Sampling: the network in bf16, compiled where asked, replayed as CUDA graphs
+at a few padded batch sizes (SamplingNetwork, GraphedForward).
 
 Graph-safe means no host synchronisation and no host-side values inside the step: the LR and the EMA decay
 are computed on the device from a step counter, the optimizer is fused and capturable with a tensor LR,
@@ -16,6 +18,7 @@ the same loss trajectory on CPU; benchmarks/gpu_check.py does the same on CUDA w
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import torch
@@ -78,12 +81,19 @@ class FastStep:
         self.tr.step += 1
 
 
+def graph_batch(n: int) -> int:
+    """The batch a network call of `n` images replays at: n rounded up to a power of two. At most twice the rows,
+    and one capture (memory pool, compilation) per octave of call sizes instead of one per size."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 class GraphedForward:
-    """`fn(z, t, y)` under no_grad replayed as CUDA graphs. A call with fewer images than a captured graph is
-    padded up to it (a sampler's last partial batch, a small perturb call: no new capture, no new memory pool);
-    the network's rows are independent in eval mode (GroupNorm and attention work per image), so the padding rows
-    change nothing. At most `max_graphs` captures are kept, the least recently used dropped first. Inputs are
-    copied into static buffers, the graph is replayed, and the output is cloned so callers may keep it."""
+    """`fn(z, t, y)` under no_grad replayed as CUDA graphs. A call of n images runs the graph of `graph_batch(n)`
+    images, its inputs padded (a sampler's last partial batch, a small perturb call: no new capture, and the shapes
+    a compiled network sees stay few and static); the network's rows are independent in eval mode (GroupNorm and
+    attention work per image), so the padding rows change nothing. At most `max_graphs` captures are kept, the least
+    recently used dropped first. Inputs are copied into static buffers, the graph is replayed, and the output is
+    cloned so callers may keep it."""
 
     def __init__(self, fn, max_graphs: int = 4):
         self.fn = fn
@@ -92,11 +102,10 @@ class GraphedForward:
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n, form = len(z), (tuple(z.shape[1:]), tuple(z.stride()[1:]), z.dtype)
-        fits = [key for key in self.graphs if key[1:] == form and key[0] >= n]
-        key = min(fits, key=lambda k: k[0]) if fits else (n, *form)
-        if not fits:
-            self.graphs[key] = self._capture(z, t, y)
+        n = len(z)
+        key = (graph_batch(n), tuple(z.shape[1:]), tuple(z.stride()[1:]), z.dtype)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(padded((z, t, y), key[0]))
             while len(self.graphs) > self.max_graphs:
                 self.graphs.popitem(last=False)
         self.graphs.move_to_end(key)
@@ -107,16 +116,52 @@ class GraphedForward:
         graph.replay()
         return out[:n].clone()
 
-    def _capture(self, z, t, y) -> tuple:
-        """(graph, static inputs, static output) for inputs shaped like z, t, y."""
-        static = (z.clone(memory_format=torch.preserve_format), t.clone(), y.clone())
-        side = torch.cuda.Stream(z.device)
-        side.wait_stream(torch.cuda.current_stream(z.device))
-        with torch.cuda.stream(side):   # warm-up: cuDNN autotuning and lazy init happen outside the graph
+    def _capture(self, static: tuple) -> tuple:
+        """(graph, static inputs, static output) for the static inputs (z, t, y), which the graph reads."""
+        side = torch.cuda.Stream(static[0].device)
+        side.wait_stream(torch.cuda.current_stream(static[0].device))
+        with torch.cuda.stream(side):   # warm-up: cuDNN autotuning, compilation, lazy init happen outside the graph
             for _ in range(2):
                 self.fn(*static)
-        torch.cuda.current_stream(z.device).wait_stream(side)
+        torch.cuda.current_stream(static[0].device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self.fn(*static)
         return graph, static, out
+
+
+def padded(inputs: tuple, batch: int) -> tuple:
+    """Copies of `inputs` with `batch` rows, the rows repeated cyclically (real values in every padding row), each
+    in its input's memory layout."""
+    n = len(inputs[0])
+    rows = torch.arange(batch, device=inputs[0].device) % n
+    return tuple(a[rows].contiguous(memory_format=torch.channels_last)
+                 if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) else a[rows] for a in inputs)
+
+
+class SamplingNetwork:
+    """The network as sampling runs it on CUDA: a bf16 copy of `model`'s weights under bf16 autocast (the matmuls
+    read bf16 weights instead of casting fp32 ones at every call), optionally under torch.compile, replayed as CUDA
+    graphs by GraphedForward. `refresh()` copies `model`'s weights into the copy's own tensors (the ones the graphs
+    read), so a job always samples the weights `model` holds then. Compiled in torch.compile's default mode:
+    inductor's fused kernels without CUDA graphs of its own, so GraphedForward can capture them (no nested graphs);
+    static shapes, one per graph_batch size."""
+
+    def __init__(self, model: torch.nn.Module, compiled: bool):
+        self.model = model
+        self.copy = copy.deepcopy(model).to(torch.bfloat16)
+        self.compiled = compiled
+        fn = torch.compile(self.forward, fullgraph=True, dynamic=False) if compiled else self.forward
+        self.graphed = GraphedForward(fn)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(z.device):
+            return self.copy(z, t, y).float()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        for mine, theirs in zip(self.copy.state_dict().values(), self.model.state_dict().values()):
+            mine.copy_(theirs)
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.graphed(z, t, y)

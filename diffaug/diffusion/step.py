@@ -52,6 +52,19 @@ def compile_pays(device: torch.device, steps: int | None, minutes: float | None)
     return minutes is None or minutes * 60 >= COMPILE_PAYS_FROM_SECONDS   # the fit ends at whichever budget is first
 
 
+# Sampling's break-even: the network rows (images x network evaluations; guided steps count twice) a job must run
+# for the compiled network's savings to repay its compile time. Not measured yet: None keeps sampling uncompiled
+# unless asked (Generator.compile = True).
+SAMPLING_COMPILE_PAYS_FROM_ROWS: int | None = None
+
+
+def sampling_compile_pays(device: torch.device, rows: int | None) -> bool:
+    """Whether compiling the sampling network (Generator.compile=None, the default) pays for a job of `rows`
+    network rows on `device`: on CUDA only, past the measured break-even."""
+    return (device.type == "cuda" and rows is not None and SAMPLING_COMPILE_PAYS_FROM_ROWS is not None
+            and rows >= SAMPLING_COMPILE_PAYS_FROM_ROWS)
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
