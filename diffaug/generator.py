@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_output_size, check_seed, check_strength, is_number, whole_number
 from .data import _to_uint8_nchw
-from .diffusion.fastpath import SamplingNetwork
+from .diffusion.fastpath import GraphedForward
 from .diffusion.noise import ImageNoise
 from .diffusion.objectives import to_x0
 from .diffusion.samplers import get_sampler
@@ -44,9 +44,9 @@ class Generator:
         self.data_hashes = data_hashes   # uint8 (N, 8): one hash per training image (ImageData.image_hashes)
         self.device = next(model.parameters()).device
         self._schedule = get_schedule(config["schedule"])
-        self.fast = True        # on CUDA, sample with a bf16 copy replayed as CUDA graphs (False: the eager network)
+        self.fast = True        # on CUDA, replay the network as CUDA graphs while sampling (False: eager)
         self.compile = None     # on that fast path, torch.compile the network: True, False, or None (where it pays)
-        self._sampling, self._sampling_model = {}, None   # compiled? -> SamplingNetwork, for this model
+        self._graphed, self._graphed_model = {}, None   # compiled? -> GraphedForward, for this model
 
     # --- what it is -------------------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ class Generator:
     def to(self, device) -> "Generator":
         self.model = prepare_model(self.model, resolve_device(device))
         self.device = next(self.model.parameters()).device
-        self._sampling = {}
+        self._graphed = {}
         return self
 
     def default_batch(self) -> int:
@@ -158,21 +158,21 @@ class Generator:
         return denoise
 
     def network(self, rows: int | None = None):
-        """`(z, t, y) -> network output` as sampling runs it. On CUDA with `fast`: a SamplingNetwork (bf16 weights
-        copied from `model` now, CUDA graphs), compiled if `compile` says so or, when it is None, if a job of `rows`
-        network rows pays the compile time back (step.sampling_compile_pays). Elsewhere: the eager network."""
+        """`(z, t, y) -> network output` as sampling runs it. On CUDA with `fast`: CUDA-graph replays (fastpath.py)
+        of the network, compiled if `compile` says so or, when it is None, if a job of `rows` network rows pays the
+        compile time back (step.sampling_compile_pays); torch.compile's default mode, so its kernels are captured
+        in these graphs rather than in graphs of its own. Elsewhere: the eager network."""
         if not isinstance(self.compile, (bool, type(None))):
             raise DataError(f"Generator.compile must be True, False or None (where it pays), got {self.compile!r}")
         if self.device.type != "cuda" or not self.fast:
             return self._forward
         compiled = self.compile if self.compile is not None else sampling_compile_pays(self.device, rows)
-        if self._sampling_model is not self.model:   # a replaced model: new copies, new graphs
-            self._sampling, self._sampling_model = {}, self.model
-        if compiled not in self._sampling:
-            self._sampling[compiled] = SamplingNetwork(self.model, compiled)
-        net = self._sampling[compiled]
-        net.refresh()
-        return net
+        if self._graphed_model is not self.model:   # a replaced model: new graphs
+            self._graphed, self._graphed_model = {}, self.model
+        if compiled not in self._graphed:
+            fn = torch.compile(self._forward, fullgraph=True, dynamic=False) if compiled else self._forward
+            self._graphed[compiled] = GraphedForward(fn)
+        return self._graphed[compiled]
 
     def _forward(self, z, t, y):
         single = len(z) == 1 and self.device.type == "cpu"

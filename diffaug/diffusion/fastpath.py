@@ -1,6 +1,6 @@
 """Training and sampling without the launch tax. The training step: `Trainer.train_step`'s math, graph-safe,
-replayed as a CUDA graph (FastStep). Sampling: the network in bf16, compiled where asked, replayed as CUDA graphs
-at a few padded batch sizes (SamplingNetwork, GraphedForward).
+replayed as a CUDA graph (FastStep). Sampling: the network, compiled where asked, replayed as CUDA graphs at a few
+padded batch sizes (GraphedForward).
 
 Graph-safe means no host synchronisation and no host-side values inside the step: the LR and the EMA decay
 are computed on the device from a step counter, the optimizer is fused and capturable with a tensor LR,
@@ -18,7 +18,6 @@ the same loss trajectory on CPU; benchmarks/gpu_check.py does the same on CUDA w
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 
 import torch
@@ -138,30 +137,3 @@ def padded(inputs: tuple, batch: int) -> tuple:
     return tuple(a[rows].contiguous(memory_format=torch.channels_last)
                  if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) else a[rows] for a in inputs)
 
-
-class SamplingNetwork:
-    """The network as sampling runs it on CUDA: a bf16 copy of `model`'s weights under bf16 autocast (the matmuls
-    read bf16 weights instead of casting fp32 ones at every call), optionally under torch.compile, replayed as CUDA
-    graphs by GraphedForward. `refresh()` copies `model`'s weights into the copy's own tensors (the ones the graphs
-    read), so a job always samples the weights `model` holds then. Compiled in torch.compile's default mode:
-    inductor's fused kernels without CUDA graphs of its own, so GraphedForward can capture them (no nested graphs);
-    static shapes, one per graph_batch size."""
-
-    def __init__(self, model: torch.nn.Module, compiled: bool):
-        self.model = model
-        self.copy = copy.deepcopy(model).to(torch.bfloat16)
-        self.compiled = compiled
-        fn = torch.compile(self.forward, fullgraph=True, dynamic=False) if compiled else self.forward
-        self.graphed = GraphedForward(fn)
-
-    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(z.device):
-            return self.copy(z, t, y).float()
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        for mine, theirs in zip(self.copy.state_dict().values(), self.model.state_dict().values()):
-            mine.copy_(theirs)
-
-    def __call__(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.graphed(z, t, y)

@@ -33,10 +33,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-# torch.compile's break-even, measured on an H200 (benchmarks/results/speed_cuda_compile.md; `small`, batch 128, on
-# the CUDA-graph fast path): compiling and capturing took ~100 s and the compiled step 14.8 ms instead of 29.2 ms,
-# so a fit pays it back from ~6,900 steps, or ~205 s of uncompiled training. benchmarks/speed.py records the
-# break-even of every compiled case it measures (`compile_break_even_steps`).
+# torch.compile's break-even with cold caches, measured on an H200 (`small`, batch 128, on the CUDA-graph fast path):
+# compiling and capturing took ~100 s and the compiled step 14.8 ms instead of 29.2 ms, so a fit pays it back from
+# ~6,900 steps, or ~205 s of uncompiled training (benchmarks/results/speed_cuda_compile.md, 2026-11-27); a second run
+# beside other compiles, so an upper bound, found 112 s and 14.1 ms instead of 28.5 ms: 7,800 steps
+# (speed_cuda_cold.jsonl, 2026-11-28). With torch.compile's on-disk caches warm (a second fit of the same preset and
+# batch on the machine) the compile takes ~2 s and pays from ~120 steps; the rule assumes cold caches.
 COMPILE_PAYS_FROM_STEPS = 7000
 COMPILE_PAYS_FROM_SECONDS = 210
 
@@ -53,9 +55,11 @@ def compile_pays(device: torch.device, steps: int | None, minutes: float | None)
 
 
 # Sampling's break-even: the network rows (images x network evaluations; guided steps count twice) a job must run
-# for the compiled network's savings to repay its compile time. Not measured yet: None keeps sampling uncompiled
-# unless asked (Generator.compile = True).
-SAMPLING_COMPILE_PAYS_FROM_ROWS: int | None = None
+# for the compiled network's savings to repay its compile time. Measured on an H200 (`small`, 3x32x32, 1024 images,
+# 20 guided steps; benchmarks/results/speed_cuda*.{md,jsonl}, 2026-11-28): 57.4 us a row graphed, 14.4 us graphed
+# and compiled, ~23 s to compile with cold caches (beside other compiles: an upper bound): ~535,000 rows, about
+# 13,000 images at 20 guided steps or 30 s of uncompiled sampling. With warm caches it paid from ~30,000 rows.
+SAMPLING_COMPILE_PAYS_FROM_ROWS: int | None = 550_000
 
 
 def sampling_compile_pays(device: torch.device, rows: int | None) -> bool:
