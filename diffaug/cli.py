@@ -26,14 +26,15 @@ def _load(args):
 
 def _gen_args(p: argparse.ArgumentParser) -> None:
     from .diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, SAMPLER_CHOICES
-    from .generator import BATCH
+    from .generator import BATCH, CUDA_BATCH_PIXELS
     p.add_argument("--steps", type=int, default=SAMPLE_STEPS, help="sampler steps (default: %(default)s)")
     p.add_argument("--sampler", default=SAMPLER, choices=SAMPLER_CHOICES)
     p.add_argument("--guidance", type=float, default=GUIDANCE,
                    help="classifier-free guidance scale (1 = none; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=BATCH, help="images per network call")
+    p.add_argument("--batch-size", type=int, help=f"images per network call (default: {BATCH} on the CPU; on CUDA "
+                   f"a power of two of about {CUDA_BATCH_PIXELS:,} pixels, 1024 images at 32x32)")
 
 
 def cmd_fit(args) -> None:
@@ -103,8 +104,9 @@ def cmd_expand(args) -> None:
     else:
         ds = hf.to_hf_dataset(_load(args))
     options = dict(image_column=args.image_column, label_column=args.label_column, seed=args.seed,
-                   batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                   splits=(args.split,), progress=not args.quiet)
+                   batch_size=args.batch_size if args.batch_size is not None else gen.default_batch(),
+                   steps=args.steps, sampler=args.sampler, guidance=args.guidance, splits=(args.split,),
+                   progress=not args.quiet)
     if args.mode == "perturb":
         options.update(copies=args.copies, strength=args.strength)
     else:
