@@ -135,24 +135,23 @@ class Generator:
         null = self.num_classes
         prediction = self.config["prediction"]
 
-        def guided(t: float) -> bool:
-            if guidance_interval is None:
-                return True
-            logsnr = float(self._schedule(torch.tensor([t], dtype=torch.float64)))   # on the host: no device sync
-            return guidance_interval[0] < math.exp(-0.5 * logsnr) <= guidance_interval[1]
+        def guided(logsnr: float) -> bool:
+            return guidance_interval is None or guidance_interval[0] < math.exp(-0.5 * logsnr) <= guidance_interval[1]
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             n = z.shape[0]
             tt = torch.full((n,), float(t), device=z.device)   # t is a host scalar: a fill, not a copy and a sync
-            if labels is None or guidance == 1.0 or not guided(float(t)):
+            # the step's logSNR once, on the host: no device sync, and the same scales for an image at any batch size
+            # (per-row transcendentals round differently in vectorised and scalar loops)
+            logsnr = float(self._schedule(torch.tensor([float(t)], dtype=torch.float64)))
+            if labels is None or guidance == 1.0 or not guided(logsnr):
                 y = labels if labels is not None else torch.full((n,), null, device=z.device)
                 out = net(z, tt, y)
             else:
-                both = net(torch.cat([z, z]), torch.cat([tt, tt]),
-                                 torch.cat([labels, torch.full_like(labels, null)]))
+                both = net(torch.cat([z, z]), torch.cat([tt, tt]), torch.cat([labels, torch.full_like(labels, null)]))
                 cond, uncond = both.chunk(2)
                 out = uncond + guidance * (cond - uncond)   # linear in the output: same as guiding x0 or eps
-            x0 = to_x0(out, z, self._schedule(tt.double()).float(), prediction)
+            x0 = to_x0(out, z, logsnr, prediction)
             return x0.clamp(-1.0, 1.0)   # static thresholding: x0 lies in the data range
 
         return denoise

@@ -28,9 +28,14 @@ def _bc(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return a.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
 
 
-def to_x0(out: torch.Tensor, z: torch.Tensor, logsnr: torch.Tensor, prediction: str) -> torch.Tensor:
-    """The clean-image estimate implied by a network output of the given parameterization."""
-    alpha, sigma = (_bc(a, z) for a in alpha_sigma(logsnr))
+def to_x0(out: torch.Tensor, z: torch.Tensor, logsnr: torch.Tensor | float, prediction: str) -> torch.Tensor:
+    """The clean-image estimate implied by a network output of the given parameterization. `logsnr`: one per image,
+    or one float for the whole batch (sampling: the scales are computed once on the host, so no device work, and
+    every image gets the same numbers at any batch size)."""
+    if isinstance(logsnr, float):
+        alpha, sigma = (float(a) for a in alpha_sigma(torch.tensor(logsnr, dtype=torch.float64)))
+    else:
+        alpha, sigma = (_bc(a, z) for a in alpha_sigma(logsnr))
     if prediction == "v":
         return alpha * z - sigma * out
     if prediction == "eps":
