@@ -5,6 +5,7 @@ an image does not depend on the batch size, the sharding or the number of proces
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ class Generator:
         self.fast = True        # on CUDA, replay the network as CUDA graphs while sampling (False: eager)
         self.compile = None     # on that fast path, torch.compile the network: True, False, or None (where it pays)
         self._graphed, self._graphed_model = {}, None   # compiled? -> GraphedForward, for this model
+        self._job_rows = 0      # inside `job(rows)`: the network rows of the whole job the calls belong to
 
     # --- what it is -------------------------------------------------------------------------------
 
@@ -163,15 +165,28 @@ class Generator:
         in these graphs rather than in graphs of its own. Elsewhere: the eager network."""
         if not isinstance(self.compile, (bool, type(None))):
             raise DataError(f"Generator.compile must be True, False or None (where it pays), got {self.compile!r}")
+        if rows is not None:
+            rows = max(rows, self._job_rows)
+        compiled = self.compile if self.compile is not None else sampling_compile_pays(self.device, rows)
         if self.device.type != "cuda" or not self.fast:
             return self._forward
-        compiled = self.compile if self.compile is not None else sampling_compile_pays(self.device, rows)
         if self._graphed_model is not self.model:   # a replaced model: new graphs
             self._graphed, self._graphed_model = {}, self.model
         if compiled not in self._graphed:
             fn = torch.compile(self._forward, fullgraph=True, dynamic=False) if compiled else self._forward
             self._graphed[compiled] = GraphedForward(fn)
         return self._graphed[compiled]
+
+    @contextlib.contextmanager
+    def job(self, rows: int):
+        """Inside this block, sampling calls decide whether to compile (`compile=None`) for a whole job of `rows`
+        network rows (images x steps, x 2 where guided), not call by call: for callers that split one large job
+        into many calls (SampleBank.build, the Hugging Face adapters)."""
+        before, self._job_rows = self._job_rows, max(self._job_rows, int(rows))
+        try:
+            yield self
+        finally:
+            self._job_rows = before
 
     def _forward(self, z, t, y):
         single = len(z) == 1 and self.device.type == "cpu"

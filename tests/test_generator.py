@@ -1,6 +1,7 @@
 """The Generator artifact: sampling, perturbing, and safe save/load."""
 
 import copy
+import math
 import pickle
 
 import numpy as np
@@ -198,6 +199,25 @@ def test_sampling_compiles_on_cuda_only_past_its_break_even():
     assert not sampling_compile_pays(cuda, None) and not sampling_compile_pays(cuda, rows - 1)
     assert sampling_compile_pays(cuda, rows)
     assert 13_000 * 20 * 2 < rows < 15_000 * 20 * 2   # ~14,000 images at 20 guided steps (docs/measured.md)
+
+
+def test_a_bank_decides_compilation_for_the_whole_job_not_per_call(digits_gen, digits_train, tmp_path,
+                                                                    monkeypatch):
+    """SampleBank.build makes its images in many sampling calls; whether compiling pays is asked for the whole
+    bank's network rows (Generator.job), and a plain call outside a job is asked for its own."""
+    from diffaug import generator
+
+    asked = []
+    monkeypatch.setattr(generator, "sampling_compile_pays", lambda device, rows: asked.append(rows) or False)
+    rows = torch.cat([torch.nonzero(digits_train.labels == c)[:1, 0] for c in range(10)])   # one image per class
+    data = diffaug.ImageData(digits_train.images[rows], digits_train.labels[rows], digits_train.class_names)
+    diffaug.SampleBank.build(digits_gen, tmp_path / "bank", per_class=3, data=data, copies=2, strength=(0.2, 0.6),
+                             steps=5, batch_size=4, progress=False)   # copies at strengths 0.3 and 0.5
+    whole = 2 * (3 * 10 * 5 + (math.ceil(5 * 0.3) + math.ceil(5 * 0.5)) * 10)   # guided: 2 rows per image and step
+    assert len(asked) > 3 and set(asked) == {whole}
+    asked.clear()
+    digits_gen.sample([0, 1], steps=5)
+    assert asked == [2 * 2 * 5]
 
 
 def test_bad_compile_setting_is_refused(digits_gen):
