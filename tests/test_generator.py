@@ -201,10 +201,10 @@ def test_sampling_compiles_on_cuda_only_past_its_break_even():
     assert 13_000 * 20 * 2 < rows < 15_000 * 20 * 2   # ~14,000 images at 20 guided steps (docs/measured.md)
 
 
-def test_a_bank_decides_compilation_for_the_whole_job_not_per_call(digits_gen, digits_train, tmp_path,
-                                                                    monkeypatch):
-    """SampleBank.build makes its images in many sampling calls; whether compiling pays is asked for the whole
-    bank's network rows (Generator.job), and a plain call outside a job is asked for its own."""
+def test_banks_and_datasets_decide_compilation_for_the_whole_job_not_per_call(digits_gen, digits_train, tmp_path,
+                                                                              monkeypatch):
+    """SampleBank.build and the HF adapters make their images in many sampling calls; whether compiling pays is
+    asked for the whole job's network rows (Generator.job), and a plain call outside a job is asked for its own."""
     from diffaug import generator
 
     asked = []
@@ -215,6 +215,15 @@ def test_a_bank_decides_compilation_for_the_whole_job_not_per_call(digits_gen, d
                              steps=5, batch_size=4, progress=False)   # copies at strengths 0.3 and 0.5
     whole = 2 * (3 * 10 * 5 + (math.ceil(5 * 0.3) + math.ceil(5 * 0.5)) * 10)   # guided: 2 rows per image and step
     assert len(asked) > 3 and set(asked) == {whole}
+    from diffaug.hf import expand_dataset, perturb_dataset, to_hf_dataset
+
+    ds = to_hf_dataset(data)
+    asked.clear()
+    expand_dataset(ds, digits_gen, per_class=2, steps=5, batch_size=4, progress=False)
+    assert len(asked) == 5 and set(asked) == {2 * 20 * 5}
+    asked.clear()
+    perturb_dataset(ds, digits_gen, copies=2, strength=0.5, steps=5, batch_size=4, progress=False)
+    assert len(asked) == 6 and set(asked) == {2 * 2 * 10 * 3}
     asked.clear()
     digits_gen.sample([0, 1], steps=5)
     assert asked == [2 * 2 * 5]
@@ -234,7 +243,7 @@ def test_guidance_in_a_limited_interval(digits_gen, real_classifier):
     hook = digits_gen.model.register_forward_pre_hook(lambda m, inputs: rows.append(len(inputs[0])))
     try:
         labels = list(range(10)) * 3
-        everywhere = digits_gen.sample(labels, steps=10, seed=4)
+        everywhere = digits_gen.sample(labels, steps=10, seed=4, guidance_interval=None)
         full_rows, rows[:] = sum(rows), []
         assert torch.equal(digits_gen.sample(labels, steps=10, seed=4, guidance_interval=(0, float("inf"))),
                            everywhere)

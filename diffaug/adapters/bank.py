@@ -18,7 +18,8 @@ import torch
 from ..checks import check_seed, whole_number
 from ..data import ImageData, image_hash
 from ..diffusion.distributed import from_env, rank_device
-from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec, strengths_for
+from ..diffusion.sampling import (GUIDANCE, GUIDANCE_INTERVAL, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec,
+                                  strengths_for)
 from ..errors import DataError, MismatchError
 from ..diffusion.step import resolve_device
 from ..generator import Generator, sampling_batch
@@ -190,7 +191,8 @@ class SampleBank:
         meta = {"format": BANK_FORMAT, "format_version": BANK_VERSION, "generator_fingerprint": gen.fingerprint,
                 "class_names": gen.class_names, "image_size": list(gen.image_size), "channels": gen.channels,
                 "per_class": per_class, "copies": copies, "strengths": strengths, "steps": steps, "sampler": sampler,
-                "guidance": guidance, "seed": seed, "batch_size": batch_size,
+                "guidance": guidance, "guidance_interval": list(GUIDANCE_INTERVAL) if GUIDANCE_INTERVAL else None,
+                "seed": seed, "batch_size": batch_size,
                 "data_fingerprint": data.fingerprint() if data is not None else None}
         num_shards, shard_index = which_shard(num_shards, shard_index)
         options = dict(steps=steps, sampler=sampler, guidance=guidance, batch_size=batch_size, device=device,

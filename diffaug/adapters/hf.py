@@ -256,7 +256,8 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
     if not chunks:   # nothing to make here (per_class=0, or more shards than batches)
         synthetic = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
     else:
-        with _progress_bars(progress):
+        made = sum(min(batch_size, len(labels) - c * batch_size) for c in chunks)   # this shard's images: one job
+        with _progress_bars(progress), gen.job(made * steps * (2 if guidance != 1.0 else 1)):
             synthetic = datasets.Dataset.from_generator(rows, features=features, gen_kwargs={"chunks": chunks},
                                                         num_proc=_procs(num_proc, chunks), fingerprint=fingerprint)
     return _finish(ds, synthetic, include_real=shard_index == 0)
@@ -329,7 +330,8 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = ST
                                strength=strength, seed=seed, batch_size=batch_size, steps=steps, sampler=sampler,
                                guidance=guidance, part=[part.start, part.stop], image_column=image_column,
                                label_column=label_column)
-    with _progress_bars(progress):
+    job = copies * len(source) * max(1, math.ceil(steps * strength)) * (2 if guidance != 1.0 else 1)
+    with _progress_bars(progress), gen.job(job):
         perturbed = source.map(perturb_batch, batched=True, batch_size=batch_size, with_indices=True, with_rank=True,
                                remove_columns=source.column_names, features=features, new_fingerprint=fingerprint,
                                num_proc=num_proc if num_proc and num_proc > 1 and len(source) > batch_size else None,
