@@ -26,7 +26,7 @@ from _common import write_results  # noqa: E402
 from diffaug.diffusion.samplers import SAMPLERS  # noqa: E402
 from diffaug.diffusion.schedules import SPACINGS  # noqa: E402
 from diffaug.evaluation.classifier import embed, random_batches, train_classifier  # noqa: E402
-from diffaug.evaluation.metrics import fid_own  # noqa: E402
+from diffaug.evaluation.metrics import cas, fid_own  # noqa: E402
 
 STEPS = (5, 10, 20, 50)
 REFERENCE = ("ddpm", "time", 250)
@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--guidance-intervals", default=None,
                         help="instead of the sampler grid: DPM-Solver++(2M) on the default spacing at --steps with "
                              "guidance 2 in each noise-level interval LOW:HIGH (comma-separated; 'inf' allowed), "
-                             "beside guidance at every step and none")
+                             "beside guidance at every step and none; each cell also reports its class fidelity "
+                             "(CAS: a classifier trained on the cell's samples, tested on the real test split)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     train, test = diffaug.load_data(args.dataset, "train"), diffaug.load_data(args.dataset, "test")
@@ -62,14 +63,17 @@ def main() -> None:
     rows_seen = [0]
     gen.model.register_forward_pre_hook(lambda module, inputs: rows_seen.__setitem__(0, rows_seen[0] + len(inputs[0])))
 
-    def fid(sampler, spacing, steps, seed=0, **options):
+    def fid(sampler, spacing, steps, seed=0, with_cas=False, **options):
         t = time.perf_counter()
         rows_seen[0] = 0
         x = gen.sample(labels, steps=steps, sampler=sampler, spacing=spacing, seed=seed, batch_size=1000,
                        progress=False, **options)
-        return {"sampler": sampler, "spacing": spacing, "steps": steps, "seed": seed, **options,
-                "network_rows_per_image": rows_seen[0] / len(labels),
-                "fid_own": fid_own(real, embed(features, x, device)), "seconds": round(time.perf_counter() - t, 2)}
+        row = {"sampler": sampler, "spacing": spacing, "steps": steps, "seed": seed, **options,
+               "network_rows_per_image": rows_seen[0] / len(labels), "fid_own": fid_own(real, embed(features, x, device))}
+        if with_cas:   # the evaluation's CAS (its classifier, 400 steps), seeded with the cell's seed
+            row["cas"] = cas(x, labels, test.images, test.labels, num_classes=train.num_classes, steps=400, seed=seed,
+                             device=device)
+        return {**row, "seconds": round(time.perf_counter() - t, 2)}
 
     rows = [fid(*REFERENCE, seed=0), fid(*REFERENCE, seed=1)]
     ref = rows[0]["fid_own"]
@@ -78,9 +82,9 @@ def main() -> None:
         intervals = [None] + [tuple(float(v) for v in item.split(":")) for item in args.guidance_intervals.split(",")]
         for steps in (int(s) for s in args.steps.split(",")):
             for seed in (0, 1):
-                rows.append(fid("dpmpp_2m", None, steps, seed, guidance=1.0))
+                rows.append(fid("dpmpp_2m", None, steps, seed, True, guidance=1.0))
                 for interval in intervals:
-                    rows.append(fid("dpmpp_2m", None, steps, seed, guidance=2.0, guidance_interval=interval))
+                    rows.append(fid("dpmpp_2m", None, steps, seed, True, guidance=2.0, guidance_interval=interval))
                 payload = {"dataset": args.dataset, "preset": args.preset, "generator": gen.fingerprint,
                            "per_class": args.per_class, "reference": ref, "reference_seed_noise": noise,
                            "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
@@ -99,7 +103,7 @@ def main() -> None:
 def _interval_table(payload, args) -> str:
     ref = payload["reference"]
     lines = ["| steps | guidance | interval (sigma) | network rows per image | FID (own), seed 0 | seed 1 | mean vs "
-             "250-step ancestral |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "250-step ancestral | CAS, seed 0 | seed 1 |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     cells = {}
     for r in payload["rows"][2:]:
         cells.setdefault((r["steps"], r["guidance"], str(r.get("guidance_interval"))), []).append(r)
@@ -107,7 +111,9 @@ def _interval_table(payload, args) -> str:
         fids = [r["fid_own"] for r in rs]
         lines.append(f"| {steps} | {guidance:g} | {interval if guidance != 1 else ''} | "
                      f"{rs[0]['network_rows_per_image']:.0f} | " + " | ".join(f"{v:.3f}" for v in fids)
-                     + (" |" if len(fids) == 2 else " | |") + f" {100 * (sum(fids) / len(fids) / ref - 1):+.0f}% |")
+                     + (" |" if len(fids) == 2 else " | |") + f" {100 * (sum(fids) / len(fids) / ref - 1):+.0f}% | "
+                     + " | ".join(f"{r['cas']:.3f}" if "cas" in r else "" for r in rs)
+                     + (" |" if len(rs) == 2 else " | |"))
     return (f"Command: `python benchmarks/sampler_steps.py {' '.join(sys.argv[1:])}` ({payload['per_class']} images "
             "per class per cell; DPM-Solver++(2M) on its default spacing). Guidance 2 applied only where EDM's noise "
             "level sigma_t/alpha_t lies in the interval (Kynkaanniemi et al. 2024), beside every step (None) and no "
