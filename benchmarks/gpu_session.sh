@@ -8,7 +8,8 @@
 #       --out benchmarks/results/gains_fashion-mnist_gpu \
 #       --preregister benchmarks/preregistration/fashion-mnist_k10-50_seeds300-304.json
 #   QUICK=1 DEVICE=cpu bash benchmarks/gpu_session.sh speed|eval   # the same steps at toy sizes on a CPU
-# Without a registry: WHEELS=dir installs kornia/diffusers wheels into /tmp/site first; FMNIST=dir points at
+# Without a registry: WHEELS=dir installs wheels into /tmp/site first (diffusers and importlib_metadata for speed.py,
+# kornia and kornia_rs for the diffaug CLI of the DDP smoke and the evaluation); FMNIST=dir points at
 # the four Fashion-MNIST IDX .gz files; N_JOBS sets how many evaluation units share the card (default 5).
 set -uo pipefail
 cd "$(dirname "$0")/.."
