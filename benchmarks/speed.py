@@ -12,7 +12,9 @@ Two diffusers baselines, and every ratio names its own: "diffusers" is the eager
 kernels replayed as CUDA graphs, the fairest anchor for diffaug's graphed fast path; default mode elsewhere).
 On CUDA the share of the bf16 peak is given against the matmul peak measured in the run and the card's spec.
 A case with diffaug compiled also records compile's break-even: the extra warm-up seconds over the seconds each
-compiled step saves, i.e. the fit length (in steps) from which `--compile` pays.
+compiled step saves, i.e. the fit length (in steps) from which `--compile` pays, and for sampling the network rows
+(images x steps x 2, guided) from which `Generator.compile` pays. Those are warm-cache figures when `--warm` ran
+first (benchmarks/gpu_session.sh does): the cold ones are in results/speed_<device>_cold.jsonl.
 
 diffusers is a benchmark-only dependency (`pip install -e ".[bench]"`); the library never imports it.
 Writes benchmarks/results/speed_<cpu|cuda>.{json,md} after every measured case (a killed run keeps them).
