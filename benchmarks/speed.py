@@ -228,7 +228,7 @@ def warm(case: Case, system: str, device, train_steps, sample_steps) -> dict:
 
 
 def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_cl):
-    preset, c, hw, batch, sample_batch, compiled, anchor = case
+    preset, c, hw, batch, sample_batch, compiled, _ = case
     systems, train_fn, sample_fn, network = build_systems(case, device, train_steps, sample_steps, extra_cl)
     warmup, sample_warmup = {}, {}
     for name in systems:   # warm-up: cuDNN autotuning, CUDA-graph capture, compilation, allocator

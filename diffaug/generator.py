@@ -21,7 +21,8 @@ from .diffusion.fastpath import GraphedForward
 from .diffusion.noise import ImageNoise
 from .diffusion.objectives import to_x0
 from .diffusion.samplers import get_sampler
-from .diffusion.sampling import GUIDANCE, GUIDANCE_INTERVAL, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec
+from .diffusion.sampling import (GUIDANCE, GUIDANCE_INTERVAL, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec,
+                                 network_rows, trajectory_steps)
 from .diffusion.schedules import alpha_sigma, get_schedule, timesteps
 from .diffusion.step import autocast, prepare_model, resolve_device, sampling_compile_pays, to_unit
 from .diffusion.unet import UNet, UNetConfig
@@ -212,9 +213,9 @@ class Generator:
         self.check_output(n)
         indices = _image_indices(indices, n)
         sample_fn = get_sampler(spec.sampler)
-        steps = spec.steps if t_start == 1.0 else max(1, math.ceil(spec.steps * t_start))
-        guided = labels is not None and spec.guidance != 1.0
-        network = self.network(rows=n * steps * (2 if guided else 1))   # at most this many network rows
+        steps = trajectory_steps(spec.steps, t_start)
+        guidance = spec.guidance if labels is not None else 1.0   # unconditional: one row per step
+        network = self.network(rows=network_rows(n, spec.steps, guidance, t_start))
         batch_size = self.default_batch() if batch_size is None else batch_size
         c, (h, w) = self.channels, self.image_size
         ts = timesteps(steps, t_start, 0.0, schedule=self._schedule, spacing=spec.grid)

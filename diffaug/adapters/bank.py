@@ -19,7 +19,7 @@ from ..checks import check_seed, whole_number
 from ..data import ImageData, image_hash
 from ..diffusion.distributed import from_env, rank_device
 from ..diffusion.sampling import (GUIDANCE, GUIDANCE_INTERVAL, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec,
-                                  strengths_for)
+                                  network_rows, strengths_for)
 from ..errors import DataError, MismatchError
 from ..diffusion.step import resolve_device
 from ..generator import Generator, sampling_batch
@@ -197,9 +197,8 @@ class SampleBank:
         num_shards, shard_index = which_shard(num_shards, shard_index)
         options = dict(steps=steps, sampler=sampler, guidance=guidance, batch_size=batch_size, device=device,
                        progress=progress)
-        guided = 2 if guidance != 1.0 else 1   # network rows per image and step; the whole bank is one job
-        rows = guided * (per_class * gen.num_classes * steps
-                         + sum(math.ceil(steps * s) for s in strengths) * (len(data) if data is not None else 0))
+        rows = network_rows(per_class * gen.num_classes, steps, guidance) + sum(   # the whole bank is one job
+            network_rows(len(data), steps, guidance, s) for s in strengths)
 
         def make_part(folder: Path) -> None:
             with gen.job(rows // num_shards):

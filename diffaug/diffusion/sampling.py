@@ -67,6 +67,18 @@ class SamplingSpec:
         return asdict(self)
 
 
+def trajectory_steps(steps: int, strength: float = 1.0) -> int:
+    """Sampler steps a job runs: all `steps` from noise; for a perturbation to `strength`, ceil(steps * strength)
+    of them, at least one (as diffusers' img2img)."""
+    return steps if strength == 1.0 else max(1, math.ceil(steps * strength))
+
+
+def network_rows(images: int, steps: int, guidance: float, strength: float = 1.0) -> int:
+    """At most how many network rows (an image at one step) a job of `images` images runs: a guided step counts
+    two, also where the guidance interval leaves it unguided. What sampling's compile decision reads."""
+    return images * trajectory_steps(steps, strength) * (2 if guidance != 1.0 else 1)
+
+
 def strengths_for(strength, copies: int) -> list[float]:
     """The strengths of `copies` perturbations of one image: a strength, or a (low, high) range spread evenly
     (the midpoints of `copies` equal parts)."""

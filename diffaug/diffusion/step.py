@@ -59,16 +59,16 @@ def compile_pays(device: torch.device, steps: int | None, minutes: float | None)
 # 20 guided steps; benchmarks/results/speed_cuda*.{md,jsonl}, 2026-11-28): 57.4 us a row graphed, 14.4 us graphed
 # and compiled, ~23 s to compile with cold caches (beside other compiles: an upper bound): ~535,000 rows, about
 # 13,000 images at 20 guided steps or 30 s of uncompiled sampling. With warm caches it paid from ~30,000 rows.
-# Callers count a guided step as two rows even where the guidance interval leaves it unguided (an upper bound: at
-# most 1.7x too many rows with the default interval, so a job near the threshold may compile for a few seconds' loss).
-SAMPLING_COMPILE_PAYS_FROM_ROWS: int | None = 550_000
+# Callers count rows with sampling.network_rows: a guided step counts two even where the guidance interval leaves it
+# unguided (an upper bound: at most 1.7x too many rows with the default interval, so a job near the threshold may
+# compile for a few seconds' loss).
+SAMPLING_COMPILE_PAYS_FROM_ROWS = 550_000
 
 
 def sampling_compile_pays(device: torch.device, rows: int | None) -> bool:
     """Whether compiling the sampling network (Generator.compile=None, the default) pays for a job of `rows`
     network rows on `device`: on CUDA only, past the measured break-even."""
-    return (device.type == "cuda" and rows is not None and SAMPLING_COMPILE_PAYS_FROM_ROWS is not None
-            and rows >= SAMPLING_COMPILE_PAYS_FROM_ROWS)
+    return device.type == "cuda" and rows is not None and rows >= SAMPLING_COMPILE_PAYS_FROM_ROWS
 
 
 def autocast(device: torch.device):
