@@ -45,6 +45,19 @@ def draw_shapes(n_per_class, size=(28, 28), channels=1, num_classes=4, seed=0) -
                                          [f"shape{k}" for k in range(len(counts))])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_hf_cache(tmp_path_factory):
+    """`datasets` caches generated rows by fingerprint: the suite writes its own cache, never the user's, and never
+    reads one a previous run left (a cached expansion makes no sampling calls, which tests count)."""
+    import datasets
+
+    path = str(tmp_path_factory.mktemp("hf_cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_DATASETS_CACHE", path)   # CLI runs in subprocesses
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", path)
+        yield path
+
+
 @pytest.fixture(scope="session")
 def digits_train():
     return diffaug.load_data("digits", "train")

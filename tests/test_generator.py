@@ -215,8 +215,10 @@ def test_banks_and_datasets_decide_compilation_for_the_whole_job_not_per_call(di
                              steps=5, batch_size=4, progress=False)   # copies at strengths 0.3 and 0.5
     whole = 2 * (3 * 10 * 5 + (math.ceil(5 * 0.3) + math.ceil(5 * 0.5)) * 10)   # guided: 2 rows per image and step
     assert len(asked) > 3 and set(asked) == {whole}
+    import datasets
     from diffaug.hf import expand_dataset, perturb_dataset, to_hf_dataset
 
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))   # no rows cached by other tests
     ds = to_hf_dataset(data)
     asked.clear()
     expand_dataset(ds, digits_gen, per_class=2, steps=5, batch_size=4, progress=False)
