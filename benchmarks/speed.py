@@ -10,6 +10,8 @@ alternating, medians over repeats (benchmarks/README.md section 2).
 Two diffusers baselines, and every ratio names its own: "diffusers" is the eager loop of their tutorials, and
 "diffusers + compile" the same loop with the UNet under torch.compile (mode reduce-overhead on CUDA: inductor's
 kernels replayed as CUDA graphs, the fairest anchor for diffaug's graphed fast path; default mode elsewhere).
+Sampling is guided at every step in both systems (the ratios compare that); diffaug's sampling is also timed
+as `Generator.sample` runs by default, guided only in its default noise interval (fewer network rows).
 On CUDA the share of the bf16 peak is given against the matmul peak measured in the run and the card's spec.
 A case with diffaug compiled also records compile's break-even: the extra warm-up seconds over the seconds each
 compiled step saves, i.e. the fit length (in steps) from which `--compile` pays, and for sampling the network rows
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 from diffaug import ImageData, fit  # noqa: E402
+from diffaug.diffusion.sampling import GUIDANCE_INTERVAL  # noqa: E402
 from diffaug.diffusion.step import autocast  # noqa: E402
 from diffaug.diffusion.trainer import TrainConfig, Trainer  # noqa: E402
 from diffaug.diffusion.unet import PRESETS, UNet, count_parameters  # noqa: E402
@@ -183,12 +186,13 @@ def diffaug_step(preset, data, batch, device, compiled: bool):
 
 def build_systems(case: Case, device, train_steps, sample_steps, extra_cl, only: str | None = None):
     """The case's systems (or only the one named `only`): {name: its diffusers loop or None}, their training calls
-    (`train_steps` steps each) and, where the case samples, their sampling calls; and the diffaug network."""
+    (`train_steps` steps each) and, where the case samples, their sampling calls (diffaug's also in its default
+    guidance interval); and the diffaug network."""
     preset, c, hw, batch, sample_batch, compiled, anchor = case
     data = toy_data(c, hw)
     names = (["diffaug", "diffusers"] + ["diffaug + compile"] * compiled + ["diffusers + compile"] * anchor
              + ["diffusers (channels_last)"] * extra_cl)
-    systems, train_fn, sample_fn = {}, {}, {}
+    systems, train_fn, sample_fn, default_fn = {}, {}, {}, {}
     network = UNet(c, 10, PRESETS[preset].unet)
     for name in names if only is None else [only]:
         if name.startswith("diffaug"):   # the fast step, + compile: its network under torch.compile
@@ -205,44 +209,54 @@ def build_systems(case: Case, device, train_steps, sample_steps, extra_cl, only:
         gen = fit(data, preset, 1, device=device, progress=False, batch_size=8)   # a real Generator for sampling
         gen.model.load_state_dict(network.state_dict())
 
-        def sample(compiled):
-            """Guided at every step, as the diffusers loop is (diffaug's default interval runs 24 of the 40 rows);
-            Generator.compile picks the sampling network on CUDA's fast path."""
+        def sample(compiled, interval=None):
+            """Guided at every step (interval None), as the diffusers loop is, or in the library's default
+            interval (what `Generator.sample` does unless told otherwise: fewer network rows); Generator.compile
+            picks the sampling network on CUDA's fast path."""
             gen.compile = compiled
             return gen.sample(torch.arange(sample_batch) % 10, steps=sample_steps, guidance=2.0,
-                              guidance_interval=None, batch_size=sample_batch, progress=False)
+                              guidance_interval=interval, batch_size=sample_batch, progress=False)
         for name in systems:
             if name.startswith("diffaug"):
-                sample_fn[name] = lambda compiled=name == "diffaug + compile": sample(compiled)
-    return systems, train_fn, sample_fn, network
+                compiled = name == "diffaug + compile"
+                sample_fn[name] = lambda compiled=compiled: sample(compiled)
+                default_fn[name] = lambda compiled=compiled: sample(compiled, GUIDANCE_INTERVAL)
+    return systems, train_fn, sample_fn, default_fn, network
 
 
 def warm(case: Case, system: str, device, train_steps, sample_steps) -> dict:
     """Run one system of `case` once, timed, from a cold start: fills torch.compile's on-disk caches (FX graph,
     AOTAutograd, Triton kernels) for a timed run in another process, and gives the cold warm-up seconds."""
-    _, train_fn, sample_fn, _ = build_systems(case, device, train_steps, sample_steps, False, only=system)
+    _, train_fn, sample_fn, default_fn, _ = build_systems(case, device, train_steps, sample_steps, False, only=system)
     seconds = {"train_warmup_seconds_cold": timed(train_fn[system], device)}
     if system in sample_fn:
         seconds["sample_warmup_seconds_cold"] = timed(sample_fn[system], device)
+    if system in default_fn:   # the same graphs: fewer rows per call, the same shapes
+        timed(default_fn[system], device)
     return seconds
 
 
 def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_cl):
     preset, c, hw, batch, sample_batch, compiled, _ = case
-    systems, train_fn, sample_fn, network = build_systems(case, device, train_steps, sample_steps, extra_cl)
+    systems, train_fn, sample_fn, default_fn, network = build_systems(case, device, train_steps, sample_steps,
+                                                                       extra_cl)
     warmup, sample_warmup = {}, {}
     for name in systems:   # warm-up: cuDNN autotuning, CUDA-graph capture, compilation, allocator
         warmup[name] = timed(train_fn[name], device)
         if name in sample_fn:
             sample_warmup[name] = timed(sample_fn[name], device)
+        if name in default_fn:
+            timed(default_fn[name], device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = {name: {"train": [], "sample": []} for name in systems}
+    times = {name: {"train": [], "sample": [], "default": []} for name in systems}
     for _ in range(repeats):   # alternate the systems so drift in the machine hits all of them alike
         for name in systems:
             times[name]["train"].append(timed(train_fn[name], device))
             if name in sample_fn:
                 times[name]["sample"].append(timed(sample_fn[name], device))
+            if name in default_fn:
+                times[name]["default"].append(timed(default_fn[name], device))
     params = {name: count_parameters(network) for name in systems if name.startswith("diffaug")}
     params.update({n: count_parameters(loop.model) for n, loop in systems.items() if loop is not None})
     ours_flops = forward_flops(UNet(c, 10, PRESETS[preset].unet), c, hw, lambda m, x, t, y: m(x, t, y))
@@ -255,6 +269,8 @@ def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_c
                       "train_img_s": train_steps * batch / statistics.median(times[name]["train"]),
                       "warmup_seconds": warmup[name], "sample_warmup_seconds": sample_warmup.get(name),
                       "sample_img_s": sample_batch / sample_s if sample_s else None,
+                      "sample_default_interval_img_s": (sample_batch / statistics.median(times[name]["default"])
+                                                        if times[name]["default"] else None),
                       "train_seconds": times[name]["train"], "sample_seconds": times[name]["sample"]}
     if device.type == "cuda":
         rows["diffaug"]["peak_memory_gib_all_systems"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
@@ -352,8 +368,10 @@ def main() -> None:
                            if r.get("sample_compile_break_even_rows") else "")
             sample_share = (f", {100 * 2 * sample_steps * r['forward_flops'] * r['sample_img_s'] / payload['bf16_peak_flops']:.1f}% of the measured peak"
                             if gpu and r["sample_img_s"] else "")
+            default = (f"; {r['sample_default_interval_img_s']:,.1f} guided in the default interval "
+                       f"{GUIDANCE_INTERVAL}" if r.get("sample_default_interval_img_s") else "")
             sampled = (f"{r['sample_img_s']:,.1f} {ratios(r, 'sample')}, batch {case.sample_batch}{sample_share}"
-                       f"{sample_paid}" if r["sample_img_s"] else "")
+                       f"{sample_paid}{default}" if r["sample_img_s"] else "")
             lines.append(f"| {case.preset} {case.c}x{case.hw}x{case.hw} | {case.batch} | {name} | "
                          f"{r['parameters'] / 1e6:.2f}M | {r['forward_flops'] / 1e9:.3f} | "
                          f"{r['train_img_s']:,.0f} {ratios(r, 'train')}{paid} | {share}{sampled} |")
@@ -367,8 +385,10 @@ def main() -> None:
                  f"{payload['card']}; share = 3 x forward FLOPs x img/s / peak.\n\n" if gpu else "")
         table = (f"Command: `python benchmarks/speed.py --device {args.device}{' --quick' if args.quick else ''}` "
                  f"({payload['precision']}, medians of {repeats} alternating repeats of {train_steps} training steps and "
-                 f"one {sample_steps}-step guided sampling run of the sample batch; diffaug: fast path, DPM-Solver++(2M); "
-                 "diffusers: DDPMScheduler training, DDIMScheduler sampling, CFG batched)\n\n"
+                 f"one {sample_steps}-step guided sampling run of the sample batch, guided at every step in both "
+                 "systems (ratios compare these); diffaug: fast path, DPM-Solver++(2M), also timed guided only in its "
+                 "default interval, as `Generator.sample` runs; diffusers: DDPMScheduler training, DDIMScheduler "
+                 "sampling, CFG batched)\n\n"
                  + where + "\n".join([head, sep, *lines]))
         name = "speed_" + ("cuda" if gpu else "cpu") + ("_quick" if args.quick else "")
         write_results(name, payload, table)   # after every case: a killed run keeps what it measured
