@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from .diffusion.noise import ImageNoise
 from .diffusion.objectives import to_x0
 from .diffusion.samplers import get_sampler
 from .diffusion.sampling import (GUIDANCE, GUIDANCE_INTERVAL, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec,
-                                 network_rows, trajectory_steps)
+                                 guided_at, trajectory_steps)
 from .diffusion.schedules import alpha_sigma, get_schedule, timesteps
 from .diffusion.step import autocast, prepare_model, resolve_device, sampling_compile_pays, to_unit
 from .diffusion.unet import UNet, UNetConfig
@@ -138,16 +137,11 @@ class Generator:
         null = self.num_classes
         prediction = self.config["prediction"]
 
-        def guided(logsnr: float) -> bool:
-            return guidance_interval is None or guidance_interval[0] < math.exp(-0.5 * logsnr) <= guidance_interval[1]
-
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             n = z.shape[0]
             tt = torch.full((n,), float(t), device=z.device)   # t is a host scalar: a fill, not a copy and a sync
-            # the step's logSNR once, on the host: no device sync, and the same scales for an image at any batch size
-            # (per-row transcendentals round differently in vectorised and scalar loops)
-            logsnr = float(self._schedule(torch.tensor([float(t)], dtype=torch.float64)))
-            if labels is None or guidance == 1.0 or not guided(logsnr):
+            logsnr = self._logsnr(t)
+            if labels is None or not guided_at(logsnr, guidance, guidance_interval):
                 y = labels if labels is not None else torch.full((n,), null, device=z.device)
                 out = net(z, tt, y)
             else:
@@ -177,6 +171,26 @@ class Generator:
             fn = torch.compile(self._forward, fullgraph=True, dynamic=False) if compiled else self._forward
             self._graphed[compiled] = GraphedForward(fn)
         return self._graphed[compiled]
+
+    def _logsnr(self, t) -> float:
+        """A step's logSNR, once, on the host: no device sync, and the same scales for an image at any batch size
+        (per-row transcendentals round differently in vectorised and scalar loops)."""
+        return float(self._schedule(torch.tensor([float(t)], dtype=torch.float64)))
+
+    def _time_grid(self, spec: SamplingSpec, t_start: float) -> torch.Tensor:
+        """The times a trajectory of `spec` from `t_start` (1: from noise) steps through; the network runs once
+        at each but the last."""
+        return timesteps(trajectory_steps(spec.steps, t_start), t_start, 0.0, schedule=self._schedule,
+                         spacing=spec.grid)
+
+    def network_rows(self, images: int, spec: SamplingSpec, t_start: float = 1.0, conditional: bool = True) -> int:
+        """The network rows (an image at one network evaluation) a job of `images` trajectories of `spec` from
+        `t_start` runs: two at a guided step, one at a step outside the guidance interval or unguided. What the
+        compile decision reads (step.sampling_compile_pays)."""
+        guidance = spec.guidance if conditional else 1.0
+        per_image = sum(1 + guided_at(self._logsnr(t), guidance, spec.guidance_interval)
+                        for t in self._time_grid(spec, t_start)[:-1])
+        return images * per_image
 
     @contextlib.contextmanager
     def job(self, rows: int):
@@ -213,12 +227,10 @@ class Generator:
         self.check_output(n)
         indices = _image_indices(indices, n)
         sample_fn = get_sampler(spec.sampler)
-        steps = trajectory_steps(spec.steps, t_start)
-        guidance = spec.guidance if labels is not None else 1.0   # unconditional: one row per step
-        network = self.network(rows=network_rows(n, spec.steps, guidance, t_start))
+        network = self.network(rows=self.network_rows(n, spec, t_start, conditional=labels is not None))
         batch_size = self.default_batch() if batch_size is None else batch_size
         c, (h, w) = self.channels, self.image_size
-        ts = timesteps(steps, t_start, 0.0, schedule=self._schedule, spacing=spec.grid)
+        ts = self._time_grid(spec, t_start)
         alpha, sigma = (float(a) for a in alpha_sigma(self._schedule(ts[:1])))
         out = torch.empty((n, c, h, w), dtype=torch.uint8)
         # progress=None: a bar only for multi-batch work on a terminal (tqdm's disable=None)

@@ -1,7 +1,6 @@
 """The Generator artifact: sampling, perturbing, and safe save/load."""
 
 import copy
-import math
 import pickle
 
 import numpy as np
@@ -204,31 +203,41 @@ def test_sampling_compiles_on_cuda_only_past_its_break_even():
 def test_banks_and_datasets_decide_compilation_for_the_whole_job_not_per_call(digits_gen, digits_train, tmp_path,
                                                                               monkeypatch):
     """SampleBank.build and the HF adapters make their images in many sampling calls; whether compiling pays is
-    asked for the whole job's network rows (Generator.job), and a plain call outside a job is asked for its own."""
-    from diffaug import generator
-
-    asked = []
-    monkeypatch.setattr(generator, "sampling_compile_pays", lambda device, rows: asked.append(rows) or False)
-    rows = torch.cat([torch.nonzero(digits_train.labels == c)[:1, 0] for c in range(10)])   # one image per class
-    data = diffaug.ImageData(digits_train.images[rows], digits_train.labels[rows], digits_train.class_names)
-    diffaug.SampleBank.build(digits_gen, tmp_path / "bank", per_class=3, data=data, copies=2, strength=(0.2, 0.6),
-                             steps=5, batch_size=4, progress=False)   # copies at strengths 0.3 and 0.5
-    whole = 2 * (3 * 10 * 5 + (math.ceil(5 * 0.3) + math.ceil(5 * 0.5)) * 10)   # guided: 2 rows per image and step
-    assert len(asked) > 3 and set(asked) == {whole}
+    asked for the whole job's network rows (Generator.job), and a plain call outside a job is asked for its own:
+    exactly the rows the network then runs (guided steps two, steps outside the guidance interval one)."""
     import datasets
+    from diffaug import generator
     from diffaug.hf import expand_dataset, perturb_dataset, to_hf_dataset
 
+    asked, ran = [], [0]
+    monkeypatch.setattr(generator, "sampling_compile_pays", lambda device, rows: asked.append(rows) or False)
+    hook = digits_gen.model.register_forward_pre_hook(lambda m, inputs: ran.__setitem__(0, ran[0] + len(inputs[0])))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))   # no rows cached by other tests
+    rows = torch.cat([torch.nonzero(digits_train.labels == c)[:1, 0] for c in range(10)])   # one image per class
+    data = diffaug.ImageData(digits_train.images[rows], digits_train.labels[rows], digits_train.class_names)
     ds = to_hf_dataset(data)
-    asked.clear()
-    expand_dataset(ds, digits_gen, per_class=2, steps=5, batch_size=4, progress=False)
-    assert len(asked) == 5 and set(asked) == {2 * 20 * 5}
-    asked.clear()
-    perturb_dataset(ds, digits_gen, copies=2, strength=0.5, steps=5, batch_size=4, progress=False)
-    assert len(asked) == 6 and set(asked) == {2 * 2 * 10 * 3}
-    asked.clear()
-    digits_gen.sample([0, 1], steps=5)
-    assert asked == [2 * 2 * 5]
+    jobs = {   # batches of 4 (never one image: the CPU runs a lone image as two rows)
+        "bank": lambda: diffaug.SampleBank.build(digits_gen, tmp_path / "bank", per_class=3, data=data, copies=2,
+                                                 strength=(0.2, 0.6), steps=5, batch_size=4, progress=False),
+        "expand": lambda: expand_dataset(ds, digits_gen, per_class=2, steps=5, batch_size=4, progress=False),
+        "perturb": lambda: perturb_dataset(ds, digits_gen, copies=2, strength=0.5, steps=5, batch_size=4,
+                                           progress=False),
+        "interval": lambda: digits_gen.sample([0, 1, 2, 3], steps=20, guidance_interval=(0.5, 10.0)),
+        "unguided": lambda: digits_gen.sample([0, 1, 2, 3], steps=7, guidance=1.0),
+    }
+    calls = {"bank": 14, "expand": 5, "perturb": 6, "interval": 1, "unguided": 1}
+    counted = {}
+    try:
+        for name, job in jobs.items():
+            asked.clear()
+            ran[0] = 0
+            job()
+            assert len(asked) == calls[name] and set(asked) == {ran[0]}, (name, asked, ran[0])
+            counted[name] = ran[0]
+    finally:
+        hook.remove()
+    assert 4 * 20 < counted["interval"] < 4 * 20 * 2   # some steps guided, not all
+    assert counted["unguided"] == 4 * 7
 
 
 def test_bad_compile_setting_is_refused(digits_gen):

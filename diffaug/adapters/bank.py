@@ -18,8 +18,7 @@ import torch
 from ..checks import check_seed, whole_number
 from ..data import ImageData, image_hash
 from ..diffusion.distributed import from_env, rank_device
-from ..diffusion.sampling import (GUIDANCE, GUIDANCE_INTERVAL, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec,
-                                  network_rows, strengths_for)
+from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec, strengths_for
 from ..errors import DataError, MismatchError
 from ..diffusion.step import resolve_device
 from ..generator import Generator, sampling_batch
@@ -178,7 +177,7 @@ class SampleBank:
         compiled when the bank's network rows pay the compile time back (Generator.job).
         """
         per_class, copies = whole_number(per_class, "per_class", low=0), whole_number(copies, "copies", low=0)
-        SamplingSpec(steps, sampler, guidance=guidance)
+        spec = SamplingSpec(steps, sampler, guidance=guidance)
         device = rank_device(device, from_env())
         if batch_size is None:   # the generator's default on the device it will run on (large on CUDA)
             batch_size = sampling_batch(resolve_device(device) if device is not None else gen.device, gen.image_size)
@@ -191,14 +190,14 @@ class SampleBank:
         meta = {"format": BANK_FORMAT, "format_version": BANK_VERSION, "generator_fingerprint": gen.fingerprint,
                 "class_names": gen.class_names, "image_size": list(gen.image_size), "channels": gen.channels,
                 "per_class": per_class, "copies": copies, "strengths": strengths, "steps": steps, "sampler": sampler,
-                "guidance": guidance, "guidance_interval": list(GUIDANCE_INTERVAL) if GUIDANCE_INTERVAL else None,
+                "guidance": guidance, "guidance_interval": list(spec.guidance_interval) if spec.guidance_interval else None,
                 "seed": seed, "batch_size": batch_size,
                 "data_fingerprint": data.fingerprint() if data is not None else None}
         num_shards, shard_index = which_shard(num_shards, shard_index)
         options = dict(steps=steps, sampler=sampler, guidance=guidance, batch_size=batch_size, device=device,
                        progress=progress)
-        rows = network_rows(per_class * gen.num_classes, steps, guidance) + sum(   # the whole bank is one job
-            network_rows(len(data), steps, guidance, s) for s in strengths)
+        rows = gen.network_rows(per_class * gen.num_classes, spec) + sum(   # the whole bank is one job
+            gen.network_rows(len(data), spec, s) for s in strengths)
 
         def make_part(folder: Path) -> None:
             with gen.job(rows // num_shards):

@@ -18,7 +18,7 @@ import torch
 from .._version import source_digest
 from ..checks import check_seed, check_strength, is_number, whole_number
 from ..data import ImageData, _to_uint8_nchw, hf_column
-from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec, network_rows
+from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec
 from ..errors import DataError, MismatchError, require_extra
 from ..generator import BATCH, Generator
 from ..io import json_digest
@@ -257,7 +257,7 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
         synthetic = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
     else:
         made = sum(min(batch_size, len(labels) - c * batch_size) for c in chunks)   # this shard's images: one job
-        with _progress_bars(progress), gen.job(network_rows(made, steps, guidance)):
+        with _progress_bars(progress), gen.job(gen.network_rows(made, SamplingSpec(steps, sampler, guidance=guidance))):
             synthetic = datasets.Dataset.from_generator(rows, features=features, gen_kwargs={"chunks": chunks},
                                                         num_proc=_procs(num_proc, chunks), fingerprint=fingerprint)
     return _finish(ds, synthetic, include_real=shard_index == 0)
@@ -330,7 +330,8 @@ def perturb_dataset(ds, gen: Generator, copies: int = 1, *, strength: float = ST
                                strength=strength, seed=seed, batch_size=batch_size, steps=steps, sampler=sampler,
                                guidance=guidance, part=[part.start, part.stop], image_column=image_column,
                                label_column=label_column)
-    with _progress_bars(progress), gen.job(copies * network_rows(len(source), steps, guidance, strength)):
+    spec = SamplingSpec(steps, sampler, guidance=guidance)
+    with _progress_bars(progress), gen.job(copies * gen.network_rows(len(source), spec, strength)):
         perturbed = source.map(perturb_batch, batched=True, batch_size=batch_size, with_indices=True, with_rank=True,
                                remove_columns=source.column_names, features=features, new_fingerprint=fingerprint,
                                num_proc=num_proc if num_proc and num_proc > 1 and len(source) > batch_size else None,

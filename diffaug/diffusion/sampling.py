@@ -73,10 +73,12 @@ def trajectory_steps(steps: int, strength: float = 1.0) -> int:
     return steps if strength == 1.0 else max(1, math.ceil(steps * strength))
 
 
-def network_rows(images: int, steps: int, guidance: float, strength: float = 1.0) -> int:
-    """At most how many network rows (an image at one step) a job of `images` images runs: a guided step counts
-    two, also where the guidance interval leaves it unguided. What sampling's compile decision reads."""
-    return images * trajectory_steps(steps, strength) * (2 if guidance != 1.0 else 1)
+def guided_at(logsnr: float, guidance: float, interval: tuple | None) -> bool:
+    """Whether a conditional step at `logsnr` runs guided (two network rows, conditional and null): guidance is
+    not 1 and EDM's noise level sigma/alpha = exp(-logSNR / 2) lies in the interval (low, high] (None: always)."""
+    if guidance == 1.0:
+        return False
+    return interval is None or interval[0] < math.exp(-0.5 * logsnr) <= interval[1]
 
 
 def strengths_for(strength, copies: int) -> list[float]:

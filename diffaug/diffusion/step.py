@@ -59,9 +59,8 @@ def compile_pays(device: torch.device, steps: int | None, minutes: float | None)
 # 20 guided steps; benchmarks/results/speed_cuda*.{md,jsonl}, 2026-11-28): 57.4 us a row graphed, 14.4 us graphed
 # and compiled, ~23 s to compile with cold caches (beside other compiles: an upper bound): ~535,000 rows, about
 # 13,000 images at 20 guided steps or 30 s of uncompiled sampling. With warm caches it paid from ~30,000 rows.
-# Callers count rows with sampling.network_rows: a guided step counts two even where the guidance interval leaves it
-# unguided (an upper bound: at most 1.7x too many rows with the default interval, so a job near the threshold may
-# compile for a few seconds' loss).
+# Callers count a job's rows with Generator.network_rows: two at a guided step, one at a step the guidance interval
+# leaves unguided (with the default interval, 24 of the 40 rows of 20 guided steps).
 SAMPLING_COMPILE_PAYS_FROM_ROWS = 550_000
 
 
