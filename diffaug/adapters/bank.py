@@ -190,7 +190,8 @@ class SampleBank:
         meta = {"format": BANK_FORMAT, "format_version": BANK_VERSION, "generator_fingerprint": gen.fingerprint,
                 "class_names": gen.class_names, "image_size": list(gen.image_size), "channels": gen.channels,
                 "per_class": per_class, "copies": copies, "strengths": strengths, "steps": steps, "sampler": sampler,
-                "guidance": guidance, "guidance_interval": list(spec.guidance_interval) if spec.guidance_interval else None,
+                "guidance": guidance,
+                "guidance_interval": list(spec.guidance_interval) if spec.guidance_interval else None,
                 "seed": seed, "batch_size": batch_size,
                 "data_fingerprint": data.fingerprint() if data is not None else None}
         num_shards, shard_index = which_shard(num_shards, shard_index)

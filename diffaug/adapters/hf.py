@@ -257,7 +257,8 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
         synthetic = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
     else:
         made = sum(min(batch_size, len(labels) - c * batch_size) for c in chunks)   # this shard's images: one job
-        with _progress_bars(progress), gen.job(gen.network_rows(made, SamplingSpec(steps, sampler, guidance=guidance))):
+        spec = SamplingSpec(steps, sampler, guidance=guidance)
+        with _progress_bars(progress), gen.job(gen.network_rows(made, spec)):
             synthetic = datasets.Dataset.from_generator(rows, features=features, gen_kwargs={"chunks": chunks},
                                                         num_proc=_procs(num_proc, chunks), fingerprint=fingerprint)
     return _finish(ds, synthetic, include_real=shard_index == 0)
