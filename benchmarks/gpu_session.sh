@@ -28,7 +28,8 @@ python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) 
 
 case "$stage" in
   speed)
-    # ~9.5 minutes in all (2026-11-28: gpu_check needed more than 110 s beside the compiling warm-ups) (a 15-minute device budget: one call, started once); each step writes as it goes.
+    # ~9.5 minutes in all, one device call (a 15-minute device budget, started once); each step writes as it goes;
+    # 2026-11-28: gpu_check needed more than 110 s beside the compiling warm-ups.
     # torch.compile's cold compiles of the timed cases run first, in parallel processes beside gpu_check (which
     # times nothing): they fill the on-disk caches (FX graph, AOTAutograd, Triton) that the timed run then reads,
     # and record the cold warm-up seconds in results/speed_<device>_cold.jsonl.
@@ -40,7 +41,8 @@ case "$stage" in
     done
     timeout 180 python benchmarks/gpu_check.py --device "$DEVICE" $Q; echo "gpu_check exit $?"
     wait; for i in "${!specs[@]}"; do tail -n 1 "/tmp/speed_warm_$i.log"; done
-    timeout 320 python benchmarks/speed.py --device "$DEVICE" --section gpu $Q; echo "speed exit $?"
+    # the two cases with bars only (2026-11-28: the run of all four cases ended, at 320 s, before `base` b512)
+    timeout 330 python benchmarks/speed.py --device "$DEVICE" --section gpu --cases 0,1 $Q; echo "speed exit $?"
     # DDP smoke on the one card: NCCL (gloo on a CPU) init, the all-reduced step and rank 0's writes, under torchrun
     timeout 40 python -m torch.distributed.run --standalone --nproc-per-node 1 -m diffaug fit digits --steps 60 \
       --device "$DEVICE" --distributed --quiet --overwrite --out /tmp/ddp_smoke.safetensors; echo "ddp smoke exit $?"

@@ -324,6 +324,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--section", choices=["cpu", "gpu"], help="which cases (default: by device); "
                                                                     "--section gpu --quick on a CPU dry-runs the GPU one")
+    parser.add_argument("--cases", help="comma-separated indices of the section's cases to run (default: all); "
+                        "gpu_session.sh times the two cases with bars first, in a run of their own")
     parser.add_argument("--warm", metavar="CASE:SYSTEM", help="run one system of one case (its index in the section) "
                         "once and exit: fills torch.compile's on-disk caches for a later timed run, and appends the "
                         "cold warm-up seconds to results/speed_<device>_cold.jsonl")
@@ -331,6 +333,8 @@ def main() -> None:
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     cases = GPU_CASES if (args.section or ("gpu" if gpu else "cpu")) == "gpu" else CPU_CASES
+    if args.cases and not args.warm:   # (--warm names its case by its index in the whole section)
+        cases = [cases[int(i)] for i in args.cases.split(",")]
     if args.quick:   # same code paths at toy sizes (a CPU dry run of the GPU section)
         cases = [case._replace(hw=8, batch=8, sample_batch=case.sample_batch and 16, compiled=False, anchor=False)
                  for case in cases[:2]]
