@@ -187,15 +187,17 @@ class Generator:
         """The network rows (an image at one network evaluation) a job of `images` trajectories of `spec` from
         `t_start` runs: two at a guided step, one at a step outside the guidance interval or unguided. What the
         compile decision reads (step.sampling_compile_pays)."""
+        return images * self._rows_per_image(self._time_grid(spec, t_start), spec, conditional)
+
+    def _rows_per_image(self, ts: torch.Tensor, spec: SamplingSpec, conditional: bool) -> int:
+        """Network rows of one trajectory over the time grid `ts` (the denoiser's rule, step by step)."""
         guidance = spec.guidance if conditional else 1.0
-        per_image = sum(1 + guided_at(self._logsnr(t), guidance, spec.guidance_interval)
-                        for t in self._time_grid(spec, t_start)[:-1])
-        return images * per_image
+        return sum(1 + guided_at(self._logsnr(t), guidance, spec.guidance_interval) for t in ts[:-1])
 
     @contextlib.contextmanager
     def job(self, rows: int):
         """Inside this block, sampling calls decide whether to compile (`compile=None`) for a whole job of `rows`
-        network rows (images x steps, x 2 where guided), not call by call: for callers that split one large job
+        network rows (`network_rows`), not call by call: for callers that split one large job
         into many calls (SampleBank.build, the Hugging Face adapters)."""
         before, self._job_rows = self._job_rows, max(self._job_rows, int(rows))
         try:
@@ -227,10 +229,10 @@ class Generator:
         self.check_output(n)
         indices = _image_indices(indices, n)
         sample_fn = get_sampler(spec.sampler)
-        network = self.network(rows=self.network_rows(n, spec, t_start, conditional=labels is not None))
+        ts = self._time_grid(spec, t_start)
+        network = self.network(rows=n * self._rows_per_image(ts, spec, conditional=labels is not None))
         batch_size = self.default_batch() if batch_size is None else batch_size
         c, (h, w) = self.channels, self.image_size
-        ts = self._time_grid(spec, t_start)
         alpha, sigma = (float(a) for a in alpha_sigma(self._schedule(ts[:1])))
         out = torch.empty((n, c, h, w), dtype=torch.uint8)
         # progress=None: a bar only for multi-batch work on a terminal (tqdm's disable=None)

@@ -136,4 +136,3 @@ def padded(inputs: tuple, batch: int) -> tuple:
     rows = torch.arange(batch, device=inputs[0].device) % n
     return tuple(a[rows].contiguous(memory_format=torch.channels_last)
                  if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) else a[rows] for a in inputs)
-
