@@ -21,9 +21,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
-from diffaug.evaluation.batched import BatchAugment  # noqa: E402
-from diffaug.evaluation.classical import augment_batch, classical_augment  # noqa: E402
-from diffaug.evaluation.classifier import train_classifier  # noqa: E402
+from diffaug.classify.batched import BatchAugment  # noqa: E402
+from diffaug.classify.classical import augment_batch, classical_augment  # noqa: E402
+from diffaug.classify.training import train_classifier  # noqa: E402
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
-from diffaug.evaluation.batched import BatchAugment  # noqa: E402
-from diffaug.evaluation.classifier import accuracy, train_classifier  # noqa: E402
+from diffaug.classify.batched import BatchAugment  # noqa: E402
+from diffaug.classify.training import accuracy, train_classifier  # noqa: E402
 from diffaug.evaluation.metrics import paired_ci  # noqa: E402
 from diffaug.evaluation.config import EvalConfig  # noqa: E402
-from diffaug.evaluation.classifier import mixed_batches  # noqa: E402
+from diffaug.classify.training import mixed_batches  # noqa: E402
 from diffaug.evaluation.unit import _pools, _quality, reference_for  # noqa: E402
 
 VALIDATION_SHARE = 0.3   # of the training pool, stratified, seed 1 (as benchmarks/gen_budget.py)

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
-from diffaug.evaluation.batched import BatchAugment  # noqa: E402
+from diffaug.classify.batched import BatchAugment  # noqa: E402
 from diffaug.evaluation.metrics import paired_ci  # noqa: E402
 from diffaug.evaluation.config import EvalConfig  # noqa: E402
 from diffaug.evaluation.unit import _pools, train_arm  # noqa: E402
@@ -62,9 +62,9 @@ def unit(pool, validation, fold: int, k: int, seed: int, repeats: int, device: s
     seeds = [(seed + 10_000 * r, seed + 10_000 * r + 1) for r in range(repeats)]   # the streams they were made with
     accs = {}
     for name, (use_pool, classical, augment_synthetic) in VARIANTS.items():
-        _, records = train_arm(subset, syn if use_pool else None, aug if classical else None,
-                               replace(cfg, augment_synthetic=augment_synthetic), seeds, validation.images,
-                               validation.labels, device)
+        _, records = train_arm("classical+synthesize", subset, syn if use_pool else None, aug if classical else None,
+                               replace(cfg, augment_synthetic=augment_synthetic), seeds, cfg.steps_for(len(subset)),
+                               validation.images, validation.labels, device)
         accs[name] = [r["accuracy"] for r in records]
     return {"fold": fold, "k": k, "seed": seed, "accuracy": accs, "seconds": round(time.perf_counter() - t0, 1)}
 

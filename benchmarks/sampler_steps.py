@@ -25,7 +25,7 @@ import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.diffusion.samplers import SAMPLERS  # noqa: E402
 from diffaug.diffusion.schedules import SPACINGS  # noqa: E402
-from diffaug.evaluation.classifier import embed, random_batches, train_classifier  # noqa: E402
+from diffaug.classify.training import embed, random_batches, train_classifier  # noqa: E402
 from diffaug.evaluation.metrics import cas, fid_own  # noqa: E402
 
 STEPS = (5, 10, 20, 50)

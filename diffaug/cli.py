@@ -7,21 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_args import data_args as _data_args, load as _load
+from .cli_evaluate import add_evaluate
 from .errors import DiffaugError
-
-
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="built-in name (digits, fashion-mnist), .npz file, image folder, or saved HF dataset")
-    p.add_argument("--split", default="train", choices=["train", "test", "all"], help="split of a built-in or HF dataset")
-    p.add_argument("--root", help="folder with the Fashion-MNIST IDX files (default: the Debian package's)")
-    p.add_argument("--image-column", default="image", help="HF datasets: the image column")
-    p.add_argument("--label-column", default="label", help="HF datasets: the label column")
-
-
-def _load(args):
-    from .loading import load_data
-    return load_data(args.data, args.split, image_column=args.image_column, label_column=args.label_column,
-                     root=args.root)
 
 
 def _gen_args(p: argparse.ArgumentParser) -> None:
@@ -117,78 +105,6 @@ def cmd_expand(args) -> None:
         print(f"wrote {args.out}", file=sys.stderr)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(0 if t.strip() == "all" else int(t) for t in text.split(","))
-    except ValueError:
-        raise DiffaugError(f"expected comma-separated whole numbers (or 'all'), got {text!r}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(","))
-    except ValueError:
-        raise DiffaugError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _strength(text: str) -> float | tuple[float, ...]:
-    """--strength: one number, or low,high."""
-    values = _floats(text)
-    return values[0] if len(values) == 1 else values
-
-
-def _jobs(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
-
-
-def cmd_evaluate(args) -> None:
-    from .diffusion.distributed import from_env
-    from .evaluation import evaluate
-    from .generator import Generator
-
-    out = Path(args.out)
-    if out.exists() and not (args.resume or args.overwrite) and not args.preregister:
-        raise DiffaugError(f"{out} already exists; pass --resume to continue it (finished runs are reused) "
-                           "or --overwrite to start again")
-    from .loading import is_builtin, load_data
-
-    gen = Generator.load(args.gen) if args.gen else None
-    test = None
-    if args.test:
-        test = load_data(args.test, "test", root=args.root, image_column=args.image_column,
-                         label_column=args.label_column)
-    elif is_builtin(args.data) and args.split == "train":   # a built-in's own test split, as --help says
-        test = load_data(args.data, "test", root=args.root)
-    options = dict(per_class=_ints(args.per_class), seeds=args.seeds, seed_start=args.seed_start,
-                   classical=args.classical,
-                   classifier_steps=args.classifier_steps, batch_size=args.batch_size,
-                   synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
-                   perturb_copies=args.perturb_copies, strength=_strength(args.strength), guidance=args.guidance,
-                   sample_steps=args.sample_steps, filter_confidence=args.filter_confidence, preset=args.preset,
-                   gen_steps=args.gen_steps, metrics=not args.no_metrics, primary=args.primary,
-                   augment_synthetic=args.augment_synthetic, classifier_repeats=args.classifier_repeats,
-                   unlabeled=args.unlabeled, pseudo_label_threshold=args.pseudo_label_threshold)
-    if args.arms:
-        options["arms"] = tuple(args.arms.split(","))
-    if args.preregister:   # write the plan and stop: commit it, then run with --preregistered
-        from .evaluation.protocol import plan_of
-        plan_of(args.preregister, _load(args), test, gen=gen, overwrite=args.overwrite, **options)
-        print(f"wrote {args.preregister}: commit it, then run the same command with --preregistered "
-              f"{args.preregister} instead of --preregister", file=sys.stderr)
-        return
-    result = evaluate(_load(args), test, gen=gen, out_dir=out, n_jobs=args.n_jobs, device=args.device,
-                      progress=not args.quiet, resume=not args.overwrite, preregistered=args.preregistered,
-                      looks=args.looks, **options)
-    if from_env().main:   # under torchrun every rank ends with the whole result; rank 0 reports it
-        print(result.table())
-        print(f"\nreport: {out}/results.md, results.json and plots", file=sys.stderr)
-
-
 def cmd_demo(args) -> None:
     from .demo import run_demo
     run_demo(Path(args.out), overwrite=args.overwrite, progress=not args.quiet)
@@ -215,7 +131,9 @@ def cmd_info(args) -> None:
           + (f"  unlabeled  {c['unlabeled']['count']} images, fingerprint {c['unlabeled']['fingerprint']}, "
              f"{c['unlabeled']['share']:.0%} of each batch\n" if "unlabeled" in c else "")
           + (f"  pseudo     {q['kept']} of them labelled by a classifier of the {q['labelled']} labelled images "
-             f"(confidence >= {q['threshold']}, {q['policy']})\n" if q else "")
+             f"(confidence >= {q['threshold']}, {q['policy']})"
+             + (f"; none of class(es) {', '.join(q['empty_classes'][:10])}" if q.get("empty_classes") else "")
+             + "\n" if q else "")
           + (f"  init       generator {c['init']['fingerprint']} (fitted on data {c['init']['data_fingerprint']}; "
              f"{len(c['init']['matched_classes'])} classes matched by name)\n" if "init" in c else "")
           + f"  weights    fingerprint {gen.fingerprint}")
@@ -302,73 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_expand)
 
-    from dataclasses import fields
-
-    from .evaluation.classical import CLASSICAL
-    from .evaluation.config import ARMS
-    from .evaluation import config as evaluation
-    EVAL = {f.name: f.default for f in fields(evaluation.EvalConfig)}   # one source for the defaults: the Python API's
-    p = sub.add_parser("evaluate", help="measure the downstream gain over classical augmentation, with CIs")
-    _data_args(p)
-    p.add_argument("--out", required=True, help="report folder (results.json, results.md, plots, runs/)")
-    p.add_argument("--gen", help="use this generator in every run (only fair if it saw only training data); "
-                                 "default: fit one per regime and seed on that regime's images only")
-    p.add_argument("--test", help="test data (default: the built-in's test split, else a 50/50 split of DATA)")
-    p.add_argument("--per-class", default=",".join(map(str, EVAL["per_class"])),
-                   help="real images per class, comma-separated ('all' ok)")
-    p.add_argument("--seeds", type=int, default=EVAL["seeds"])
-    p.add_argument("--seed-start", type=int, default=EVAL["seed_start"], help="the runs' seeds are SEED_START .. "
-                   "SEED_START + SEEDS - 1: a confirmatory run takes seeds no earlier run used (default: %(default)s)")
-    p.add_argument("--arms", help=f"comma-separated subset of {','.join(ARMS)} (default: {','.join(EVAL['arms'])})")
-    p.add_argument("--classical", default=EVAL["classical"], help="the classical baseline: 'auto' (the best of a "
-                   "menu, chosen per regime by cross-validation inside the training pool) or a policy, one of "
-                   f"{', '.join(CLASSICAL)}, optionally with (m=MAGNITUDE,p=SHARE) (default: %(default)s)")
-    p.add_argument("--preregister", metavar="FILE", help="write this evaluation's plan (every setting, the data, "
-                   "the code's hash and commit) to FILE and stop; commit it before the run")
-    p.add_argument("--preregistered", metavar="FILE", help="run the evaluation FILE describes (refused if any "
-                   "setting, the data or the code differ) and record it in the report")
-    p.add_argument("--unlabeled", choices=evaluation.UNLABELED, help="rest: the training pool, labels withheld, is "
-                   "unlabelled data; one generator is fitted on it once and each run fine-tunes it on its labelled "
-                   "images and confident pseudo-labels; adds the self-training arm (classical + those "
-                   "pseudo-labels), the fair opponent")
-    p.add_argument("--pseudo-label-threshold", type=float, default=EVAL["pseudo_label_threshold"],
-                   help="--unlabeled: pseudo-labels of at least this confidence (from the classical arm's classifier) "
-                        "train the self-training arm and the generator")
-    p.add_argument("--looks", metavar="LEDGER", help="a JSON ledger of the runs that scored on this test split: "
-                   "this run is added, and the report says how many looks the split has had")
-    p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
-                   f"(default: {evaluation.STEPS_PER_EPOCHS} epochs of the real subset, {evaluation.STEPS_MIN} to "
-                   f"{evaluation.STEPS_MAX})")
-    p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
-                                     "(default: classical+synthesize if run, else synthesize, else perturb)")
-    p.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
-    p.add_argument("--synthetic-share", type=float, default=EVAL["synthetic_share"],
-                   help="share of each batch that is synthetic")
-    p.add_argument("--augment-synthetic", action=argparse.BooleanOptionalAction, default=EVAL["augment_synthetic"],
-                   help="classical+synthesize: the classical augmentation on the synthetic rows too, not only the "
-                        "real ones")
-    p.add_argument("--classifier-repeats", type=int, default=EVAL["classifier_repeats"],
-                   help="classifiers trained per arm and run; a run's accuracy is their mean")
-    p.add_argument("--synthetic-per-class", type=int, default=EVAL["synthetic_per_class"])
-    p.add_argument("--perturb-copies", type=int, default=EVAL["perturb_copies"])
-    p.add_argument("--strength", default=",".join(map(str, EVAL["strength"])), help="perturb strength, or low,high")
-    p.add_argument("--guidance", type=float, default=EVAL["guidance"],
-                   help="classifier-free guidance of the synthetic pools (1 = none)")
-    p.add_argument("--sample-steps", type=int, default=EVAL["sample_steps"])
-    p.add_argument("--filter-confidence", type=float, help="keep synthetic images a real-trained classifier "
-                                                           "gives at least this probability of their class")
-    p.add_argument("--preset", default=EVAL["preset"], choices=list(PRESETS))
-    p.add_argument("--gen-steps", type=int, help="generator fit steps per run (default: "
-                   f"{evaluation.GEN_EPOCHS} epochs of the real subset, {evaluation.GEN_STEPS_MIN} to the preset's "
-                   "default; longer fits of small subsets memorize)")
-    p.add_argument("--no-metrics", action="store_true", help="skip CAS/FID/KID/precision/recall/memorization")
-    p.add_argument("--n-jobs", type=_jobs, default="auto", help="runs in parallel processes (joblib); auto: one "
-                   "per CPU core on a CPU, one on a GPU (default: %(default)s)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--resume", action="store_true", help="continue in an existing --out, reusing finished runs")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
+    add_evaluate(sub)
 
     p = sub.add_parser("demo", help="the whole story on the built-in digits, in minutes: fit, sample, expand, evaluate")
     p.add_argument("--out", default="diffaug-demo", help="folder for everything the demo writes")

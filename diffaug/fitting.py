@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ._version import __version__
+from .classify.pseudo import pseudo_label
 from .data import ImageData, image_hashes
 from .diffusion.step import resolve_device
 from .diffusion.trainer import TrainConfig, Trainer
@@ -34,7 +35,7 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
     weights, of the same preset and image size (its class embedding is matched to these classes by name).
     Both are recorded in the new generator's config; the leakage guard covers their images.
     `pseudo_labels`: a confidence threshold (e.g. 0.7): a classifier trained on `data` labels the unlabelled images
-    it is that sure of, and they train under those labels too, as DPT does (pseudo.py; `pseudo_label_policy` is
+    it is that sure of, and they train under those labels too, as DPT does (classify/pseudo.py; `pseudo_label_policy` is
     that classifier's classical augmentation, by name; None: chosen by cross-validation within `data`).
 
     `options` are further `TrainConfig` fields (batch_size, lr, ema_decay, label_dropout, schedule,
@@ -56,11 +57,10 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
     if pseudo_labels is not None:
         if extra is None:
             raise DataError("pseudo_labels needs unlabelled images to label (unlabeled=...)")
-        from .pseudo import pseudo_label   # here, not at the top: pseudo.py uses the evaluation's classifier
         kept, pseudo = pseudo_label(data, extra, pseudo_labels, pseudo_label_policy, seed=seed,
                                     device=resolve_device(device))
         data = ImageData(torch.cat([data.images, kept.images]), torch.cat([data.labels, kept.labels]),
-                         data.class_names)
+                         data.class_names)   # every class keeps its labelled images, kept ones or not
     start = _init(init, data, preset)
     trainer = Trainer(data, cfg, device=device, out_dir=out_dir, progress=progress, distributed=distributed,
                       timeout_s=timeout_s, unlabeled=extra, init=start[0] if start else None)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from diffaug.evaluation.batched import BatchAugment
+from diffaug.classify.batched import BatchAugment
 
 POLICY = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment, "autoaugment": v2.AutoAugment}
 

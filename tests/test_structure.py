@@ -123,3 +123,29 @@ def test_the_cli_takes_its_sampling_defaults_and_choices_from_the_same_source():
         assert tuple(actions["sampler"].choices) == sampling.SAMPLER_CHOICES
     assert {a.dest: a for a in sub["expand"]._actions}["strength"].default == sampling.STRENGTH
     assert tuple({a.dest: a for a in sub["sample"]._actions}["spacing"].choices) == sampling.SPACING_CHOICES
+
+
+# The rooms of docs/design.md, bottom to top: a module may import its own room and the rooms below it, never one
+# above (lazy imports inside functions included: an arrow is an arrow).
+ROOMS = [("diffaug._version", "diffaug.errors", "diffaug.checks", "diffaug.io"),
+         ("diffaug.data", "diffaug.loading", "diffaug.grid"),
+         ("diffaug.diffusion",),
+         ("diffaug.generator",),
+         ("diffaug.classify",),
+         ("diffaug.fitting",),
+         ("diffaug.adapters", "diffaug.hf"),
+         ("diffaug.evaluation",),
+         ("diffaug.demo", "diffaug.cli", "diffaug.cli_args", "diffaug.cli_evaluate", "diffaug.__main__")]
+
+
+def _room(module: str) -> int:
+    for rank, prefixes in enumerate(ROOMS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return len(ROOMS)   # the package's own __init__: the public face, above everything
+
+
+def test_no_module_imports_a_room_above_its_own():
+    assert all(_room(m) < len(ROOMS) for m in GRAPH if m != "diffaug"), "a module outside every room"
+    upward = sorted((m, n) for m, targets in GRAPH.items() for n in targets if _room(n) > _room(m))
+    assert not upward, f"imports into a room above: {upward}"

@@ -11,7 +11,7 @@ from diffaug import DataError, MismatchError
 from diffaug.cli import main
 from diffaug.diffusion.trainer import TrainConfig, Trainer
 from diffaug.loading import load_unlabeled
-from diffaug.pseudo import pseudo_label
+from diffaug.classify.pseudo import pseudo_label
 
 
 @pytest.fixture(scope="module")
@@ -123,26 +123,28 @@ def test_the_cli_fits_with_unlabelled_images_and_an_init_and_info_shows_them(few
     assert "that is labelled data" in capsys.readouterr().err
 
 
-def test_an_evaluation_with_unlabelled_images_shares_one_pool_generator_and_adds_self_training(digits_train,
-                                                                                                digits_test, tmp_path):
+def test_an_evaluation_with_unlabelled_images_fits_a_pool_generator_per_seed_and_adds_the_opponents(digits_train,
+                                                                                                  digits_test, tmp_path):
     from diffaug.evaluation.protocol import check_leakage
     result = diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=2, gen_steps=10,
                               gen_batch_size=16, classifier_steps=20, batch_size=16, synthetic_per_class=4,
-                              perturb_copies=1, sample_steps=2, metrics=False, classical="crop", out_dir=tmp_path,
+                              sample_steps=2, metrics=False, classical="crop", fixmatch_ratio=1, out_dir=tmp_path,
                               progress=False)
-    pool = result.config["pool_generator"]
-    assert pool is not None and len(list((tmp_path / "runs").glob("pool-generator-*.safetensors"))) == 1
-    pool_gen = diffaug.Generator.load(next((tmp_path / "runs").glob("pool-generator-*.safetensors")))
-    assert pool_gen.fingerprint == pool["fingerprint"] and pool_gen.config["unlabeled"]["share"] == 1.0
-    check_leakage(pool_gen, digits_train, digits_test)   # fitted on the training pool only
+    pools = result.config["pool_generators"]
+    files = sorted((tmp_path / "runs").glob("pool-generator-*.safetensors"))
+    assert len(pools) == len(files) == 2
+    for path in files:
+        pool_gen = diffaug.Generator.load(path)
+        assert pool_gen.fingerprint in {g["fingerprint"] for g in pools.values()}
+        assert pool_gen.config["unlabeled"]["share"] == 1.0
+        check_leakage(pool_gen, digits_train, digits_test)   # fitted on the training pool only
     for unit in result.units:
-        assert "self-training" in unit["arms"]
+        assert {"self-training", "fixmatch", "fixmatch+synthesize", "self-training+synthesize"} <= set(unit["arms"])
         kept = unit["kept_after_filter"]["pseudo_labels"]
-        assert kept["unlabeled"] == len(digits_train) - 30 and 0 < kept["kept"] <= kept["unlabeled"]
-        assert unit["generator"]["init"] == pool["fingerprint"]   # every unit fine-tuned the one pool generator
-    assert "vs_self_training" in result.summary["3"]["primary"] and "vs self-training" in result.table()
-    with pytest.raises(DataError, match="needs unlabelled images"):
-        diffaug.evaluation.EvalConfig(arms=("classical", "synthesize", "self-training"))
+        assert kept["unlabeled"] == len(digits_train) - 30 and 0 <= kept["kept"] <= kept["unlabeled"]
+        assert unit["generator"]["init"] == pools[str(unit["seed"])]["fingerprint"]   # its seed's pool generator
+    assert result.config["primary"] == "fixmatch+synthesize"
+    assert "self-training" in result.summary["3"]["primary"]["headline"] and "vs self-training" in result.table()
 
 
 def test_fit_pseudo_labels_the_confident_unlabelled_images(few_and_many, digits_train, tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Measuring downstream gains: the protocol (regimes x seeds x arms), the reference classifier, classical
 baselines, generator-quality metrics and the report."""
 
-from .classical import CLASSICAL, classical_augment
-from .classifier import SmallCNN, train_classifier
+from ..classify.classical import CLASSICAL, classical_augment
+from ..classify.networks import SmallCNN
+from ..classify.training import train_classifier
 from .metrics import cas, fid_own, kid_own, memorization, paired_ci, precision_recall
 from .config import ARMS, EvalConfig
 from .protocol import EvalResult, evaluate

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from scipy import linalg, stats
 
+from ..classify.training import accuracy, random_batches, train_classifier
+
 
 def fid_own(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017), own features."""
@@ -175,8 +177,6 @@ def cas(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor, t
         num_classes: int, steps: int = 800, batch_size: int = 128, seed: int = 0, device="cpu") -> float:
     """Classification Accuracy Score (Ravuri & Vinyals 2019): train the reference classifier on `images`
     (synthetic) only, report its accuracy on real test images."""
-    from .classifier import accuracy, random_batches, train_classifier
-
     model = train_classifier(random_batches(images, labels, batch_size, seed), images.shape[1], num_classes,
                              steps=steps, seed=seed, device=device)
     return accuracy(model, test_images, test_labels, device)

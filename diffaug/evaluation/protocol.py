@@ -2,8 +2,10 @@
 
 One *unit* is a (real images per class k, seed) pair: draw the stratified subset, fit a generator on that
 subset only, build the synthetic pools, then train the same classifier for every arm with the same
-optimizer steps, batch size and seed. Units are independent: they run in parallel (joblib) and each
-finished unit is cached as JSON in `out_dir/runs/`, so an interrupted evaluation resumes where it stopped.
+optimizer steps, batch size and seed. Units run in parallel (joblib) and each finished unit is cached as JSON in
+`out_dir/runs/`, so an interrupted evaluation resumes where it stopped. What units share is named: the reference
+feature network (metrics only) and, labelled-only, each regime's classical choice; with unlabelled images the
+pool generator is fitted once per seed (shared by that seed's regimes) and the classical choice is made per unit.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from ..fitting import fit
 from ..generator import Generator
 from ..loading import is_builtin, load_data
 from .cache import cached, gather_units, load_json, store, store_json
-from .config import BASELINE, CONTROL, SELF_TRAINING, EvalConfig
+from .config import BASELINE, CONTROL, LEARNERS, EvalConfig, pool_seed
 from .metrics import holm, paired_bootstrap, paired_ci, unpack_bits
-from .policies import AUTO, MENU, RULE, Policy, select
+from ..classify.networks import check_factory, factory_key, resolve_classifier
+from ..classify.policies import AUTO, MENU, RULE, Policy, select
 from .registry import check_preregistered, preregister, record_look
 from .unit import reference_for, run_unit
 
@@ -47,10 +50,19 @@ class EvalResult:
         return markdown_table(self)
 
 
+def opponents(cfg: EvalConfig) -> list[str]:
+    """The arms the primary arm is compared with in the headline: the tuned classical arm, the primary's dose
+    control and, with unlabelled images, every semi-supervised learner run (each tuned for itself)."""
+    found = [BASELINE, cfg.primary + CONTROL, *LEARNERS]
+    return [a for a in found if a in cfg.arms and a != cfg.primary]
+
+
 def summarize(units: list, cfg: EvalConfig, n_test: int) -> dict:
     """Per regime: mean/std of every arm's accuracy, the paired difference of every arm against the baseline and
-    of each mixing arm against its dose control, the declared primary arm's gains (t-interval over seeds, and a
-    paired bootstrap over seeds and test images), and Holm-corrected comparisons of every diffusion arm."""
+    of each mixing arm against its dose control; the declared primary arm against each of its opponents (t-interval
+    over seeds, a paired bootstrap over seeds and test images, and Holm's correction over every headline
+    comparison of the evaluation, all regimes together), the strongest non-diffusion opponent named; and
+    Holm-corrected comparisons of every diffusion arm with the baseline."""
     summary = {}
     for k in cfg.per_class:
         rows = sorted((u for u in units if u["k"] == k), key=lambda u: u["seed"])
@@ -67,25 +79,36 @@ def summarize(units: list, cfg: EvalConfig, n_test: int) -> dict:
                 s["vs_" + BASELINE][arm] = paired_ci(acc[arm] - acc[BASELINE])
             if arm + CONTROL in cfg.arms:
                 s["vs_control"][arm] = paired_ci(acc[arm] - acc[arm + CONTROL])
-        primary, control = cfg.primary, cfg.primary + CONTROL
-        s["primary"] = {"arm": primary, "gain": s["vs_" + BASELINE][primary],
-                        "bootstrap": paired_bootstrap(_correct(rows, primary, n_test),
-                                                      _correct(rows, BASELINE, n_test))}
-        if control in cfg.arms:
-            s["primary"].update(control=control, vs_control=s["vs_control"][primary],
-                                bootstrap_vs_control=paired_bootstrap(_correct(rows, primary, n_test),
-                                                                      _correct(rows, control, n_test)))
-        if SELF_TRAINING in cfg.arms:   # with unlabelled images, the fair opponent
-            s["primary"].update(vs_self_training=paired_ci(acc[primary] - acc[SELF_TRAINING]),
-                                bootstrap_vs_self_training=paired_bootstrap(_correct(rows, primary, n_test),
-                                                                            _correct(rows, SELF_TRAINING, n_test)))
+        primary = cfg.primary
+        headline = {opp: {"ci": paired_ci(acc[primary] - acc[opp]),
+                          "bootstrap": paired_bootstrap(_correct(rows, primary, n_test), _correct(rows, opp, n_test))}
+                    for opp in opponents(cfg)}
+        standing = [a for a in (BASELINE, *LEARNERS) if a in cfg.arms]
+        s["primary"] = {"arm": primary, "gain": headline[BASELINE]["ci"], "bootstrap": headline[BASELINE]["bootstrap"],
+                        "headline": headline, "strongest": max(standing, key=lambda a: s["arms"][a]["mean"])}
+        if primary + CONTROL in headline:
+            s["primary"].update(control=primary + CONTROL, vs_control=headline[primary + CONTROL]["ci"],
+                                bootstrap_vs_control=headline[primary + CONTROL]["bootstrap"])
         s["holm"] = holm({arm: acc[arm] - acc[BASELINE] for arm in cfg.diffusion_arms})
         if any("quality" in u for u in rows):
             q = [u["quality"] for u in rows if "quality" in u]
             s["quality"] = {m: float(np.mean([x[m] for x in q]))
                             for m in ("cas", "fid_own", "kid_own", "precision", "recall", "memorization_rate")}
         summary[str(k)] = s
+    _correct_headlines(summary, units, cfg)
     return summary
+
+
+def _correct_headlines(summary: dict, units: list, cfg: EvalConfig) -> None:
+    """Holm over every headline comparison of the evaluation (the primary arm against each opponent, in every
+    regime): each gets its adjusted p-value and a Bonferroni interval; the family's size is recorded."""
+    diffs = {}
+    for k, s in summary.items():
+        rows = sorted((u for u in units if str(u["k"]) == k), key=lambda u: u["seed"])
+        for opp in s["primary"]["headline"]:
+            diffs[k, opp] = [u["arms"][cfg.primary]["accuracy"] - u["arms"][opp]["accuracy"] for u in rows]
+    for (k, opp), h in holm(diffs).items():
+        summary[k]["primary"]["headline"][opp].update(holm=h, family=len(diffs))
 
 
 def _correct(rows: list, arm: str, n_test: int) -> np.ndarray:
@@ -101,13 +124,16 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     data: the training pool (ImageData, a built-in name or a path); test: the test split (default: the
     built-in's test split, else a stratified half of `data`, seed 0). `gen`: a generator used as-is in every
     unit (only fair if it saw nothing but training data); by default each unit fits its own on its subset.
-    `classifier`: a factory (in_channels, num_classes) -> nn.Module replacing the reference CNN.
+    `classifier`: the downstream network of every arm: a name ('smallcnn', 'smallcnn(width=32)', 'resnet18'),
+    'module:function', or a factory (in_channels, num_classes) -> nn.Module (functools.partial and closures too);
+    built once before any work to check it. A factory whose identity cannot be written down (a closure over an
+    object) runs uncached: no unit is read from or written to out_dir/runs.
     `n_jobs`: units run at once in separate processes, or "auto" (see `jobs_for`).
     `preregistered`: a file `plan_of` wrote before the run; the run must be the one it describes.
     `looks`: a ledger file of the runs that scored on this test split; this run is added and counted.
     `options` are `EvalConfig` fields. With `out_dir`, finished units are cached there and a report is written.
     """
-    cfg, train, test, split_note, context = _prepare(data, test, gen, classifier, options)
+    cfg, train, test, split_note, context, classifier = _prepare(data, test, gen, classifier, options)
     if not (n_jobs == "auto" or (isinstance(n_jobs, (int, np.integer)) and not isinstance(n_jobs, bool)
                                  and n_jobs >= 1)):
         raise DataError(f"n_jobs must be a whole number >= 1 or 'auto', got {n_jobs!r}")
@@ -117,6 +143,10 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     tag = cfg.key(**{k: v for k, v in context.items() if k not in ("data", "baseline", "baseline_rule")},
                   generator=gen.fingerprint if gen is not None else None)
     runs = Path(out_dir) / "runs" if out_dir is not None else None
+    if context["classifier"] is None and runs is not None:
+        warnings.warn("the classifier factory cannot be named for the cache (it closes over something that is not "
+                      "a plain value), so this evaluation reads and writes no cached units", stacklevel=2)
+        runs = None
     ranks = from_env()   # under torchrun each rank runs its share of the units; all of them then read every unit
     if ranks.active and runs is None:
         raise DataError("an evaluation spread over torchrun's ranks needs out_dir (the ranks share units through it)")
@@ -131,14 +161,15 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     n_jobs = jobs_for(max(len(todo), len(MENU)), device) if n_jobs == "auto" else n_jobs
     _note_shared_gpu(n_jobs, device)
     threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs)) if n_jobs != 1 else None
+    # with unlabelled images the labels beyond each unit's subset are withheld: each unit chooses within its own
     selection = {str(k): _classical_for(k, train, cfg, tag, runs, ranks, device, classifier, n_jobs, threads)
-                 for k in cfg.per_class} if cfg.classical == AUTO else {}   # str keys: as results.json has them
+                 for k in cfg.per_class} if cfg.classical == AUTO and not cfg.unlabeled else {}   # str keys: JSON's
     reference = reference_for(train, test, cfg, device)
     policies = {int(k): Policy.parse(sel["winner"]) for k, sel in selection.items()}
-    pool_gen = _pool_generator(train, cfg, tag, runs, ranks, device, progress) if cfg.unlabeled and gen is None \
-        else None
+    pool_gens = {seed: _pool_generator(train, cfg, tag, runs, ranks, device, progress, seed)
+                 for seed in sorted({seed for _, seed in todo})} if cfg.unlabeled and gen is None else {}
     for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference,
-                         policies, pool_gen):
+                         policies, pool_gens):
         if runs is not None:
             store(runs, unit, tag)
         units.append(unit)
@@ -149,10 +180,12 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
               "classifier": context["classifier"], "reference_network": reference.info,
               "device": str(resolve_device(device)), "cache_key": tag, "source": context["source"],
               "classical_selection": selection, "baseline_rule": context["baseline_rule"],
-              "pool_generator": {"fingerprint": pool_gen.fingerprint, "steps": pool_gen.config["train"]["steps"],
-                                 "seconds": pool_gen.config["train"]["seconds"]} if pool_gen else None,
-              "preregistration": prereg, "headline": f"primary arm declared in advance: {cfg.primary}; all diffusion "
-                                                    "arms also compared with Holm correction"}
+              "pool_generators": {str(seed): {"fingerprint": g.fingerprint, "steps": g.config["train"]["steps"],
+                                              "seconds": g.config["train"]["seconds"]} for seed, g in pool_gens.items()},
+              "preregistration": prereg, "opponents": opponents(cfg),
+              "headline": f"primary arm declared in advance: {cfg.primary}, against each of {opponents(cfg)} with "
+                          "Holm's correction over all of those comparisons in every regime; all diffusion arms also "
+                          "compared with the baseline, Holm-corrected"}
     if looks is not None and ranks.main:
         config["looks_at_test_split"] = record_look(looks, context["test"], {
             "date": datetime.date.today().isoformat(), "out": str(out_dir), "seeds": cfg.seed_list,
@@ -173,7 +206,7 @@ def plan_of(path, data="digits", test=None, *, gen: Generator | None = None, cla
     those that only say how to run it (out_dir, n_jobs, device, progress, resume, looks) are not part of a plan."""
     options = {k: v for k, v in options.items() if k not in ("out_dir", "n_jobs", "device", "progress", "resume",
                                                              "looks")}
-    cfg, _, _, _, context = _prepare(data, test, gen, classifier, options)
+    cfg, _, _, _, context, _ = _prepare(data, test, gen, classifier, options)
     return preregister(path, asdict(cfg), context, overwrite=overwrite)
 
 
@@ -187,27 +220,27 @@ def _prepare(data, test, gen, classifier, options):
     if gen is not None and (gen.image_size != train.size or gen.channels != train.channels):
         raise DataError(f"the generator makes {gen.channels}x{gen.image_size} images, the data is "
                         f"{train.channels}x{train.size}")
-    classifier_name = "SmallCNN" if classifier is None else f"{classifier.__module__}.{classifier.__qualname__}"
+    factory = resolve_classifier(classifier)
+    check_factory(factory, train.channels, train.num_classes)
     rule = RULE if cfg.classical == AUTO else f"fixed: {Policy.parse(cfg.classical).label}"
     context = {"data": split_note, "train": train.fingerprint(), "test": test.fingerprint(),
-               "classifier": classifier_name, "diffaug": __version__, "source": source_digest(),
+               "classifier": factory_key(classifier if classifier is None else factory), "diffaug": __version__, "source": source_digest(),
                "baseline": BASELINE, "baseline_rule": rule}
-    return cfg, train, test, split_note, context
+    return cfg, train, test, split_note, context, (None if classifier is None else factory)
 
 
-POOL_SEED = 1   # the pool generator's fit: one per evaluation, shared by every unit
-
-
-def _pool_generator(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, progress) -> Generator:
-    """The evaluation's unlabelled generator: fitted once on the training pool's images under the null class
-    (unlabeled_share=1: no labelled row is drawn, the labels are never read), cached in runs/; every unit
-    fine-tunes it on its labelled subset. Never sees a test image."""
-    path = runs / f"pool-generator-{tag}.safetensors" if runs is not None else None
+def _pool_generator(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, progress,
+                    seed: int) -> Generator:
+    """Seed `seed`'s unlabelled generator: fitted on the training pool's images under the null class
+    (unlabeled_share=1: no labelled row is drawn, the labels are never read), cached in runs/; every unit of that
+    seed fine-tunes it on its labelled subset. One per seed, so its variability enters the intervals over seeds.
+    Never sees a test image."""
+    path = runs / f"pool-generator-seed{seed}-{tag}.safetensors" if runs is not None else None
     while path is not None and not path.exists() and ranks.active and not ranks.main:
         time.sleep(1.0)
     if path is not None and path.exists():
         return Generator.load(path, device=resolve_device(device))
-    pool_gen = fit(train, cfg.preset, cfg.gen_steps_for(len(train)), seed=POOL_SEED, device=device,
+    pool_gen = fit(train, cfg.preset, cfg.gen_steps_for(len(train)), seed=pool_seed(seed), device=device,
                    progress=progress, batch_size=cfg.gen_batch_size, distributed=False, unlabeled=train.images,
                    unlabeled_share=1.0)
     if path is not None:
@@ -293,7 +326,7 @@ def _splits(data, test):
 
 
 def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference, policies,
-             pool_gen):
+             pool_gens):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
@@ -301,13 +334,13 @@ def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, p
         for k, seed in todo:
             bar.set_postfix(k=k, seed=seed)
             yield run_unit(train, test, k, seed, cfg, gen, device, classifier, reference=reference,
-                           classical=policies.get(k), pool_gen=pool_gen)
+                           classical=policies.get(k), pool_gen=pool_gens.get(seed))
             bar.update(1)
     else:
         from joblib import Parallel, delayed
-        pool_gen = pool_gen.to("cpu") if pool_gen is not None else None
+        pool_gens = {seed: g.to("cpu") for seed, g in pool_gens.items()}
         jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, classifier, threads, reference.to("cpu"),
-                                  policies.get(k), pool_gen) for k, seed in todo)
+                                  policies.get(k), pool_gens.get(seed)) for k, seed in todo)
         for unit in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
             yield unit
             bar.update(1)

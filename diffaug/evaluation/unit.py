@@ -5,7 +5,7 @@ steps, batch size and seeds, and score the generator's samples."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -18,28 +18,45 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..io import digest
-from .classifier import confident, embed, fit_classifier, predict_proba, random_batches, train_classifier
-from .config import PLAN, EvalConfig, unit_streams
+from ..classify.policies import AUTO, Policy, select
+from ..classify.semi import self_train, with_rows
+from ..classify.training import confident, embed, fit_classifier, predict_proba, random_batches, train_classifier
+from .config import BASELINE, PLAN, SELF_TRAINING, EvalConfig, unit_streams
 from .metrics import cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall
-from .policies import Policy
 
 
-def train_arm(subset: ImageData, pool, aug, cfg: EvalConfig, replicates: list, test_images, test_labels, device,
-              factory: Callable | None = None) -> tuple[torch.nn.Module, list[dict]]:
-    """One arm of one unit: a classifier per replicate seed pair on batches of the real `subset` (plus the rows
-    of `pool`, if any, at `cfg.synthetic_share`) with the classical augmentation `aug` (or None), each scored on
-    the test images. Replicate r has the same seeds in every arm (weights, batch indices and augmentation draws;
-    fit_classifier seeds torch's RNG for the per-image reference augmentation): the arms stay paired.
-    Returns replicate 0's model and, per replicate, its accuracy and which test images it got right."""
+def train_arm(arm: str, subset: ImageData, pool, aug, cfg: EvalConfig, replicates: list, steps: int, test_images,
+              test_labels, device, factory: Callable | None = None, unlabeled: torch.Tensor | None = None,
+              teachers: list | None = None) -> tuple[list, list[dict]]:
+    """One arm of one unit: a classifier per replicate seed pair, trained by the arm's learner (PLAN: supervised on
+    the real `subset`; self-training from `teachers[r]`; FixMatch on `unlabeled`) with the rows of `pool`, if any,
+    at `cfg.synthetic_share` and the classical augmentation `aug` (or None), each for exactly `steps` optimizer
+    steps and scored on the test images. Replicate r has the same seeds in every arm (weights, batch indices and
+    augmentation draws; fit_classifier seeds torch's RNG for the per-image reference augmentation): the arms stay
+    paired. Returns the models and, per replicate, its accuracy, which test images it got right, the optimizer
+    steps its loop counted and what its learner reports."""
+    learner = PLAN[arm][2]
     share = cfg.synthetic_share if pool else 0.0
-    first, records = None, []
-    for seeds in replicates:
-        model = fit_classifier(subset, aug, seeds, cfg.steps_for(len(subset)), cfg.batch_size, device, pool=pool,
-                               share=share, augment_synthetic=cfg.augment_synthetic, factory=factory)
-        first = model if first is None else first
+    mixing = dict(pool=pool, share=share, factory=factory)
+    models, records = [], []
+    for r, seeds in enumerate(replicates):
+        extra = {}
+        if learner is None:
+            model = fit_classifier(subset, aug, seeds, steps, cfg.batch_size, device,
+                                   augment_synthetic=cfg.augment_synthetic, **mixing)
+        elif learner == SELF_TRAINING:
+            model, _, rounds = self_train(subset, unlabeled, teachers[r], aug, seeds, steps, cfg.batch_size, device,
+                                          threshold=cfg.self_training_threshold, rounds=cfg.self_training_rounds,
+                                          augment_synthetic=cfg.augment_synthetic, **mixing)
+            extra = {"kept_per_round": [h["kept"] for h in rounds]}
+        else:
+            model, mask = cfg.fixmatch.train(subset, unlabeled, seeds, steps, cfg.batch_size, device, **mixing)
+            extra = {"mask_rate": mask}
         correct = predict_proba(model, test_images, device).argmax(1) == test_labels.cpu()
-        records.append({"accuracy": correct.float().mean().item(), "correct": correct})
-    return first, records
+        models.append(model)
+        records.append({"accuracy": correct.float().mean().item(), "correct": correct,
+                        "optimizer_steps": model.optimizer_steps, **extra})
+    return models, records
 
 
 def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device) -> dict:
@@ -59,18 +76,19 @@ def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device
     return pools
 
 
-def _pseudo_labels(model, train: ImageData, subset: ImageData, cfg: EvalConfig, device):
-    """The unlabelled images (the training pool less the subset) the classical classifier labels with confidence
-    >= cfg.pseudo_label_threshold, with those labels: the self-training arm's pool (a standard semi-supervised
-    baseline: Lee 2013; FixMatch's confidence threshold) and, as DPT does, more labelled rows for the generator."""
+def _rest(train: ImageData, subset: ImageData) -> torch.Tensor:
+    """The unlabelled images of a unit: the training pool less the subset's images (no label is read)."""
     known = {bytes(x.numpy()) for x in subset.images}
-    rest = [i for i, x in enumerate(train.images) if bytes(x.numpy()) not in known]
-    images, withheld = train.images[rest], train.labels[rest]
-    keep, labels = confident(model, images, cfg.pseudo_label_threshold, device)
-    info = {"share_kept": float(keep.float().mean()), "kept": int(keep.sum()), "unlabeled": len(rest),
-            # for the report only (training never reads the withheld labels): how right the pseudo-labels are
-            "pseudo_label_accuracy": float((labels[keep] == withheld[keep]).float().mean())}
-    return (images[keep].to(device), labels[keep].to(device)), info
+    return train.images[[i for i, x in enumerate(train.images) if bytes(x.numpy()) not in known]]
+
+
+def _pseudo_labels(model, unlabeled: torch.Tensor, threshold: float, num_classes: int, device):
+    """The unlabelled images `model` labels with confidence >= threshold, with those labels: as DPT does, more
+    labelled rows for the generator."""
+    keep, labels = confident(model, unlabeled, threshold, device)
+    info = {"share_kept": float(keep.float().mean()), "kept": int(keep.sum()), "unlabeled": len(unlabeled),
+            "threshold": threshold, "per_class": torch.bincount(labels[keep], minlength=num_classes).tolist()}
+    return (unlabeled[keep], labels[keep]), info
 
 
 def _target(pool, model, num_classes: int):
@@ -133,10 +151,11 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
              device="cpu", factory: Callable | None = None, threads: int | None = None,
              reference: Reference | None = None, classical: Policy | None = None,
              pool_gen: Generator | None = None) -> dict:
-    """One (k, seed) unit: the subset; the arms that need no generator (real, classical, dose controls,
-    self-training); the generator, fitted on the subset only or, with cfg.unlabeled, fine-tuned from `pool_gen` on
-    the subset plus the classical classifier's confident pseudo-labels and the unlabelled pool; its pools; the
-    arms that mix them in; metrics. `classical`: this regime's tuned baseline policy (None: cfg.classical)."""
+    """One (k, seed) unit: the subset; the arms that need no generator (real, classical, dose controls, the
+    semi-supervised learners); the generator, fitted on the subset only or, with cfg.unlabeled, fine-tuned from
+    `pool_gen` on the subset plus the labeller's confident pseudo-labels and the unlabelled pool; its pools; the
+    arms that mix them in; metrics. `classical`: this regime's tuned baseline policy (None: cfg.classical; with
+    unlabelled images and cfg.classical "auto", chosen here by cross-validation within the labelled subset)."""
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
@@ -144,46 +163,54 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     streams = unit_streams(k, seed, cfg.classifier_repeats)
     subset = train.subset(per_class=k, seed=streams["subset"]) if k else train
     t0 = time.perf_counter()
+    unlabeled = _rest(train, subset) if cfg.unlabeled else None
+    steps = cfg.steps_for(len(subset) + (len(unlabeled) if unlabeled is not None else 0))
+    selection = None
+    if classical is None and cfg.classical == AUTO:   # labels withheld: only the subset's labels choose
+        selection = select(subset, 0, steps, cfg.batch_size, cfg.hflip, device, factory)
+        classical = Policy.parse(selection["winner"])
     policy = classical or Policy.parse(cfg.classical)
     aug = policy.build(train.size, cfg.hflip)
     pools = {"real": (subset.images.to(device), subset.labels.to(device))}   # what a dose control mixes in
     arms, models, kept = {}, {}, {}
 
     def run(arm: str) -> None:
-        pool_name, augmented = PLAN[arm]
+        pool_name, augmented, learner = PLAN[arm]
         pool = pools.get(pool_name)
-        if pool is not None and pool_name not in ("real", "pseudo") and cfg.filter_confidence is not None:
+        if pool is not None and pool_name != "real" and cfg.filter_confidence is not None:
             if "real" not in models:
                 raise DataError("filter_confidence needs the 'real' arm (its classifier does the filtering)")
-            pool, kept[arm] = _filter(pool, models["real"], cfg.filter_confidence)
+            pool, kept[arm] = _filter(pool, models["real"][0], cfg.filter_confidence)
         t1 = time.perf_counter()
-        arm_cfg = replace(cfg, augment_synthetic=True) if pool_name == "pseudo" else cfg   # pseudo rows: like real
-        models[arm], records = train_arm(subset, pool, aug if augmented else None, arm_cfg, streams["replicates"],
-                                         reference.test_images, reference.test_labels, device, factory)
+        models[arm], records = train_arm(arm, subset, pool, aug if augmented else None, cfg, streams["replicates"],
+                                         steps, reference.test_images, reference.test_labels, device, factory,
+                                         unlabeled, models.get(BASELINE))
         correct = torch.stack([r["correct"] for r in records]).float().mean(0)   # per test image, over replicates
         arms[arm] = {"accuracy": float(np.mean([r["accuracy"] for r in records])),
                      "replicates": [r["accuracy"] for r in records],
                      "per_class": per_class_accuracy(correct, reference.test_labels.cpu(), train.num_classes),
                      "correct": [pack_bits(r["correct"]) for r in records],
-                     "optimizer_steps": cfg.steps_for(len(subset)), "batch_size": cfg.batch_size,
-                     "synthetic_share": cfg.synthetic_share if pool else 0.0,
-                     "classical": policy.label if augmented else None, "seconds": round(time.perf_counter() - t1, 2)}
+                     "optimizer_steps": [r["optimizer_steps"] for r in records], "batch_size": cfg.batch_size,
+                     "synthetic_share": cfg.synthetic_share if pool else 0.0, "learner": learner,
+                     "classical": policy.label if augmented else None, "seconds": round(time.perf_counter() - t1, 2),
+                     **{key: [r[key] for r in records] for key in ("kept_per_round", "mask_rate") if key in records[0]}}
 
-    # the real-only model filters the pools; the classical arm's model pseudo-labels the unlabelled images
-    first = [a for a in ("real", "classical") if a in cfg.arms]
+    # the real-only model filters the pools; the classical arm's models teach self-training's first round
+    first = [a for a in ("real", BASELINE) if a in cfg.arms]
     for arm in first:
         run(arm)
-    if cfg.unlabeled:
-        pools["pseudo"], kept["pseudo_labels"] = _pseudo_labels(models["classical"], train, subset, cfg, device)
-    for arm in (a for a in cfg.arms if a not in first and PLAN[a][0] in (None, "real", "pseudo")):
+    for arm in (a for a in cfg.arms if a not in first and PLAN[a][0] in (None, "real")):
         run(arm)
     t_fit = time.perf_counter()
     given = gen is not None
     if gen is None:
         labelled = subset
-        if cfg.unlabeled:   # DPT-style: the confident pseudo-labels train the generator's classes too
-            labelled = ImageData(torch.cat([subset.images, pools["pseudo"][0].cpu()]),
-                                 torch.cat([subset.labels, pools["pseudo"][1].cpu()]), subset.class_names)
+        if cfg.unlabeled:   # DPT: the labeller's confident pseudo-labels train the generator's classes too
+            labeller = models[cfg.labeller][0] if cfg.labeller in models else models[BASELINE][0]
+            rows, kept["pseudo_labels"] = _pseudo_labels(labeller, unlabeled, cfg.pseudo_label_threshold,
+                                                         subset.num_classes, device)
+            kept["pseudo_labels"]["labeller"] = cfg.labeller if cfg.labeller in models else BASELINE
+            labelled = with_rows(subset, *rows)
         gen = fit(labelled, cfg.preset, cfg.gen_steps_for(len(labelled)), seed=streams["generator"], device=device,
                   progress=False, batch_size=cfg.gen_batch_size, augment=cfg.gen_augment,
                   distributed=False,   # one process, even under torchrun
@@ -191,8 +218,8 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
                   unlabeled_share=cfg.unlabeled_share)
     fit_s = time.perf_counter() - t_fit
     pools.update(_pools(gen, subset, cfg, streams["pools"], device))
-    if cfg.target_classes and "synthesize" in pools and "classical" in models:
-        pools["synthesize"], kept["targeted"] = _target(pools["synthesize"], models["classical"], subset.num_classes)
+    if cfg.target_classes and "synthesize" in pools and BASELINE in models:
+        pools["synthesize"], kept["targeted"] = _target(pools["synthesize"], models[BASELINE][0], subset.num_classes)
     pools_s = time.perf_counter() - t_fit - fit_s
     for arm in (a for a in cfg.arms if a not in arms):
         run(arm)
@@ -203,7 +230,10 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
             "generator": {"given": given, "fingerprint": gen.fingerprint,
                           "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
                           "steps": gen.config["train"]["steps"], "init": gen.config.get("init", {}).get("fingerprint")},
-            "pools_seconds": round(pools_s, 1)}
+            "pools_seconds": round(pools_s, 1), "classifier_steps": steps,
+            "unlabeled": len(unlabeled) if unlabeled is not None else 0}
+    if selection is not None:
+        unit["classical_selection"] = selection
     if "synthesize" in pools:   # a preview grid for the report: the first 8 synthetic images of every class
         images, labels = (t.cpu() for t in pools["synthesize"])
         unit["_arrays"] = {"samples": torch.cat([images[labels == c][:8] for c in range(train.num_classes)])}

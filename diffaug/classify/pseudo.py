@@ -6,24 +6,41 @@ and the evaluation's self-training arm and its generators use the same rule."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .checks import is_number
-from .data import ImageData
-from .errors import DataError
-from .evaluation.classifier import confident, fit_classifier
-from .evaluation.config import EvalConfig
-from .evaluation.policies import AUTO, FOLDS, Policy, select
+from ..checks import is_number
+from ..data import ImageData
+from ..errors import DataError
+from .policies import AUTO, FOLDS, Policy, select
+from .training import confident, fit_classifier, steps_for
 
-THRESHOLD = EvalConfig.pseudo_label_threshold   # one default for fit and the evaluation (its measurement there)
+# The generator's pseudo-label threshold, one default for fit and the evaluation. The classifier's label smoothing
+# (0.1) caps its confidence near 0.91, so 0.9 kept only ~1/3 of digits' unlabelled images; 0.7 keeps ~3/4, 99%
+# right, and gave the diffusion arm +1.15 [+0.06, +2.24] over 0.9 on a validation split
+# (benchmarks/results/sweep_digits_unlabeled.md)
+THRESHOLD = 0.7
+BATCH_SIZE = 128
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """The unlabelled images a classifier was sure of, with its labels. Unlike ImageData, a class may have none:
+    a high threshold can keep no image of a class, which is a result to report, not an error."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 def pseudo_label(data: ImageData, unlabeled: torch.Tensor, threshold: float = THRESHOLD, policy: str | None = None,
-                 seed: int = 0, device="cpu") -> tuple[ImageData, dict]:
-    """The unlabelled images a classifier trained on `data` labels with confidence >= `threshold`, as ImageData
-    with those labels, and a record of how they were made.
+                 seed: int = 0, device="cpu") -> tuple[PseudoLabels, dict]:
+    """The unlabelled images a classifier trained on `data` labels with confidence >= `threshold`, with those
+    labels, and a record of how they were made (`per_class` counts, `empty_classes` the classes none was kept of).
 
     The classifier is the evaluation's (SmallCNN, its steps for len(data) images, batch 128); `policy` is its
     classical augmentation, by name (e.g. "trivialaugment(m=0.5)"); None or "auto" picks it from the evaluation's
@@ -31,22 +48,22 @@ def pseudo_label(data: ImageData, unlabeled: torch.Tensor, threshold: float = TH
     if not (is_number(threshold) and 0 < threshold <= 1):
         raise DataError(f"the pseudo-label threshold must lie in (0, 1], got {threshold!r}")
     t0 = time.perf_counter()
-    cfg = EvalConfig(per_class=(0,))
-    steps = cfg.steps_for(len(data))
+    steps = steps_for(len(data), BATCH_SIZE)
     choice = None
     if policy in (None, AUTO):
         if min(data.class_counts()) < FOLDS:
             raise DataError(f"choosing the pseudo-labelling classifier's augmentation by {FOLDS}-fold cross-validation "
                             f"needs {FOLDS} labelled images per class (the fewest has {min(data.class_counts())}); "
                             "name a policy instead, e.g. 'trivialaugment(m=0.5)'")
-        choice = select(data, 0, steps, cfg.batch_size, False, device)
+        choice = select(data, 0, steps, BATCH_SIZE, False, device)
         policy = choice["winner"]
     rule = Policy.parse(policy)
-    model = fit_classifier(data, rule.build(data.size), (seed, seed + 1), steps, cfg.batch_size, device)
+    model = fit_classifier(data, rule.build(data.size), (seed, seed + 1), steps, BATCH_SIZE, device)
     keep, labels = confident(model, unlabeled, threshold, device)
-    kept = ImageData(unlabeled[keep], labels[keep], data.class_names)
+    kept = PseudoLabels(unlabeled[keep], labels[keep])
+    per_class = np.bincount(labels[keep].numpy(), minlength=data.num_classes).tolist()
     info = {"threshold": threshold, "policy": rule.label, "kept": int(keep.sum()), "of": len(unlabeled),
-            "per_class": np.bincount(labels[keep].numpy(), minlength=data.num_classes).tolist(),
+            "per_class": per_class, "empty_classes": [n for n, c in zip(data.class_names, per_class) if c == 0],
             "classifier_steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
     if choice is not None:
         info["policy_selection"] = {"mean": choice["mean"], "rule": choice["rule"]}

@@ -1,5 +1,6 @@
-"""The fixed downstream classifier: a small BatchNorm CNN, the batches an arm trains on, and its short one-cycle
-training loop.
+"""Training the downstream classifier: the batches an arm trains on, the short one-cycle loop every arm, the
+policy selection and pseudo-labelling share (supervised here; semi.py adds self-training and FixMatch on the same
+loop), its budget in optimizer steps, and prediction.
 
 Ideas from fast small-data training (e.g. Keller Jordan's CIFAR-10 speedruns): BatchNorm, label smoothing,
 SGD with Nesterov momentum and a one-cycle LR, augmentation applied to whole batches on the device.
@@ -17,37 +18,7 @@ from ..data import ImageData
 from ..diffusion.step import to_unit
 from .batched import BatchAugment
 from .classical import augment_batch
-
-
-class SmallCNN(nn.Module):
-    """conv-BN-ReLU x4 with two early poolings, global average pooling, a linear head; any input >= 4x4.
-
-    Pooling right after the first conv and width 16 are CPU choices: measured on 2 cores at batch 128,
-    a 28x28 step takes 0.043 s (800 steps: ~35 s) against 0.25 s for width 32 without early pooling.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, width: int = 16):
-        super().__init__()
-
-        def block(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-        w = width
-        self.features = nn.Sequential(block(in_channels, w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2),
-                                      block(2 * w, 4 * w), block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1),
-                                      nn.Flatten())
-        self.head = nn.Linear(4 * w, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: what own-feature FID/KID and precision/recall are computed on."""
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def default_classifier(in_channels: int, num_classes: int) -> nn.Module:
-    return SmallCNN(in_channels, num_classes)
+from .networks import Factory, default_classifier
 
 
 BatchFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -88,45 +59,82 @@ def mixed_batches(real: ImageData, pool, share: float, batch_size: int, aug, see
     return next_batch
 
 
+# Optimizer steps when not given: 50 epochs of the rows an arm learns from, at least 500 (low-data regimes converge
+# well within that) and at most 5000 (~11 epochs of Fashion-MNIST's 60k at batch 128).
+STEPS_PER_EPOCHS, STEPS_MIN, STEPS_MAX = 50, 500, 5000
+
+
+def steps_for(n_rows: int, batch_size: int) -> int:
+    """Classifier optimizer steps for n_rows training rows: STEPS_PER_EPOCHS epochs, clipped to [STEPS_MIN,
+    STEPS_MAX]. With unlabelled images the rows are the labelled and the unlabelled ones together, so a
+    semi-supervised learner is not starved of passes over its pool."""
+    return int(min(STEPS_MAX, max(STEPS_MIN, round(STEPS_PER_EPOCHS * n_rows / batch_size))))
+
+
 def fit_classifier(real: ImageData, aug, seeds: tuple[int, int], steps: int, batch_size: int, device, *,
                    pool=None, share: float = 0.0, augment_synthetic: bool = True,
-                   factory: Callable[[int, int], nn.Module] | None = None) -> nn.Module:
+                   factory: Factory | None = None) -> nn.Module:
     """A fresh classifier trained on `real` (plus `pool`'s rows at `share`) with the classical augmentation `aug`:
     mixed_batches and train_classifier with one seed pair (weights and batch indices from seeds[0], augmentation
-    draws from seeds[1]). The one way the evaluation's arms, its policy selection and pseudo-labelling train."""
+    draws from seeds[1]). The one way the evaluation's supervised arms, its policy selection and pseudo-labelling
+    train."""
     batches = mixed_batches(real, pool, share, batch_size, aug, seeds, device, augment_synthetic)
     return train_classifier(batches, real.channels, real.num_classes, steps=steps, seed=seeds[0], device=device,
                             factory=factory)
 
 
-def train_classifier(next_batch: BatchFn, in_channels: int, num_classes: int, *, steps: int = 800,
-                     lr: float = 0.05, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
-                     device="cpu", factory: Callable[[int, int], nn.Module] | None = None) -> nn.Module:
-    """Train a fresh classifier for exactly `steps` optimizer steps on batches from `next_batch(step_seed)`.
-
-    `next_batch` returns (uint8 images (B,C,H,W), labels (B,)); images are scaled to [-1, 1] on the device.
-    """
-    torch.manual_seed(seed)   # weight init: every arm of one seed starts from the same weights
+def new_classifier(factory: Factory | None, in_channels: int, num_classes: int, seed: int, device) -> nn.Module:
+    """A freshly initialised network from `factory` (SmallCNN by default), weights seeded: every arm of one seed
+    starts from the same weights."""
+    torch.manual_seed(seed)
     model = (factory or default_classifier)(in_channels, num_classes).to(device)
     # channels_last: oneDNN's and cuDNN's convolutions are faster in NHWC (SmallCNN on 2 CPU cores, batch 128:
     # 1.5x per step at 8x8, 1.3x at 28x28); a model without 4-D weights is unchanged by it
-    model = model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last)
+
+
+def as_input(x: torch.Tensor, device) -> torch.Tensor:
+    """uint8 images as the network's input: [-1, 1] floats on the device, channels_last."""
+    x = to_unit(x.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+def optimize(model: nn.Module, loss_at: Callable[[int], torch.Tensor], steps: int, lr: float = 0.05,
+             weight_decay: float = 5e-4) -> nn.Module:
+    """Exactly `steps` SGD steps (Nesterov, one-cycle LR) on `loss_at(step)`; the count of steps taken is kept on
+    the model as `optimizer_steps`, so a caller can check what ran rather than what was asked."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     # One-cycle: linear warm-up over the first 20% of steps, then linear decay to zero.
     warm = max(1, steps // 5)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
     model.train()
+    taken = 0
     for step in range(steps):
-        x, y = next_batch(step)
-        x, y = to_unit(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
-        loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+        loss = loss_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        taken += 1
+    model.optimizer_steps = taken
     return model.eval()
+
+
+def train_classifier(next_batch: BatchFn, in_channels: int, num_classes: int, *, steps: int = 800,
+                     lr: float = 0.05, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
+                     device="cpu", factory: Factory | None = None) -> nn.Module:
+    """Train a fresh classifier for exactly `steps` optimizer steps on batches from `next_batch(step)`.
+
+    `next_batch` returns (uint8 images (B,C,H,W), labels (B,)); images are scaled to [-1, 1] on the device.
+    """
+    model = new_classifier(factory, in_channels, num_classes, seed, device)
+
+    def loss_at(step):
+        x, y = next_batch(step)
+        return F.cross_entropy(model(as_input(x, device)), y.to(device, non_blocking=True),
+                               label_smoothing=label_smoothing)
+    return optimize(model, loss_at, steps, lr, weight_decay)
 
 
 @torch.no_grad()
@@ -145,13 +153,10 @@ def embed(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int 
 
 
 def confident(model: torch.nn.Module, images: torch.Tensor, threshold: float, device) -> tuple[torch.Tensor, ...]:
-    """(which images to keep, their predicted labels) for uint8 images; at least the single most confident image
-    is kept, so a mixing arm always has rows."""
+    """(which images to keep, their predicted labels) for uint8 images. Keeping none, or none of some class, is a
+    valid outcome (a high threshold on a label-smoothed classifier): callers report it."""
     confidence, labels = predict_proba(model, images, device).max(1)
-    keep = confidence >= threshold
-    if not keep.any():
-        keep[confidence.argmax()] = True
-    return keep, labels
+    return confidence >= threshold, labels
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="cpu") -> float:

@@ -18,7 +18,7 @@ from ..data import ImageData
 from ..errors import DataError
 from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, classical_augment
-from .classifier import accuracy, fit_classifier
+from .training import accuracy, fit_classifier
 
 AUTO = "auto"
 FOLDS = 3          # each pool image validated on once; 3 folds of digits' 898 images hold ~300 each

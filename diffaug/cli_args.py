@@ -1,0 +1,50 @@
+"""Argument helpers the `diffaug` sub-commands share: the DATA options and loading, and parsers of list options."""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import DiffaugError
+
+
+def data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="built-in name (digits, fashion-mnist), .npz file, image folder, or saved HF dataset")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"], help="split of a built-in or HF dataset")
+    p.add_argument("--root", help="folder with the Fashion-MNIST IDX files (default: the Debian package's)")
+    p.add_argument("--image-column", default="image", help="HF datasets: the image column")
+    p.add_argument("--label-column", default="label", help="HF datasets: the label column")
+
+
+def load(args):
+    from .loading import load_data
+    return load_data(args.data, args.split, image_column=args.image_column, label_column=args.label_column,
+                     root=args.root)
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(0 if t.strip() == "all" else int(t) for t in text.split(","))
+    except ValueError:
+        raise DiffaugError(f"expected comma-separated whole numbers (or 'all'), got {text!r}") from None
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise DiffaugError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def strength(text: str) -> float | tuple[float, ...]:
+    """--strength: one number, or low,high."""
+    values = floats(text)
+    return values[0] if len(values) == 1 else values
+
+
+def jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
