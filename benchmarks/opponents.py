@@ -1,0 +1,112 @@
+"""The semi-supervised opponents' own knobs, each chosen by THAT learner's validation accuracy (never by a diffusion
+arm's): self-training's confidence threshold and rounds, FixMatch's threshold and unlabelled ratio.
+
+    python benchmarks/opponents.py --per-class 10 --seeds 5
+
+A validation split (30% of the training pool, stratified, seed 1: as sweep.py) is scored; the rest of the pool is
+the evaluation's pool: per seed, k labelled images per class drawn from it, the remainder unlabelled (labels never
+read), the classical policy named with --classical (default: the one the earlier unlabelled sweep used), and every
+variant trained with the evaluation's budget (steps for the labelled plus unlabelled rows) and the seed's streams.
+Writes results/opponents_<dataset>.{json,md} after every seed (a killed run keeps what it has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import diffaug  # noqa: E402
+from _common import write_results  # noqa: E402
+from diffaug.classify import FixMatch, accuracy, fit_classifier, self_train  # noqa: E402
+from diffaug.classify.policies import Policy  # noqa: E402
+from diffaug.evaluation.config import EvalConfig, unit_streams  # noqa: E402
+from diffaug.evaluation.metrics import paired_ci  # noqa: E402
+from diffaug.evaluation.unit import _rest  # noqa: E402
+
+VALIDATION_SHARE, SEED_START = 0.3, 500   # as sweep.py: validation seeds, no test split is scored
+SELF_TRAINING = [{"threshold": t, "rounds": r} for t, r in itertools.product((0.5, 0.7, 0.9), (1, 2))]
+FIXMATCH = [{"threshold": t, "ratio": m} for t, m in itertools.product((0.8, 0.95), (1, 2))]
+
+
+def one_seed(pool, validation, k: int, seed: int, classical: str) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    cfg = EvalConfig(per_class=(k,))
+    streams = unit_streams(k, seed, 1)
+    subset = pool.subset(per_class=k, seed=streams["subset"])
+    unlabeled = _rest(pool, subset)
+    steps = cfg.steps_for(len(subset) + len(unlabeled))
+    seeds = streams["replicates"][0]
+    aug = Policy.parse(classical).build(pool.size)
+    score = lambda m: accuracy(m, validation.images, validation.labels)   # noqa: E731
+    t0 = time.perf_counter()
+    teacher = fit_classifier(subset, aug, seeds, steps, cfg.batch_size, "cpu")
+    out = {"seed": seed, "steps": steps, "classical": score(teacher), "self-training": {}, "fixmatch": {}}
+    for v in SELF_TRAINING:
+        model, _, history = self_train(subset, unlabeled, teacher, aug, seeds, steps, cfg.batch_size, "cpu", **v)
+        out["self-training"][_name(v)] = {"accuracy": score(model), "kept": [h["kept"] for h in history]}
+    for v in FIXMATCH:
+        model, mask = FixMatch(**v).train(subset, unlabeled, seeds, steps, cfg.batch_size, "cpu")
+        out["fixmatch"][_name(v)] = {"accuracy": score(model), "mask_rate": mask}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _name(variant: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in variant.items())
+
+
+def report(args, rows: list, classical: str) -> None:
+    lines, chosen = [], {}
+    base = np.array([r["classical"] for r in rows])
+    for learner in ("self-training", "fixmatch"):
+        means = {}
+        for name in rows[0][learner]:
+            acc = np.array([r[learner][name]["accuracy"] for r in rows])
+            means[name] = acc.mean()
+            ci = paired_ci(acc - base)
+            lines.append(f"| {learner} | `{name}` | {100 * acc.mean():.2f} | {100 * ci['mean']:+.2f} "
+                         f"[{100 * ci['ci_low']:+.2f}, {100 * ci['ci_high']:+.2f}] |")
+        chosen[learner] = max(means, key=lambda n: (means[n], -list(means).index(n)))
+    seeds = [r["seed"] for r in rows]
+    table = (f"Command: `python benchmarks/opponents.py {' '.join(sys.argv[1:])}`. {args.dataset}, {args.per_class} "
+             f"labelled images per class, the rest of the pool unlabelled; seeds {seeds}; validation split: "
+             f"{VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), never the test split; classical "
+             f"policy `{classical}` (validation accuracy {100 * base.mean():.2f}%); one classifier per variant and "
+             f"seed, {rows[0]['steps']} steps. Each learner's knobs are chosen by its own mean validation accuracy "
+             f"(ties: the earlier row). Chosen: self-training `{chosen['self-training']}`, FixMatch "
+             f"`{chosen['fixmatch']}`.\n\n| learner | knobs | validation accuracy (%) | vs classical (points, 95% CI) |"
+             "\n| --- | --- | --- | --- |\n" + "\n".join(lines))
+    write_results(f"opponents_{args.dataset}", {"validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
+                                                "classical": classical, "chosen": chosen, "seeds": rows}, table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seed-start", type=int, default=SEED_START)
+    parser.add_argument("--classical", default="trivialaugment(m=1,p=0.5)")
+    parser.add_argument("--n-jobs", type=int, default=2)
+    args = parser.parse_args()
+    pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
+    from joblib import Parallel, delayed
+    seeds = range(args.seed_start, args.seed_start + args.seeds)
+    rows = []
+    jobs = (delayed(one_seed)(pool, validation, args.per_class, s, args.classical) for s in seeds)
+    for row in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
+        rows.append(row)
+        rows.sort(key=lambda r: r["seed"])
+        print(f"seed {row['seed']}: {row['seconds']} s", flush=True)
+        report(args, rows, args.classical)
+
+
+if __name__ == "__main__":
+    main()
