@@ -76,12 +76,28 @@ def cmd_sample(args) -> None:
     print(f"wrote {out}: {len(images)} images", file=sys.stderr)
 
 
+LARGEST = 0   # --balance without N: every class up to the largest class's count
+
+
+def _balance(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 of images per class, got {text!r}")
+    return n
+
+
 def cmd_expand(args) -> None:
     from .diffusion.distributed import from_env, rank_device
     from .generator import Generator
 
-    if args.mode == "synthesize" and (args.per_class is None) == (args.ratio is None):
-        raise DiffaugError("give --per-class N or --ratio R")
+    given = [name for name, value in (("--per-class", args.per_class), ("--ratio", args.ratio),
+                                      ("--balance", args.balance)) if value is not None]
+    if args.mode == "synthesize" and len(given) != 1:
+        raise DiffaugError("give one of --per-class N, --ratio R or --balance [N]" +
+                           (f", not {' and '.join(given)} together" if given else ""))
     from . import hf
     import datasets
 
@@ -98,7 +114,9 @@ def cmd_expand(args) -> None:
     if args.mode == "perturb":
         options.update(copies=args.copies, strength=args.strength)
     else:
-        options.update(per_class=args.per_class, ratio=args.ratio)
+        options.update(per_class="balance" if args.balance is not None else args.per_class, ratio=args.ratio)
+        if args.balance not in (None, LARGEST):
+            options["balance_to"] = args.balance
     by_hand = args.num_shards > 1 or args.shard_index   # else: one shard per torchrun rank, or one in all
     if hf.expand_to_disk(ds, gen, args.out, mode=args.mode, num_shards=args.num_shards if by_hand else None,
                          shard_index=args.shard_index if by_hand else None, overwrite=args.overwrite, **options):
@@ -208,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for datasets.Dataset.save_to_disk")
     p.add_argument("--per-class", type=int, help="synthetic images per class")
     p.add_argument("--ratio", type=float, help="synthetic images per class = ratio x the class's real count")
+    p.add_argument("--balance", nargs="?", const=LARGEST, type=_balance, metavar="N",
+                   help="fill every class up to the largest class's real count, or to N images")
     p.add_argument("--mode", default="synthesize", choices=["synthesize", "perturb"], help="synthesize: new rows "
                    "per class (expand_dataset); perturb: copies of the real rows (perturb_dataset)")
     p.add_argument("--copies", type=int, default=1, help="perturb: copies per real image")

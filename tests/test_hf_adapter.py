@@ -171,3 +171,31 @@ def test_perturb_with_several_processes_gives_the_same_rows(ds, digits_gen):
                           num_proc=2, progress=False)
     assert one["diffaug_source_index"] == two["diffaug_source_index"]
     assert pixels(one["image"]).tobytes() == pixels(two["image"]).tobytes()
+
+
+def test_balance_fills_every_class_to_the_largest_or_to_a_number(digits_gen, digits_train, tmp_path, capsys):
+    from diffaug.cli import main
+
+    counts = [2, 5, 1, 3, 4, 2, 6, 1, 2, 3]   # a long tail: the largest class has 6 real images
+    keep = np.concatenate([np.flatnonzero(digits_train.labels.numpy() == c)[:n] for c, n in enumerate(counts)])
+    uneven = to_hf_dataset(digits_train.select(np.sort(keep)))
+    out = expand_dataset(uneven, digits_gen, per_class="balance", progress=False)
+    assert np.bincount(out["label"], minlength=10).tolist() == [6] * 10
+    synthetic = np.array(out["label"])[np.array(out["diffaug_synthetic"])]
+    assert np.bincount(synthetic, minlength=10).tolist() == [6 - n for n in counts]
+    again = expand_dataset(out, digits_gen, per_class="balance", progress=False)   # balanced already: nothing to add
+    assert len(again) == len(out)
+    to_four = expand_dataset(uneven, digits_gen, per_class="balance", balance_to=4, progress=False)
+    assert np.bincount(to_four["label"], minlength=10).tolist() == [max(4, n) for n in counts]
+    with pytest.raises(DataError, match="balance_to= goes with"):
+        expand_dataset(uneven, digits_gen, per_class=3, balance_to=4)
+    uneven.save_to_disk(str(tmp_path / "uneven"))
+    gen_file = tmp_path / "g.safetensors"
+    digits_gen.save(gen_file)
+    assert main(["expand", str(tmp_path / "uneven"), "--gen", str(gen_file), "--balance", "--out",
+                 str(tmp_path / "balanced"), "--quiet"]) == 0
+    import datasets
+    assert np.bincount(datasets.load_from_disk(str(tmp_path / "balanced"))["label"]).tolist() == [6] * 10
+    assert main(["expand", str(tmp_path / "uneven"), "--gen", str(gen_file), "--balance", "--per-class", "3",
+                 "--out", str(tmp_path / "both")]) == 2
+    assert "not --per-class and --balance together" in capsys.readouterr().err

@@ -120,10 +120,19 @@ def _real_counts(ds, label_column: str, num_classes: int) -> np.ndarray:
     return np.bincount(labels, minlength=num_classes)
 
 
-def _counts(ds, label_column: str, gen: Generator, per_class, ratio) -> list[int]:
+BALANCE = "balance"
+
+
+def _counts(ds, label_column: str, gen: Generator, per_class, ratio, balance_to=None) -> list[int]:
     if (per_class is None) == (ratio is None):
-        raise DataError("pass exactly one of per_class= (an int or a {class: count} dict) and ratio=")
-    if ratio is not None:
+        raise DataError(f"pass exactly one of per_class= (an int, a {{class: count}} dict or {BALANCE!r}) and ratio=")
+    if balance_to is not None and per_class != BALANCE:
+        raise DataError(f"balance_to= goes with per_class={BALANCE!r}")
+    if per_class == BALANCE:   # every class's final count: the largest class's, or balance_to
+        have = np.bincount(hf_column(ds, label_column), minlength=gen.num_classes)   # made rows count: the result
+        target = int(have.max()) if balance_to is None else whole_number(balance_to, "balance_to", low=1)
+        counts = [max(0, target - int(c)) for c in have]
+    elif ratio is not None:
         if not is_number(ratio) or not 0 < ratio < math.inf:
             raise DataError(f"ratio must be a positive finite number, got {ratio!r}")
         counts = [int(round(ratio * c)) for c in _real_counts(ds, label_column, gen.num_classes)]
@@ -207,13 +216,14 @@ def _finish(ds, synthetic, include_real: bool):
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *, ratio: float | None = None,
-                   image_column: str = "image", label_column: str = "label", seed: int = 0,
+def expand_dataset(ds, gen: Generator, per_class: int | Mapping | str | None = None, *, ratio: float | None = None,
+                   balance_to: int | None = None, image_column: str = "image", label_column: str = "label", seed: int = 0,
                    batch_size: int = BATCH, steps: int = SAMPLE_STEPS, sampler: str = SAMPLER,
                    guidance: float = GUIDANCE, device=None, num_shards: int = 1, shard_index: int = 0,
                    splits=("train",), num_proc: int | None = None, progress: bool = True):
-    """The real rows plus synthetic rows: `per_class` new images of every class (or a {class: n} dict, e.g.
-    to rebalance), or `ratio` x each class's real count (rows an earlier expansion made are not counted).
+    """The real rows plus synthetic rows: `per_class` new images of every class (or a {class: n} dict; or
+    "balance": every class filled up to the largest class's count, or to `balance_to`, so that the result is
+    balanced), or `ratio` x each class's real count (rows an earlier expansion made are not counted).
     Features are kept; provenance columns are added beside the real rows without rewriting them.
 
     A `DatasetDict` is expanded in `splits` (default: train; "all": every split), each split with its own
@@ -224,7 +234,7 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
     """
     if isinstance(ds, datasets.DatasetDict):
         return _per_split(ds, splits, seed, lambda part, split_seed: expand_dataset(
-            part, gen, per_class, ratio=ratio, image_column=image_column, label_column=label_column, seed=split_seed,
+            part, gen, per_class, ratio=ratio, balance_to=balance_to, image_column=image_column, label_column=label_column, seed=split_seed,
             batch_size=batch_size, steps=steps, sampler=sampler, guidance=guidance, device=device,
             num_shards=num_shards, shard_index=shard_index, num_proc=num_proc, progress=progress))
     _check_dataset(ds)
@@ -233,7 +243,7 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | None = None, *
     _check_generator(ds, gen, label_column)
     codec = _ImageCodec(ds, image_column)
     gen.check_images(codec.read([ds[0][image_column]]))
-    counts = _counts(ds, label_column, gen, per_class, ratio)
+    counts = _counts(ds, label_column, gen, per_class, ratio, balance_to)
     labels = torch.arange(gen.num_classes).repeat_interleave(torch.tensor(counts))
     features = datasets.Features({**ds.features, **PROVENANCE})
     blank = _empty_row(features, image_column, label_column)
