@@ -45,7 +45,7 @@ def cmd_evaluate(args) -> None:
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
                    perturb_copies=args.perturb_copies, strength=strength(args.strength), guidance=args.guidance,
                    sample_steps=args.sample_steps, filter_confidence=args.filter_confidence, preset=args.preset,
-                   gen_steps=args.gen_steps, metrics=not args.no_metrics, primary=args.primary,
+                   gen_steps=args.gen_steps, gen_epochs=args.gen_epochs, metrics=not args.no_metrics, primary=args.primary,
                    augment_synthetic=args.augment_synthetic, classifier_repeats=args.classifier_repeats,
                    unlabeled=args.unlabeled, **{name: getattr(args, name) for name, _, _ in UNLABELED_OPTIONS})
     if args.arms:
@@ -130,6 +130,8 @@ def add_evaluate(sub) -> None:
     p.add_argument("--gen-steps", type=int, help="generator fit steps per run (default: "
                    f"{evaluation.GEN_EPOCHS} epochs of the real subset, {evaluation.GEN_STEPS_MIN} to the preset's "
                    "default; longer fits of small subsets memorize)")
+    p.add_argument("--gen-epochs", type=float, help="or the fit budget in passes over the images each generator fits "
+                   "(uncapped); not with --gen-steps")
     p.add_argument("--no-metrics", action="store_true", help="skip CAS/FID/KID/precision/recall/memorization")
     p.add_argument("--n-jobs", type=jobs, default="auto", help="runs in parallel processes (joblib); auto: one "
                    "per CPU core on a CPU, one on a GPU (default: %(default)s)")

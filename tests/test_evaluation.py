@@ -360,3 +360,27 @@ def test_target_classes_draws_more_of_the_classes_the_classical_classifier_confu
     assert rows[error.argmax()] > rows[error.argmin()]   # more rows for the class it gets wrong more often
     with pytest.raises(diffaug.DataError, match="target_classes"):
         EvalConfig(target_classes="yes")
+
+
+def test_a_fit_budget_in_epochs_gives_the_steps_of_the_equivalent_gen_steps():
+    cfg = EvalConfig(gen_epochs=320, gen_batch_size=64)
+    assert cfg.gen_steps_for(100) == 500 == EvalConfig(gen_steps=500).gen_steps_for(100)   # 320 x 100 / 64
+    assert cfg.gen_steps_for(60000) == 300000   # uncapped: epochs mean the same in every regime
+    with pytest.raises(diffaug.DataError, match="not both"):
+        EvalConfig(gen_epochs=10, gen_steps=100)
+    with pytest.raises(diffaug.DataError, match="gen_epochs must be a positive number"):
+        EvalConfig(gen_epochs=0)
+
+
+def test_classical_perturb_is_measured_beside_classical_with_its_dose_control(digits_train, digits_test):
+    result = evaluate(digits_train, digits_test, per_class=(3,), seeds=1, gen_steps=10, gen_batch_size=16,
+                      classifier_steps=12, batch_size=16, perturb_copies=2, sample_steps=2, cas_steps=5,
+                      reference_steps=20, classical="crop", progress=False,
+                      arms=("classical", "classical+perturb", "classical+perturb-control"), primary="classical+perturb")
+    unit = result.units[0]
+    assert unit["arms"]["classical+perturb"]["synthetic_share"] == 0.5
+    assert unit["arms"]["classical+perturb"]["classical"] == "crop"
+    assert set(unit["perturb_label_kept"]) == {"0.375", "0.525"}   # the midpoints of two copies in (0.3, 0.6)
+    assert all(0.0 <= v <= 1.0 for v in unit["perturb_label_kept"].values())
+    assert "still assigns to their label" in result.table()
+    assert set(result.summary["3"]["primary"]["headline"]) == {"classical", "classical+perturb-control"}

@@ -169,3 +169,15 @@ def test_no_withheld_label_is_read_with_unlabelled_images(digits_train, digits_t
     assert honest["kept_after_filter"] == lied["kept_after_filter"]
     for arm in arms:
         assert honest["arms"][arm]["replicates"] == lied["arms"][arm]["replicates"], arm
+
+
+def test_the_detectable_gain_has_the_power_it_claims():
+    from diffaug.evaluation.metrics import detectable
+    for n, std in ((5, 0.0032), (10, 0.01), (20, 0.004)):
+        mde = detectable(std, n)
+        t_crit = stats.t.ppf(0.975, n - 1)
+        shift = mde / (std / np.sqrt(n))   # the noncentrality of the paired t statistic at that true gain
+        power = stats.nct.sf(t_crit, n - 1, shift) + stats.nct.cdf(-t_crit, n - 1, shift)
+        assert 0.75 < power < 0.85, (n, power)   # the normal-shift approximation, within a few points of 80%
+    assert detectable(0.01, 20) < detectable(0.01, 5)   # more seeds tell smaller gains apart
+    assert np.isnan(detectable(0.01, 1))

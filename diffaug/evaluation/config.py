@@ -21,7 +21,7 @@ SELF_TRAINING, FIXMATCH = "self-training", "fixmatch"   # with unlabelled images
 LEARNERS = (SELF_TRAINING, FIXMATCH)
 # Arms that mix generated rows into each batch; "LEARNER+synthesize" stacks the generator on a semi-supervised
 # learner (DPT, You et al. 2023): the learner's own rows and loss, synthetic rows in the labelled part of the batch.
-MIXING = ("synthesize", "perturb", "classical+synthesize", *(f"{a}+synthesize" for a in LEARNERS))
+MIXING = ("synthesize", "perturb", "classical+synthesize", "classical+perturb", *(f"{a}+synthesize" for a in LEARNERS))
 CONTROL = "-control"
 # Each mixing arm's dose control: the same batches (real rows, indices, augmentation draws) with the generated
 # rows replaced by clean real rows of the subset. A gain that does not beat it is augmentation dose.
@@ -41,6 +41,7 @@ UNLABELED_PRIMARY = f"{FIXMATCH}+synthesize"   # with unlabelled images: the sta
 # learner: None for the supervised loop).
 PLAN = {"real": (None, False, None), "classical": (None, True, None), "synthesize": ("synthesize", False, None),
         "perturb": ("perturb", False, None), "classical+synthesize": ("synthesize", True, None),
+        "classical+perturb": ("perturb", True, None),   # perturbed copies beside the classical policy a user runs
         **{a: (None, True, a) for a in LEARNERS}, **{f"{a}+synthesize": ("synthesize", True, a) for a in LEARNERS}}
 PLAN.update({arm + CONTROL: ("real", *PLAN[arm][1:]) for arm in MIXING})
 # Generator fit steps when not given: GEN_EPOCHS passes over the real subset, at least GEN_STEPS_MIN and at most the
@@ -90,6 +91,9 @@ class EvalConfig:
                                            # error: more rows of the classes it confuses (uniform when it errs alike)
     preset: str = "tiny"
     gen_steps: int | None = None           # generator fit steps per unit; None: scaled with the subset (gen_steps_for)
+    gen_epochs: float | None = None        # or the fit budget in passes over the images it fits, uncapped, so one
+                                           # setting serves every regime (memorization sets in at a step count that
+                                           # grows with the data: Favero et al. 2025); not both
     gen_batch_size: int = 128
     gen_augment: float = 0.0               # the generator fit's non-leaking augmentation probability (TrainConfig)
     metrics: bool = True                   # CAS, own-feature FID/KID, precision/recall, memorization
@@ -147,6 +151,11 @@ class EvalConfig:
         if not isinstance(self.synthetic_share, (int, float)) or not 0.0 <= self.synthetic_share < 1.0:
             raise DataError(f"synthetic_share must lie in [0, 1), got {self.synthetic_share!r}")
         check_probability(self.gen_augment, "gen_augment")
+        if self.gen_epochs is not None:
+            if self.gen_steps is not None:
+                raise DataError("give the generator's fit budget as gen_steps or gen_epochs, not both")
+            if not (is_number(self.gen_epochs) and 0 < self.gen_epochs < float("inf")):
+                raise DataError(f"gen_epochs must be a positive number, got {self.gen_epochs!r}")
         check_probability(self.unlabeled_share, "unlabeled_share")
         for name in ("target_classes", "augment_synthetic"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
@@ -198,11 +207,13 @@ class EvalConfig:
         return PLAN[self.primary][2] or BASELINE
 
     def gen_steps_for(self, n_real: int) -> int:
-        """Generator fit steps on a subset of n_real images: `gen_steps` if set, else GEN_EPOCHS epochs at
-        `gen_batch_size`, clipped to [GEN_STEPS_MIN, the preset's default] (longer fits of a small subset only
+        """Generator fit steps on a subset of n_real images: `gen_steps` if set, `gen_epochs` passes at
+        `gen_batch_size` if set, else GEN_EPOCHS epochs at `gen_batch_size`, clipped to [GEN_STEPS_MIN, the preset's default] (longer fits of a small subset only
         memorize it)."""
         if self.gen_steps is not None:
             return self.gen_steps
+        if self.gen_epochs is not None:
+            return max(1, int(round(self.gen_epochs * n_real / self.gen_batch_size)))
         cap = PRESETS[self.preset].steps
         return int(min(cap, max(GEN_STEPS_MIN, round(GEN_EPOCHS * n_real / self.gen_batch_size))))
 

@@ -118,6 +118,15 @@ def paired_ci(diffs, confidence: float = 0.95) -> dict:
             "p_value": p}
 
 
+def detectable(std: float, n: int, power: float = 0.8, confidence: float = 0.95) -> float:
+    """The smallest true mean difference a two-sided paired t-test over n seeds finds with probability `power`, for
+    paired differences of standard deviation `std` (the normal-shift approximation of the t-test's power:
+    (t_{1 - alpha/2, n-1} + t_{power, n-1}) * std / sqrt(n)). NaN below two seeds."""
+    if n < 2 or not math.isfinite(std):
+        return math.nan
+    return float((stats.t.ppf(0.5 + confidence / 2, n - 1) + stats.t.ppf(power, n - 1)) * std / math.sqrt(n))
+
+
 def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, draws: int = 2000, confidence: float = 0.95,
                      seed: int = 0) -> dict:
     """Paired bootstrap of a - b over seeds AND test images: `correct_*` are (seeds, test images) shares of the

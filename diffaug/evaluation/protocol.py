@@ -32,7 +32,7 @@ from ..generator import Generator
 from ..loading import is_builtin, load_data
 from .cache import cached, gather_units, load_json, store, store_json
 from .config import BASELINE, CONTROL, LEARNERS, EvalConfig, pool_seed
-from .metrics import holm, paired_bootstrap, paired_ci, unpack_bits
+from .metrics import detectable, holm, paired_bootstrap, paired_ci, unpack_bits
 from ..classify.networks import check_factory, factory_key, resolve_classifier
 from ..classify.policies import AUTO, MENU, RULE, Policy, select
 from .registry import check_preregistered, preregister, record_look
@@ -94,6 +94,9 @@ def summarize(units: list, cfg: EvalConfig, n_test: int) -> dict:
             q = [u["quality"] for u in rows if "quality" in u]
             s["quality"] = {m: float(np.mean([x[m] for x in q]))
                             for m in ("cas", "fid_own", "kid_own", "precision", "recall", "memorization_rate")}
+        kept = [u["perturb_label_kept"] for u in rows if "perturb_label_kept" in u]
+        if kept:
+            s["perturb_label_kept"] = {st: float(np.mean([x[st] for x in kept])) for st in kept[0]}
         summary[str(k)] = s
     _correct_headlines(summary, units, cfg)
     return summary
@@ -101,14 +104,16 @@ def summarize(units: list, cfg: EvalConfig, n_test: int) -> dict:
 
 def _correct_headlines(summary: dict, units: list, cfg: EvalConfig) -> None:
     """Holm over every headline comparison of the evaluation (the primary arm against each opponent, in every
-    regime): each gets its adjusted p-value and a Bonferroni interval; the family's size is recorded."""
+    regime): each gets its adjusted p-value and a Bonferroni interval, the family's size, and the smallest gain
+    these seeds detect at 80% power from the spread they showed (plain paired t: the power to tell)."""
     diffs = {}
     for k, s in summary.items():
         rows = sorted((u for u in units if str(u["k"]) == k), key=lambda u: u["seed"])
         for opp in s["primary"]["headline"]:
             diffs[k, opp] = [u["arms"][cfg.primary]["accuracy"] - u["arms"][opp]["accuracy"] for u in rows]
     for (k, opp), h in holm(diffs).items():
-        summary[k]["primary"]["headline"][opp].update(holm=h, family=len(diffs))
+        summary[k]["primary"]["headline"][opp].update(holm=h, family=len(diffs),
+                                                      detectable_80=detectable(h["std"], h["n"]))
 
 
 def _correct(rows: list, arm: str, n_test: int) -> np.ndarray:
@@ -166,8 +171,8 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                  for k in cfg.per_class} if cfg.classical == AUTO and not cfg.unlabeled else {}   # str keys: JSON's
     reference = reference_for(train, test, cfg, device)
     policies = {int(k): Policy.parse(sel["winner"]) for k, sel in selection.items()}
-    pool_gens = {seed: _pool_generator(train, cfg, tag, runs, ranks, device, progress, seed)
-                 for seed in sorted({seed for _, seed in todo})} if cfg.unlabeled and gen is None else {}
+    pool_seeds = sorted({seed for _, seed in todo}) if cfg.unlabeled and gen is None else []
+    pool_gens = _pool_generators(train, cfg, tag, runs, ranks, device, progress, pool_seeds, n_jobs, threads)
     for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference,
                          policies, pool_gens):
         if runs is not None:
@@ -229,12 +234,27 @@ def _prepare(data, test, gen, classifier, options):
     return cfg, train, test, split_note, context, (None if classifier is None else factory)
 
 
+def _pool_generators(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, progress, seeds: list,
+                     n_jobs: int, threads) -> dict:
+    """{seed: its pool generator}: fitted in `n_jobs` processes at once where there are several (each with
+    `threads` threads, as the units are), one after the other under torchrun (rank 0 fits, the others wait)."""
+    if n_jobs > 1 and len(seeds) > 1 and not ranks.active:
+        from joblib import Parallel, delayed
+        fits = Parallel(n_jobs=min(n_jobs, len(seeds)))(
+            delayed(_pool_generator)(train, cfg, tag, runs, ranks, device, False, seed, threads) for seed in seeds)
+    else:
+        fits = [_pool_generator(train, cfg, tag, runs, ranks, device, progress, seed) for seed in seeds]
+    return dict(zip(seeds, fits))
+
+
 def _pool_generator(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, progress,
-                    seed: int) -> Generator:
+                    seed: int, threads: int | None = None) -> Generator:
     """Seed `seed`'s unlabelled generator: fitted on the training pool's images under the null class
     (unlabeled_share=1: no labelled row is drawn, the labels are never read), cached in runs/; every unit of that
     seed fine-tunes it on its labelled subset. One per seed, so its variability enters the intervals over seeds.
     Never sees a test image."""
+    if threads:
+        torch.set_num_threads(threads)
     path = runs / f"pool-generator-seed{seed}-{tag}.safetensors" if runs is not None else None
     while path is not None and not path.exists() and ranks.active and not ranks.main:
         time.sleep(1.0)

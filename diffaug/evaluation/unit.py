@@ -64,11 +64,11 @@ def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device
     kept on the unit's device."""
     pools = {}
     arms = set(cfg.arms)
-    if arms & {"synthesize", "classical+synthesize"}:
+    if any(PLAN[a][0] == "synthesize" for a in arms):
         labels = torch.arange(subset.num_classes).repeat_interleave(cfg.synthetic_per_class)
         images = gen.sample(labels, **cfg.sampling.fields(), seed=seed, device=device, progress=False)
         pools["synthesize"] = (images.to(device), labels.to(device))
-    if "perturb" in arms:
+    if any(PLAN[a][0] == "perturb" for a in arms):
         copies = [gen.perturb(subset.images, subset.labels, strength=s, **cfg.sampling.fields(), seed=seed, copy=m,
                               device=device, progress=False)
                   for m, s in enumerate(strengths_for(cfg.strength, cfg.perturb_copies))]
@@ -244,8 +244,19 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
         worst = [w["synthetic"] for w in unit["quality"]["memorization_worst"]]
         nearest = [w["nearest_train"] for w in unit["quality"]["memorization_worst"]]
         unit["_arrays"].update(memorized=pools["synthesize"][0][worst].cpu(), nearest_train=subset.images[nearest])
+    if cfg.metrics and "perturb" in pools:   # where perturbing starts to change the class
+        unit["perturb_label_kept"] = _label_kept(pools["perturb"], reference, cfg)
     unit["seconds"] = round(time.perf_counter() - t0, 1)
     return unit
+
+
+def _label_kept(pool, ref: Reference, cfg: EvalConfig) -> dict:
+    """Per perturbation strength, the share of perturbed copies the reference classifier (trained on real images)
+    still assigns to their label."""
+    images, labels = pool
+    right = predict_proba(ref.network, images, images.device).argmax(1) == labels.cpu()
+    strengths = strengths_for(cfg.strength, cfg.perturb_copies)
+    return {f"{s:g}": float(part.float().mean()) for s, part in zip(strengths, right.chunk(len(strengths)))}
 
 
 PR_SAMPLES = 2000   # precision/recall: k-NN radii cost O(n^2); a stratified random subsample of each set
