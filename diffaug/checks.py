@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import numpy as np
 
@@ -75,3 +76,19 @@ def check_output_size(n: int, channels: int, size: tuple[int, int]) -> None:
     if need > have:
         raise DataError(f"{n:,} images of {channels}x{h}x{w} need {need / 2**30:,.1f} GiB, more than this machine's "
                         f"{have / 2**30:,.1f} GiB of memory; generate in parts (e.g. expand_dataset's num_shards)")
+
+
+def call_spec(text: str, convert, what: str) -> tuple[str, dict] | None:
+    """'name' or 'name(key=value,...)' as (name, {key: convert(value)}), or None when `text` has no such shape;
+    a value `convert` refuses is a DataError naming the part and `what` the value must be (e.g. "number")."""
+    match = re.fullmatch(r"(\w+)(?:\(([^)]*)\))?", str(text).strip())
+    if not match:
+        return None
+    values = {}
+    for part in filter(None, (match[2] or "").split(",")):
+        key, _, value = part.partition("=")
+        try:
+            values[key.strip()] = convert(value)
+        except ValueError:
+            raise DataError(f"{text!r}: {part!r} is not key={what}") from None
+    return match[1], values

@@ -9,12 +9,12 @@ import functools
 import hashlib
 import importlib
 import json
-import re
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ..checks import call_spec
 from ..errors import DataError
 
 Factory = Callable[[int, int], nn.Module]
@@ -77,16 +77,9 @@ def resolve_classifier(spec) -> Factory:
         raise DataError(f"a classifier is a name ({', '.join(BUILT_IN)}), 'module:function' or a factory "
                         f"(in_channels, num_classes) -> nn.Module; got {spec!r}")
     text = spec.strip()
-    match = re.fullmatch(r"(\w+)(?:\((.*)\))?", text)
-    if match and match[1].lower() in BUILT_IN:
-        kwargs = {}
-        for part in filter(None, (match[2] or "").split(",")):
-            key, _, value = part.partition("=")
-            try:
-                kwargs[key.strip()] = int(value)
-            except ValueError:
-                raise DataError(f"classifier {text!r}: {part!r} is not key=whole number") from None
-        base = BUILT_IN[match[1].lower()]
+    parsed = call_spec(text.lower(), int, "whole number") if ":" not in text else None
+    if parsed and parsed[0] in BUILT_IN:
+        base, kwargs = BUILT_IN[parsed[0]], parsed[1]
         return functools.partial(base, **kwargs) if kwargs else base
     module, sep, name = text.partition(":")
     if not sep or not module or not name:

@@ -7,13 +7,13 @@ of the training pool, trained exactly as the evaluation's arms are (same classif
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..checks import call_spec
 from ..data import ImageData
 from ..errors import DataError
 from .batched import POLICIES, BatchAugment
@@ -43,20 +43,14 @@ class Policy:
     @classmethod
     def parse(cls, text: str) -> "Policy":
         """'trivialaugment', 'trivialaugment(m=0.5)', 'crop(p=0.5)', 'randaugment(m=1,p=0.5)'."""
-        match = re.fullmatch(r"([\w]+)(?:\(([^)]*)\))?", str(text).strip())
-        if not match or match[1] not in CLASSICAL:
+        spec = call_spec(text, float, "number")
+        if not spec or spec[0] not in CLASSICAL:
             raise DataError(f"unknown classical augmentation {text!r}; choose one of {CLASSICAL} (optionally with "
                             f"(m=..., p=...), e.g. 'trivialaugment(m=0.5,p=0.5)') or {AUTO!r}")
-        values = {}
-        for part in filter(None, (match[2] or "").split(",")):
-            key, _, value = part.partition("=")
-            try:
-                values[key.strip()] = float(value)
-            except ValueError:
-                raise DataError(f"{text!r}: {part!r} is not key=number") from None
+        name, values = spec
         if set(values) - {"m", "p"}:
             raise DataError(f"{text!r}: a policy takes m= (magnitude) and p= (share of images), not {sorted(values)}")
-        policy = cls(match[1], values.get("m"), values.get("p", 1.0))
+        policy = cls(name, values.get("m"), values.get("p", 1.0))
         if (policy.magnitude is not None and not 0 < policy.magnitude <= 1) or not 0 < policy.p <= 1:
             raise DataError(f"{text!r}: m and p must lie in (0, 1]")
         if policy.name not in POLICIES and (policy.magnitude is not None or policy.p != 1.0):
