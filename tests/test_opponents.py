@@ -134,7 +134,8 @@ def test_two_partials_of_one_network_do_not_share_cached_units(digits_train, dig
     wide = diffaug.evaluate(digits_train, digits_test, classifier=functools.partial(SmallCNN, width=12), **run)
     assert narrow.config["cache_key"] != wide.config["cache_key"]
     assert len(list((tmp_path / "runs").glob("k3-seed0-*.json"))) == 2
-    assert narrow.units[0]["arms"]["real"]["accuracy"] != wide.units[0]["arms"]["real"]["accuracy"]
+    # different networks: which test images they get right differs (899 images; an equal accuracy could be chance)
+    assert narrow.units[0]["arms"]["real"]["correct"] != wide.units[0]["arms"]["real"]["correct"]
     assert "SmallCNN" in narrow.config["classifier"] and "width" in narrow.config["classifier"]
 
 
