@@ -128,7 +128,7 @@ def test_an_evaluation_with_unlabelled_images_fits_a_pool_generator_per_seed_and
     from diffaug.evaluation.protocol import check_leakage
     result = diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=2, gen_steps=10,
                               gen_batch_size=16, classifier_steps=20, batch_size=16, synthetic_per_class=4,
-                              sample_steps=2, metrics=False, classical="crop", fixmatch_ratio=1, out_dir=tmp_path,
+                              sample_steps=2, metrics=False, classical="crop", fixmatch_ratio=1, out_dir=tmp_path, n_jobs=2,
                               progress=False)
     pools = result.config["pool_generators"]
     files = sorted((tmp_path / "runs").glob("pool-generator-*.safetensors"))
