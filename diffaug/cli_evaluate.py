@@ -45,7 +45,8 @@ def cmd_evaluate(args) -> None:
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
                    perturb_copies=args.perturb_copies, strength=strength(args.strength), guidance=args.guidance,
                    sample_steps=args.sample_steps, filter_confidence=args.filter_confidence, preset=args.preset,
-                   gen_steps=args.gen_steps, gen_epochs=args.gen_epochs, metrics=not args.no_metrics, primary=args.primary,
+                   gen_steps=args.gen_steps, gen_epochs=args.gen_epochs, metrics=not args.no_metrics,
+                   primary=args.primary,
                    augment_synthetic=args.augment_synthetic, classifier_repeats=args.classifier_repeats,
                    unlabeled=args.unlabeled, **{name: getattr(args, name) for name, _, _ in UNLABELED_OPTIONS})
     if args.arms:

@@ -217,7 +217,8 @@ def _finish(ds, synthetic, include_real: bool):
 
 
 def expand_dataset(ds, gen: Generator, per_class: int | Mapping | str | None = None, *, ratio: float | None = None,
-                   balance_to: int | None = None, image_column: str = "image", label_column: str = "label", seed: int = 0,
+                   balance_to: int | None = None, image_column: str = "image", label_column: str = "label",
+                   seed: int = 0,
                    batch_size: int = BATCH, steps: int = SAMPLE_STEPS, sampler: str = SAMPLER,
                    guidance: float = GUIDANCE, device=None, num_shards: int = 1, shard_index: int = 0,
                    splits=("train",), num_proc: int | None = None, progress: bool = True):
@@ -234,7 +235,8 @@ def expand_dataset(ds, gen: Generator, per_class: int | Mapping | str | None = N
     """
     if isinstance(ds, datasets.DatasetDict):
         return _per_split(ds, splits, seed, lambda part, split_seed: expand_dataset(
-            part, gen, per_class, ratio=ratio, balance_to=balance_to, image_column=image_column, label_column=label_column, seed=split_seed,
+            part, gen, per_class, ratio=ratio, balance_to=balance_to, image_column=image_column,
+            label_column=label_column, seed=split_seed,
             batch_size=batch_size, steps=steps, sampler=sampler, guidance=guidance, device=device,
             num_shards=num_shards, shard_index=shard_index, num_proc=num_proc, progress=progress))
     _check_dataset(ds)
