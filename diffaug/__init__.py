@@ -1,8 +1,8 @@
 """diffaug: class-conditional diffusion generators as data augmentation, measured honestly."""
 
 from ._version import __version__
-from .adapters import (AugmentedDataset, DiffusionAugment, DiffusionBatchAugment, SampleBank,
-                       augment_dataset)
+from .adapters import (AugmentedDataset, DiffusionAugment, DiffusionBatchAugment, Rebalance, SampleBank,
+                       augment_dataset, rebalance)
 from .data import ImageData
 from .diffusion.trainer import TrainConfig
 from .errors import DataError, DiffaugError, GeneratorFileError, MismatchError
@@ -13,6 +13,7 @@ from .loading import load_data
 __all__ = [
     "__version__", "ImageData", "load_data", "fit", "Generator", "TrainConfig",
     "DiffusionAugment", "DiffusionBatchAugment", "SampleBank", "augment_dataset", "AugmentedDataset",
+    "rebalance", "Rebalance",
     "expand_dataset", "perturb_dataset", "evaluate",
     "DiffaugError", "DataError", "GeneratorFileError", "MismatchError",
 ]

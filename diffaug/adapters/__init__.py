@@ -5,6 +5,8 @@ import on first use, since their packages are extras.
 """
 
 from .bank import SampleBank
+from .rebalance import Rebalance, rebalance
 from .torchvision import AugmentedDataset, DiffusionAugment, DiffusionBatchAugment, augment_dataset
 
-__all__ = ["SampleBank", "DiffusionAugment", "DiffusionBatchAugment", "AugmentedDataset", "augment_dataset"]
+__all__ = ["SampleBank", "DiffusionAugment", "DiffusionBatchAugment", "AugmentedDataset", "augment_dataset",
+           "Rebalance", "rebalance"]

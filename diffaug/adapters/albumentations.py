@@ -12,7 +12,7 @@ from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH
 from ..errors import DataError, require_extra
 from ..generator import Generator
 from .bank import SampleBank
-from .source import AugmentSource, check_options, choose
+from .source import AugmentSource, applies, check_options, choose, class_probabilities
 
 A = require_extra("albumentations", "albumentations")
 from albumentations.core.transforms_interface import BaseTransformInitSchema, ImageOnlyTransform  # noqa: E402
@@ -77,17 +77,21 @@ class AlbumentationsDiffusionAugment(ImageOnlyTransform):
         sampler: Any
         guidance: Any
         label_key: Any
+        class_p: Any
 
     def __init__(self, source, mode: str = "synthesize", mix: float = 0.5,
                  strength: float | tuple[float, float] = STRENGTH, steps: int = SAMPLE_STEPS,
                  sampler: str = SAMPLER, guidance: float = GUIDANCE,
-                 label_key: str = "class_label", p: float = 0.5):
+                 label_key: str = "class_label", p: float = 0.5, class_p=None):
         options = check_options(p, mode, mix, strength)   # before albumentations' own check of p: a DataError
-        super().__init__(p=p)
+        # per-class probabilities: albumentations' own p lets every call through, and each draw applies with its
+        # class's probability (the label is needed)
+        super().__init__(p=p if class_p is None else 1.0)
         self.source = source
         _, self.mode, self.mix, self.strength = options
         self.steps, self.sampler, self.guidance, self.label_key = steps, sampler, guidance, label_key
         self._source = AugmentSource(_resolve(source), steps=steps, sampler=sampler, guidance=guidance)
+        self.class_p = class_probabilities(class_p, self._source.source.class_names)
 
     @property
     def available_keys(self) -> set[str]:
@@ -101,6 +105,12 @@ class AlbumentationsDiffusionAugment(ImageOnlyTransform):
         return super().__call__(*args, force_apply=force_apply, **kwargs)
 
     def _draw(self, label) -> dict[str, Any]:
+        if self.class_p is not None:
+            if label is None:
+                raise DataError(f"per-class probabilities (class_p=) need the class label: call aug(image=img, "
+                                f"{self.label_key}=y)")
+            if not applies(1.0, self.class_p, self._source.label_index(label), self.py_random.random()):
+                return {"mode": None}
         mode, strength = choose(self.mode, self.mix, self.strength, self.py_random.random(), self.py_random.random())
         if mode == "synthesize" and label is None:
             raise DataError(f"mode='synthesize' needs the class label: call aug(image=img, {self.label_key}=y) "
@@ -119,8 +129,10 @@ class AlbumentationsDiffusionAugment(ImageOnlyTransform):
                             "per image")
         return {"draws": [self._draw(y) for y in labels]}
 
-    def _one(self, img: np.ndarray, mode: str, label: int | None, strength: float, choice: float,
-             seed: int) -> np.ndarray:
+    def _one(self, img: np.ndarray, mode: str | None, label: int | None = None, strength: float = 0.0,
+             choice: float = 0.0, seed: int = 0) -> np.ndarray:
+        if mode is None:   # class_p left this image as it is
+            return img
         x = _to_uint8_chw(img)
         self._source.check_shape(x.shape)
         if mode == "synthesize":
@@ -137,7 +149,7 @@ class AlbumentationsDiffusionAugment(ImageOnlyTransform):
         return np.require(np.stack(out), requirements=["C_CONTIGUOUS"]) if isinstance(images, np.ndarray) else out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("source", "mode", "mix", "strength", "steps", "sampler", "guidance", "label_key")
+        return ("source", "mode", "mix", "strength", "steps", "sampler", "guidance", "label_key", "class_p")
 
     def get_transform_init_args(self) -> dict[str, Any]:
         args = super().get_transform_init_args()
@@ -149,7 +161,8 @@ class AlbumentationsDiffusionAugment(ImageOnlyTransform):
         if not isinstance(source, str):
             raise DataError("an in-memory Generator cannot be serialized: save it (gen.save(path)) and pass the path, "
                             "or pass a SampleBank (its folder is stored)")
-        return {**args, "source": source, "strength": list(self.strength)}
+        return {**args, "source": source, "strength": list(self.strength),
+                "class_p": None if self.class_p is None else list(self.class_p)}
 
 
 def __getattr__(name: str):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..checks import check_seed, whole_number
-from ..data import ImageData, image_hash
+from ..data import ImageData, image_hash, rebalance_gaps
 from ..diffusion.distributed import from_env, rank_device
 from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, SamplingSpec, strengths_for
 from ..errors import DataError, MismatchError
@@ -158,13 +159,16 @@ class SampleBank:
     # --- building ---------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, gen: Generator, path, *, per_class: int = 200, data: ImageData | None = None, copies: int = 0,
+    def build(cls, gen: Generator, path, *, per_class: int | Mapping | str = 200, data: ImageData | None = None,
+              balance_to: int | None = None, copies: int = 0,
               strength: float | tuple[float, float] = STRENGTH, steps: int = SAMPLE_STEPS, sampler: str = SAMPLER,
               guidance: float = GUIDANCE, seed: int = 0, batch_size: int | None = None, device=None,
               progress: bool = True, overwrite: bool = False, num_shards: int | None = None,
               shard_index: int | None = None):
-        """Generate `per_class` synthetic images of every class and `copies` perturbations of each image of
-        `data`, in large batches, and write them to the folder `path` atomically.
+        """Generate `per_class` synthetic images of every class (or a {class: n} dict; or "balance": each class
+        of `data` filled up to its largest class's count, or to `balance_to`, so that data plus bank is balanced)
+        and `copies` perturbations of each image of `data`, in large batches, and write them to the folder `path`
+        atomically.
 
         `strength` may be a (low, high) range: each copy then gets its own strength, spread evenly over it.
         Every image has its own noise (seed, row, copy), so the work splits into shards that join into exactly
@@ -176,20 +180,26 @@ class SampleBank:
         on (500 on the CPU, 1024 at 32x32 on CUDA). The whole bank is one sampling job: on CUDA the network is
         compiled when the bank's network rows pay the compile time back (Generator.job).
         """
-        per_class, copies = whole_number(per_class, "per_class", low=0), whole_number(copies, "copies", low=0)
+        counts = synthetic_counts(gen, per_class, data.class_counts() if data is not None else None, balance_to)
+        copies = whole_number(copies, "copies", low=0)
+        if data is not None and data.num_classes > gen.num_classes:
+            raise MismatchError(f"the data has {data.num_classes} classes but the generator knows "
+                                f"{gen.num_classes} ({', '.join(gen.class_names[:10])}): it never saw classes "
+                                f"{', '.join(data.class_names[gen.num_classes:][:10])}")
         spec = SamplingSpec(steps, sampler, guidance=guidance)
         device = rank_device(device, from_env())
         if batch_size is None:   # the generator's default on the device it will run on (large on CUDA)
             batch_size = sampling_batch(resolve_device(device) if device is not None else gen.device, gen.image_size)
         whole_number(batch_size, "batch_size", low=1)
         check_seed(seed)
-        gen.check_output(per_class * gen.num_classes + copies * (len(data) if data is not None else 0))
+        gen.check_output(sum(counts) + copies * (len(data) if data is not None else 0))
         if copies and data is None:
             raise DataError("perturbations need the real images: pass data= (an ImageData)")
         strengths = strengths_for(strength, copies)
         meta = {"format": BANK_FORMAT, "format_version": BANK_VERSION, "generator_fingerprint": gen.fingerprint,
                 "class_names": gen.class_names, "image_size": list(gen.image_size), "channels": gen.channels,
-                "per_class": per_class, "copies": copies, "strengths": strengths, "steps": steps, "sampler": sampler,
+                "per_class": counts[0] if len(set(counts)) == 1 else counts, "copies": copies,
+                "strengths": strengths, "steps": steps, "sampler": sampler,
                 "guidance": guidance,
                 "guidance_interval": list(spec.guidance_interval) if spec.guidance_interval else None,
                 "seed": seed, "batch_size": batch_size,
@@ -197,12 +207,12 @@ class SampleBank:
         num_shards, shard_index = which_shard(num_shards, shard_index)
         options = dict(steps=steps, sampler=sampler, guidance=guidance, batch_size=batch_size, device=device,
                        progress=progress)
-        rows = gen.network_rows(per_class * gen.num_classes, spec) + sum(   # the whole bank is one job
+        rows = gen.network_rows(sum(counts), spec) + sum(   # the whole bank is one job
             gen.network_rows(len(data), spec, s) for s in strengths)
 
         def make_part(folder: Path) -> None:
             with gen.job(rows // num_shards):
-                arrays = _generate(gen, per_class, data, strengths, seed, num_shards, shard_index, options)
+                arrays = _generate(gen, counts, data, strengths, seed, num_shards, shard_index, options)
             _write(folder, arrays, meta)
 
         whole = write_sharded(path, meta, make_part, _join, num_shards=num_shards, shard_index=shard_index,
@@ -210,12 +220,12 @@ class SampleBank:
         return cls(path, verify=num_shards > 1) if whole else None
 
 
-def _generate(gen: Generator, per_class: int, data, strengths: list, seed: int, num_shards: int, shard_index: int,
-              options: dict) -> dict:
+def _generate(gen: Generator, counts: list[int], data, strengths: list, seed: int, num_shards: int,
+              shard_index: int, options: dict) -> dict:
     """This shard's arrays: its batches of the synthetic images, and of the real rows with their perturbations."""
     c, (h, w) = gen.channels, gen.image_size
     b = options["batch_size"]
-    labels = torch.arange(gen.num_classes).repeat_interleave(per_class)
+    labels = torch.arange(gen.num_classes).repeat_interleave(torch.tensor(counts, dtype=torch.long))
     chunks = shard_range(math.ceil(len(labels) / b), num_shards, shard_index)
     rows = slice(chunks.start * b, min(len(labels), chunks.stop * b))
     synthetic = [gen.sample(labels[i * b:(i + 1) * b], seed=seed, indices=range(i * b, min(len(labels), (i + 1) * b)),
@@ -239,6 +249,35 @@ def _generate(gen: Generator, per_class: int, data, strengths: list, seed: int, 
         torch.empty((len(real[rows]), len(strengths), c, h, w), dtype=torch.uint8)
     return {**out, "perturbed": perturbed, "perturbed_labels": data.labels[rows].numpy(),
             "real_keys": data.image_hashes()[rows]}
+
+
+BALANCE = "balance"
+
+
+def synthetic_counts(gen: Generator, per_class, have: list[int] | None = None,
+                     balance_to: int | None = None) -> list[int]:
+    """New images per class of `gen`: per_class of each (a whole number), a {class name or index: n} dict (other
+    classes 0), or "balance": each class filled from its count in `have` (the real data's) up to the largest, or
+    to `balance_to`. A class of `have` beyond the generator's classes is an error, never a silent zero."""
+    if balance_to is not None and per_class != BALANCE:
+        raise DataError(f"balance_to= goes with per_class={BALANCE!r}")
+    if per_class == BALANCE:
+        if have is None:
+            raise DataError(f"per_class={BALANCE!r} fills each class up to the largest: pass the real images "
+                            "(data=) whose classes it balances")
+        if len(have) > gen.num_classes:
+            raise MismatchError(f"the data has {len(have)} classes but the generator knows {gen.num_classes}: "
+                                "it never saw the others, so it cannot fill them")
+        have = list(have) + [0] * (gen.num_classes - len(have))
+        return rebalance_gaps(have, 1.0, None if balance_to is None else whole_number(balance_to, "balance_to", low=1))
+    if isinstance(per_class, Mapping):
+        counts = [0] * gen.num_classes
+        for key, n in per_class.items():
+            counts[int(gen.class_index([key])[0])] = whole_number(n, f"per_class[{key!r}]", low=0)
+        return counts
+    if isinstance(per_class, str):
+        raise DataError(f"per_class must be a whole number, a {{class: count}} dict or {BALANCE!r}, got {per_class!r}")
+    return [whole_number(per_class, "per_class", low=0)] * gen.num_classes
 
 
 def _write(folder: Path, arrays: dict, meta: dict) -> None:

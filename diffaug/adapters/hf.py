@@ -22,6 +22,7 @@ from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH, Samp
 from ..errors import DataError, MismatchError, require_extra
 from ..generator import BATCH, Generator
 from ..io import json_digest
+from .bank import BALANCE, synthetic_counts
 from .shards import shard_range, which_shard, write_sharded
 
 datasets = require_extra("datasets", "hf")
@@ -120,28 +121,18 @@ def _real_counts(ds, label_column: str, num_classes: int) -> np.ndarray:
     return np.bincount(labels, minlength=num_classes)
 
 
-BALANCE = "balance"
-
-
 def _counts(ds, label_column: str, gen: Generator, per_class, ratio, balance_to=None) -> list[int]:
     if (per_class is None) == (ratio is None):
         raise DataError(f"pass exactly one of per_class= (an int, a {{class: count}} dict or {BALANCE!r}) and ratio=")
-    if balance_to is not None and per_class != BALANCE:
-        raise DataError(f"balance_to= goes with per_class={BALANCE!r}")
-    if per_class == BALANCE:   # every class's final count: the largest class's, or balance_to
-        have = np.bincount(hf_column(ds, label_column), minlength=gen.num_classes)   # made rows count: the result
-        target = int(have.max()) if balance_to is None else whole_number(balance_to, "balance_to", low=1)
-        counts = [max(0, target - int(c)) for c in have]
-    elif ratio is not None:
+    if ratio is not None:
+        if balance_to is not None:
+            raise DataError(f"balance_to= goes with per_class={BALANCE!r}")
         if not is_number(ratio) or not 0 < ratio < math.inf:
             raise DataError(f"ratio must be a positive finite number, got {ratio!r}")
         counts = [int(round(ratio * c)) for c in _real_counts(ds, label_column, gen.num_classes)]
-    elif isinstance(per_class, Mapping):
-        counts = [0] * gen.num_classes
-        for key, n in per_class.items():
-            counts[int(gen.class_index([key])[0])] = whole_number(n, f"per_class[{key!r}]", low=0)
-    else:
-        counts = [whole_number(per_class, "per_class", low=0)] * gen.num_classes
+    else:   # "balance": every class's final count is the largest's, or balance_to; rows made earlier count
+        have = np.bincount(hf_column(ds, label_column)).tolist() if per_class == BALANCE else None
+        counts = synthetic_counts(gen, per_class, have, balance_to)
     gen.check_output(sum(counts))
     return counts
 

@@ -6,6 +6,8 @@ which turns them into images; so torchvision, albumentations and the batch augme
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
@@ -25,6 +27,41 @@ def check_options(p: float, mode: str, mix: float, strength) -> tuple[float, str
         raise DataError(f"mode must be one of {MODES}, got {mode!r}")
     check_probability(mix, "mix (the share of 'synthesize' in mode='mix')")
     return p, mode, mix, check_strength(strength)
+
+
+def class_probabilities(class_p, class_names: list[str]) -> tuple[float, ...] | None:
+    """`class_p` as one probability per class of the source, or None: a sequence with one per class, or a
+    {class name or index: p} dict (classes it does not name: 0)."""
+    if class_p is None:
+        return None
+    n = len(class_names)
+    if isinstance(class_p, Mapping):
+        out = [0.0] * n
+        for key, value in class_p.items():
+            index = class_names.index(key) if isinstance(key, str) and key in class_names else key
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+                raise MismatchError(f"class_p names {key!r}, which is not a class of the source (classes "
+                                    f"{', '.join(class_names[:10])}{' ...' if n > 10 else ''})")
+            out[int(index)] = check_probability(value, f"class_p[{key!r}]")
+        return tuple(out)
+    if isinstance(class_p, (str, bytes)) or not hasattr(class_p, "__len__"):
+        raise DataError(f"class_p must be one probability per class (a sequence of {n}) or a {{class: p}} dict, "
+                        f"got {class_p!r}")
+    if len(class_p) != n:
+        raise MismatchError(f"class_p holds {len(class_p)} probabilities but the source has {n} classes")
+    return tuple(check_probability(float(v), f"class_p[{i}]") for i, v in enumerate(class_p))
+
+
+def applies(p: float, class_p: tuple | None, label: int | None, u: float) -> bool:
+    """Whether a call with uniform draw `u` is augmented: u < p, or u < class_p[label] when per-class
+    probabilities are given (they need the label)."""
+    if class_p is None:
+        return u < p
+    if label is None:
+        raise DataError("per-class probabilities (class_p=) need the class label of every call")
+    if not 0 <= label < len(class_p):
+        raise MismatchError(f"label {label} is not a class of the source (classes 0..{len(class_p) - 1})")
+    return u < class_p[label]
 
 
 def choose(mode: str, mix: float, strength: tuple[float, float], u_mode: float, u_strength: float) -> tuple[str, float]:

@@ -17,7 +17,7 @@ from ..diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, STRENGTH
 from ..errors import DataError
 from ..generator import Generator
 from .bank import SampleBank
-from .source import AugmentSource, check_options, choose
+from .source import AugmentSource, applies, check_options, choose, class_probabilities
 
 
 # What a replaced image would no longer match: refused, as v2's MixUp and CutMix refuse them.
@@ -95,6 +95,9 @@ class DiffusionAugment(v2.Transform):
         (one network call per augmented sample; fine in the main process or on a GPU).
     mode: "synthesize" (needs the label), "perturb" (noise to `strength`, denoise given the class; the null
         class when no label is passed) or "mix" (synthesize with probability `mix`, else perturb).
+    class_p: per-class probabilities instead of `p` (one per class, or a {class: p} dict, others 0): rare
+        classes replaced more often. `rebalance(labels).class_p` with its sampler gives a DataLoader every class
+        equally often, the short classes' extra draws synthetic (diffaug.adapters.rebalance).
     strength: a float or a (low, high) range sampled per call (generator source; a bank uses its own).
 
     Call it as `tf(img, label)` (class-aware), `tf(img)`, or on a dict with the label under `label_key` (or
@@ -107,11 +110,12 @@ class DiffusionAugment(v2.Transform):
 
     def __init__(self, source: Generator | SampleBank, p: float = 0.5, mode: str = "synthesize", *,
                  mix: float = 0.5, strength: float | tuple[float, float] = STRENGTH, steps: int = SAMPLE_STEPS,
-                 sampler: str = SAMPLER, guidance: float = GUIDANCE, label_key: str = "label"):
+                 sampler: str = SAMPLER, guidance: float = GUIDANCE, label_key: str = "label", class_p=None):
         super().__init__()
         self.p, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
         self.label_key = label_key
         self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)
+        self.class_p = class_probabilities(class_p, self._source.source.class_names)
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         """v2's forward with the label found first and passed along: nothing of a call is kept on `self`, so
@@ -148,7 +152,7 @@ class DiffusionAugment(v2.Transform):
 
     def _draw(self, label: int | None) -> dict[str, Any]:
         u_apply, u_mode, u_strength, choice = torch.rand(4).tolist()   # one RNG call: per-sample cost matters here
-        if u_apply >= self.p:
+        if not applies(self.p, self.class_p, label, u_apply):
             return {"apply": False}
         mode, strength = choose(self.mode, self.mix, self.strength, u_mode, u_strength)
         if mode == "synthesize" and label is None:
@@ -199,15 +203,18 @@ class DiffusionBatchAugment:
     """`x, y = aug(x, y)`: replace a fraction `p` of a batch with synthetic or perturbed images, in one call.
 
     x: (N,C,H,W) uint8 (0..255) or float in `value_range` (default 0..1), on any device; generation runs on
-    x's device in one batched network call. Randomness comes from torch's global RNG.
+    x's device in one batched network call. Randomness comes from torch's global RNG. `class_p`: per-class
+    probabilities instead of the fraction `p` (each row replaced with its class's probability).
     """
 
     def __init__(self, source: Generator | SampleBank, p: float = 0.25, mode: str = "synthesize", *,
                  mix: float = 0.5, strength: float | tuple[float, float] = STRENGTH, steps: int = SAMPLE_STEPS,
-                 sampler: str = SAMPLER, guidance: float = GUIDANCE, value_range: tuple[float, float] = (0.0, 1.0)):
+                 sampler: str = SAMPLER, guidance: float = GUIDANCE, value_range: tuple[float, float] = (0.0, 1.0),
+                 class_p=None):
         self.p, self.mode, self.mix, self.strength = check_options(p, mode, mix, strength)
         self.value_range = value_range
         self._source = AugmentSource(source, steps=steps, sampler=sampler, guidance=guidance)
+        self.class_p = class_probabilities(class_p, self._source.source.class_names)
 
     def _to_uint8(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
@@ -227,10 +234,14 @@ class DiffusionBatchAugment:
             raise DataError(f"expected images (N,C,H,W) and N labels; got {tuple(x.shape)} and {tuple(y.shape)}")
         self._source.check_shape(x.shape)
         n = len(x)
-        k = int(round(self.p * n))
+        if self.class_p is None:
+            chosen = torch.randperm(n)[:int(round(self.p * n))]
+        else:
+            labels = [self._source.check_label(int(v)) for v in y.detach().cpu().tolist()]
+            chosen = torch.nonzero(torch.rand(n) < torch.tensor(self.class_p)[labels]).flatten()
+        k = len(chosen)
         if k == 0:
             return x, y
-        chosen = torch.randperm(n)[:k]
         if self.mode == "mix":
             synth = torch.rand(k) < self.mix
         else:
