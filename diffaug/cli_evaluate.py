@@ -19,6 +19,22 @@ UNLABELED_OPTIONS = (   # evaluate's knobs under --unlabeled: (EvalConfig field,
     ("self_training_rounds", int, "self-training relabels with its student this many times"),
     ("fixmatch_threshold", float, "FixMatch's confidence mask"),
     ("fixmatch_ratio", int, "FixMatch's unlabelled images per labelled one in each step"))
+LONGTAIL_OPTIONS = (   # and under --imbalance
+    ("logit_tau", float, "the logit-adjusted loss's tau (1: balanced softmax)"),
+    ("rebalance_tau", float, "the logit-adjust+rebalance stack's tau"),
+    ("rebalance_fill", float, "the share of each class's gap to the head that the rebalancing arms' synthetic rows "
+                              "fill"))
+
+
+def imbalance_ratio(text: str) -> float:
+    """--imbalance's value: a number >= 1, or one clear line saying what it takes."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"takes a number >= 1 (head images / tail images, e.g. 10), got {text!r}")
+    return value
 
 
 def cmd_evaluate(args) -> None:
@@ -48,7 +64,8 @@ def cmd_evaluate(args) -> None:
                    gen_steps=args.gen_steps, gen_epochs=args.gen_epochs, metrics=not args.no_metrics,
                    primary=args.primary,
                    augment_synthetic=args.augment_synthetic, classifier_repeats=args.classifier_repeats,
-                   unlabeled=args.unlabeled, **{name: getattr(args, name) for name, _, _ in UNLABELED_OPTIONS})
+                   unlabeled=args.unlabeled, imbalance=args.imbalance,
+                   **{name: getattr(args, name) for name, _, _ in UNLABELED_OPTIONS + LONGTAIL_OPTIONS})
     if args.arms:
         options["arms"] = tuple(args.arms.split(","))
     if args.preregister:   # write the plan and stop: commit it, then run with --preregistered
@@ -101,6 +118,13 @@ def add_evaluate(sub) -> None:
                    "labelled images")
     for name, kind, text in UNLABELED_OPTIONS:
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=EVAL[name], help=f"--unlabeled: {text}")
+    p.add_argument("--imbalance", type=imbalance_ratio, metavar="R", help="long-tailed classes: each run draws "
+                   "--per-class images of its head class down to per-class / R of its tail (an exponential profile, "
+                   "as CIFAR-10-LT; the class order drawn per seed); the test split is unchanged; the arms add "
+                   "class-balanced re-sampling and the logit-adjusted loss (the opponents) and synthetic rows that "
+                   "rebalance the classes; the headline is balanced accuracy, with the few-shot classes beside it")
+    for name, kind, text in LONGTAIL_OPTIONS:
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=EVAL[name], help=f"--imbalance: {text}")
     p.add_argument("--looks", metavar="LEDGER", help="a JSON ledger of the runs that scored on this test split: "
                    "this run is added, and the report says how many looks the split has had")
     p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
@@ -110,7 +134,8 @@ def add_evaluate(sub) -> None:
                    "numbers allowed, e.g. 'smallcnn(width=32)'), or MODULE:FUNCTION, a factory (in_channels, "
                    f"num_classes) -> torch.nn.Module (default: {DEFAULT})")
     p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
-                                     "(default: classical+synthesize if run, else synthesize, else perturb)")
+                                     "(default: classical+synthesize if run, else synthesize, else perturb; "
+                                     "with --unlabeled fixmatch+synthesize; with --imbalance classical+rebalance)")
     p.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
     p.add_argument("--synthetic-share", type=float, default=EVAL["synthetic_share"],
                    help="share of each batch that is synthetic")

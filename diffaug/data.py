@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .checks import is_number
 from .errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -92,14 +93,31 @@ class ImageData:
         index = torch.as_tensor(index, dtype=torch.long)
         return ImageData(self.images[index], self.labels[index], self.class_names)
 
-    def subset(self, per_class: int, seed: int = 0) -> "ImageData":
-        """A stratified random subset with `per_class` images of every class (all of a smaller class)."""
-        if per_class < 1:
-            raise DataError(f"per_class must be at least 1, got {per_class}")
+    def subset(self, per_class: int | Sequence[int], seed: int = 0) -> "ImageData":
+        """A stratified random subset with `per_class` images of every class (all of a smaller class), or with
+        `per_class[c]` images of class c (a long-tailed draw: see `longtail_counts`). `short_classes` says
+        which classes hold fewer images than asked."""
+        wanted = self._wanted(per_class)
         rng = np.random.default_rng(seed)
         labels = self.labels.numpy()
-        keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(self.num_classes)]
+        keep = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in enumerate(wanted)]
         return self.select(np.sort(np.concatenate(keep)))
+
+    def short_classes(self, per_class: int | Sequence[int]) -> dict[str, tuple[int, int]]:
+        """{class name: (images asked, images held)} for every class that holds fewer than `subset` asks."""
+        held = self.class_counts()
+        return {self.class_names[c]: (n, held[c]) for c, n in enumerate(self._wanted(per_class)) if held[c] < n}
+
+    def _wanted(self, per_class) -> list[int]:
+        if isinstance(per_class, (int, np.integer)):
+            if per_class < 1:
+                raise DataError(f"per_class must be at least 1, got {per_class}")
+            return [int(per_class)] * self.num_classes
+        wanted = [int(n) for n in per_class]
+        if len(wanted) != self.num_classes or min(wanted) < 1:
+            raise DataError(f"per_class must be a whole number >= 1 or one such number per class "
+                            f"({self.num_classes}), got {list(per_class)}")
+        return wanted
 
     def split(self, fraction: float = 0.5, seed: int = 0) -> tuple["ImageData", "ImageData"]:
         """A stratified split into (first, second), `fraction` of each class going to the first part."""
@@ -223,6 +241,41 @@ class ImageData:
         pairs = [dataset[i] for i in range(len(dataset))]
         return cls.from_arrays(np.stack([_pil_or_array(x) for x, _ in pairs]),
                                np.array([int(y) for _, y in pairs]), names)
+
+
+def longtail_counts(head: int, ratio: float, num_classes: int, seed: int = 0) -> list[int]:
+    """Images per class of a long-tailed draw, as CIFAR-10-LT builds it (Cao et al. 2019): the class of rank i
+    gets round(head * ratio ** (-i / (num_classes - 1))) images, from `head` down to round(head / ratio), and
+    the ranks are dealt to the classes in an order drawn from `seed`. Rounded half up (with a margin far above
+    a last-bit difference in pow), not truncated, so no count hangs on how a CPU rounds."""
+    if not is_number(ratio) or not 1 <= ratio < float("inf"):
+        raise DataError(f"the imbalance ratio must be a number >= 1 (head images / tail images), got {ratio!r}")
+    if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or head < 1:
+        raise DataError(f"the head class's image count must be a whole number >= 1, got {head!r}")
+    if num_classes < 2:
+        raise DataError("a long-tailed draw needs at least two classes")
+    tail = _half_up(head / ratio)
+    if tail < 1:
+        raise DataError(f"an imbalance of {ratio:g} from {head} images leaves the tail class {head / ratio:.2g} "
+                        f"images, which rounds to none: use a ratio of at most {2 * head} or more head images")
+    middle = (max(1, _half_up(head * ratio ** (-i / (num_classes - 1)))) for i in range(1, num_classes - 1))
+    by_rank = [head, *middle, tail]   # the ends exactly as asked, whatever the power rounds to
+    order = np.random.default_rng(seed).permutation(num_classes)   # order[i]: the class of rank i
+    counts = [0] * num_classes
+    for rank, c in enumerate(order):
+        counts[int(c)] = by_rank[rank]
+    return counts
+
+
+def _half_up(x: float) -> int:
+    return int(np.floor(x + 0.5 + 1e-9))
+
+
+def rebalance_gaps(counts: Sequence[int], fill: float = 1.0, target: int | None = None) -> list[int]:
+    """New images per class that fill `fill` of each class's gap to `target` (default: the largest class's
+    count): round(fill * (target - n_c)), none for a class at or above it."""
+    target = max(counts) if target is None else target
+    return [max(0, int(round(fill * (target - int(n))))) for n in counts]
 
 
 def image_hash(image) -> bytes:

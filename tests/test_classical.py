@@ -104,3 +104,16 @@ def test_batches_get_independent_draws_and_a_seed_reproduces_them(digits_train):
     same_as_first = [torch.equal(a[i] - x[i], a[0] - x[0]) for i in range(1, 64)]
     assert not all(same_as_first)   # per-image randomness, not one draw for the batch
     assert not torch.equal(a, aug(x, torch.Generator().manual_seed(2)))
+
+
+def test_successive_halving_keeps_the_full_choices_scores_for_its_finalists(digits_train):
+    from diffaug.classify.policies import MENU, select
+
+    pool = digits_train.subset(per_class=12, seed=0)
+    full = select(pool, 0, 40, 64, False, "cpu")
+    halved = select(pool, 0, 40, 64, False, "cpu", survivors=3)
+    first = sorted(MENU, key=lambda p: (-full["per_fold"][p.label][0], MENU.index(p)))[:3]
+    assert sorted(halved["finalists"]) == sorted(p.label for p in first)
+    for label, scores in halved["per_fold"].items():   # the same fits: the same scores, the finalists' on every fold
+        assert scores == (full["per_fold"][label] if label in halved["finalists"] else full["per_fold"][label][:1])
+    assert halved["winner"] == max(halved["finalists"], key=lambda m: (full["mean"][m], -full["menu"].index(m)))

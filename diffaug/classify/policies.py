@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from ..checks import call_spec
-from ..data import ImageData
+from ..data import ImageData, longtail_counts
 from ..errors import DataError
 from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, classical_augment
-from .training import accuracy, fit_classifier
+from .training import accuracy, fit_classifier, predict_proba
 
 AUTO = "auto"
 FOLDS = 3          # each pool image validated on once; 3 folds of digits' 898 images hold ~300 each
@@ -83,45 +83,68 @@ def folds(labels: torch.Tensor, n: int = FOLDS) -> list[np.ndarray]:
     return [val for _, val in split]
 
 
-def selection_tasks(pool: ImageData, k: int) -> list[tuple[int, ImageData, ImageData]]:
-    """(fold, training subset, validation images) per fold: k per class from the other folds (all when k = 0)."""
+def selection_tasks(pool: ImageData, k: int, imbalance: float | None = None) -> list[tuple[int, ImageData, ImageData]]:
+    """(fold, training subset, validation images) per fold: k per class from the other folds (all when k = 0),
+    or with `imbalance` the long-tailed profile from k (data.longtail_counts, its class order drawn per fold)."""
     tasks = []
     for f, val in enumerate(folds(pool.labels)):
         rest = pool.select(np.setdiff1d(np.arange(len(pool)), val))
-        fewest = min(rest.class_counts())
-        train = rest.subset(per_class=min(k, fewest), seed=SELECTION_SEED + f) if k else rest
+        held = rest.class_counts()
+        if imbalance is not None:
+            wanted = longtail_counts(k, imbalance, pool.num_classes, seed=SELECTION_SEED + f)
+            train = rest.subset(per_class=[min(n, h) for n, h in zip(wanted, held)], seed=SELECTION_SEED + f)
+        else:
+            train = rest.subset(per_class=min(k, min(held)), seed=SELECTION_SEED + f) if k else rest
         tasks.append((f, train, pool.select(val)))
     return tasks
 
 
 def score(policy: Policy, fold: int, train: ImageData, val: ImageData, steps: int, batch_size: int, hflip: bool,
-          device, factory=None, threads: int | None = None) -> float:
-    """Validation accuracy of one classifier trained on `train` with `policy` (seeded by the fold: every entry
-    of the menu sees the same initial weights and batch indices)."""
+          device, factory=None, threads: int | None = None, balanced: bool = False) -> float:
+    """Validation accuracy (`balanced`: mean per-class recall) of one classifier trained on `train` with `policy`
+    (seeded by the fold: every entry of the menu sees the same initial weights and batch indices)."""
     if threads:
         torch.set_num_threads(threads)
     seed = SELECTION_SEED + fold
     model = fit_classifier(train, policy.build(train.size, hflip), (seed, seed + 1), steps, batch_size, device,
                            factory=factory)
-    return accuracy(model, val.images, val.labels, device)
+    if not balanced:
+        return accuracy(model, val.images, val.labels, device)
+    right = predict_proba(model, val.images, device).argmax(1) == val.labels
+    return float(np.mean([right[val.labels == c].float().mean().item() for c in range(val.num_classes)]))
 
 
 def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, device, factory=None,
-           n_jobs: int = 1, threads: int | None = None) -> dict:
+           n_jobs: int = 1, threads: int | None = None, imbalance: float | None = None,
+           survivors: int | None = None) -> dict:
     """Choose the classical baseline for regime k from MENU by cross-validation inside `pool` (the training
-    pool; nothing else is passed in). Returns the menu, each entry's per-fold and mean scores, and the winner."""
+    pool; nothing else is passed in). Returns the menu, each entry's per-fold and mean scores, and the winner.
+    With `imbalance` the folds' training subsets are long-tailed and the score is balanced accuracy.
+    `survivors`: successive halving; every entry is scored on the first fold, the best `survivors` of them
+    (ties: the earlier entry) on the others, and the winner is the survivor with the best mean."""
     t0 = time.perf_counter()
-    tasks = [(policy, *task) for policy in MENU for task in selection_tasks(pool, k)]
-    args = (steps, batch_size, hflip, device, factory)
-    if n_jobs > 1:
-        from joblib import Parallel, delayed
-        results = Parallel(n_jobs=n_jobs)(delayed(score)(*t, *args, threads) for t in tasks)
-    else:
-        results = [score(*t, *args) for t in tasks]
+    tasks = selection_tasks(pool, k, imbalance)
+    args = (steps, batch_size, hflip, device, factory, threads, imbalance is not None)
     per_fold = {p.label: [] for p in MENU}
-    for (policy, *_), acc in zip(tasks, results):
-        per_fold[policy.label].append(acc)
+    stages = [(MENU, tasks)] if survivors is None else [(MENU, tasks[:1]), (None, tasks[1:])]
+    entries = list(MENU)
+    for chosen, fold_tasks in stages:
+        if chosen is None:   # the second stage of halving: the best of the first fold go on
+            entries = sorted(entries, key=lambda p: (-per_fold[p.label][0], MENU.index(p)))[:survivors]
+            entries.sort(key=MENU.index)
+        jobs = [(policy, *task) for policy in entries for task in fold_tasks]
+        for (policy, *_), acc in zip(jobs, _scores(jobs, args, n_jobs)):
+            per_fold[policy.label].append(acc)
     means = {label: float(np.mean(v)) for label, v in per_fold.items()}
-    winner = max(means, key=lambda label: (means[label], -list(means).index(label)))
-    return {"k": k, "menu": list(means), "per_fold": per_fold, "mean": means, "winner": winner, "rule": RULE,
-            "folds": FOLDS, "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
+    finalists = [p.label for p in entries]
+    winner = max(finalists, key=lambda label: (means[label], -list(means).index(label)))
+    return {"k": k, "imbalance": imbalance, "menu": list(means), "per_fold": per_fold, "mean": means,
+            "winner": winner, "rule": RULE, "folds": FOLDS, "survivors": survivors, "finalists": finalists,
+            "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _scores(jobs: list, args: tuple, n_jobs: int) -> list[float]:
+    if n_jobs > 1 and len(jobs) > 1:
+        from joblib import Parallel, delayed
+        return Parallel(n_jobs=n_jobs)(delayed(score)(*job, *args) for job in jobs)
+    return [score(*job, *args[:-2], balanced=args[-1]) for job in jobs]

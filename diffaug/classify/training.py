@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data import ImageData
 from ..diffusion.step import to_unit
+from ..errors import DataError
 from .batched import BatchAugment
 from .classical import augment_batch
 from .networks import Factory, default_classifier
@@ -35,19 +36,27 @@ def random_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, 
 
 
 def mixed_batches(real: ImageData, pool, share: float, batch_size: int, aug, seeds: tuple[int, int], device,
-             augment_synthetic: bool = True):
+                  augment_synthetic: bool = True, balanced: bool = False):
     """Batch maker for one arm: (1 - share) real images and share rows of `pool` (synthetic images, or for a
     dose control the real images again), all on `device`, plus the classical augmentation `aug` (batched: one
     call per batch; per-image: the CPU reference) on the real rows, and on the pool's rows too when
-    `augment_synthetic`. seeds: (batch indices, augmentation draws), two streams, so the arms stay paired."""
+    `augment_synthetic`. seeds: (batch indices, augmentation draws), two streams, so the arms stay paired.
+    `balanced`: the real rows are drawn class-balanced (each class equally often, then an image of it), the
+    re-sampling a practitioner runs on long-tailed data."""
     g = torch.Generator().manual_seed(seeds[0])
     g_aug = torch.Generator().manual_seed(seeds[1])
     n_syn = int(round(share * batch_size)) if pool is not None else 0
+    if n_syn and len(pool[0]) == 0:
+        raise DataError(f"the batches ask for {n_syn} generated rows each but the pool they come from is empty")
     n_aug = batch_size if augment_synthetic else batch_size - n_syn
     images, labels = real.images.to(device), real.labels.to(device)
+    weights = (1.0 / torch.bincount(real.labels).float())[real.labels] if balanced else None
 
     def next_batch(step):
-        idx = torch.randint(len(images), (batch_size - n_syn,), generator=g).to(device)
+        if weights is None:
+            idx = torch.randint(len(images), (batch_size - n_syn,), generator=g).to(device)
+        else:
+            idx = torch.multinomial(weights, batch_size - n_syn, replacement=True, generator=g).to(device)
         x, y = images[idx], labels[idx]
         if n_syn:
             j = torch.randint(len(pool[0]), (n_syn,), generator=g).to(device)
@@ -72,15 +81,33 @@ def steps_for(n_rows: int, batch_size: int) -> int:
 
 
 def fit_classifier(real: ImageData, aug, seeds: tuple[int, int], steps: int, batch_size: int, device, *,
-                   pool=None, share: float = 0.0, augment_synthetic: bool = True,
-                   factory: Factory | None = None) -> nn.Module:
+                   pool=None, share: float = 0.0, augment_synthetic: bool = True, factory: Factory | None = None,
+                   balanced: bool = False, logit_adjustment: float = 0.0) -> nn.Module:
     """A fresh classifier trained on `real` (plus `pool`'s rows at `share`) with the classical augmentation `aug`:
     mixed_batches and train_classifier with one seed pair (weights and batch indices from seeds[0], augmentation
     draws from seeds[1]). The one way the evaluation's supervised arms, its policy selection and pseudo-labelling
-    train."""
-    batches = mixed_batches(real, pool, share, batch_size, aug, seeds, device, augment_synthetic)
+    train. `balanced`: class-balanced re-sampling of the real rows; `logit_adjustment`: tau of the logit-adjusted
+    loss against the label prior of the batches drawn (`batch_prior`), 0 for plain cross-entropy."""
+    batches = mixed_batches(real, pool, share, batch_size, aug, seeds, device, augment_synthetic, balanced)
+    offset = None
+    if logit_adjustment:
+        offset = logit_adjustment * batch_prior(real, pool, share, batch_size, balanced).log()
     return train_classifier(batches, real.channels, real.num_classes, steps=steps, seed=seeds[0], device=device,
-                            factory=factory)
+                            factory=factory, logit_offset=offset)
+
+
+def batch_prior(real: ImageData, pool, share: float, batch_size: int, balanced: bool = False) -> torch.Tensor:
+    """The label distribution of mixed_batches' rows in expectation: the real rows' class shares (uniform when
+    `balanced`) at 1 - share, the pool's at share. The prior a logit-adjusted loss corrects for."""
+    c = real.num_classes
+    real_prior = torch.full((c,), 1.0 / c) if balanced else torch.bincount(real.labels, minlength=c).float()
+    real_prior = real_prior / real_prior.sum()
+    n_syn = int(round(share * batch_size)) if pool is not None else 0
+    if not n_syn:
+        return real_prior
+    pool_prior = torch.bincount(pool[1].cpu(), minlength=c).float()
+    w = n_syn / batch_size
+    return (1 - w) * real_prior + w * pool_prior / pool_prior.sum()
 
 
 def new_classifier(factory: Factory | None, in_channels: int, num_classes: int, seed: int, device) -> nn.Module:
@@ -123,16 +150,20 @@ def optimize(model: nn.Module, loss_at: Callable[[int], torch.Tensor], steps: in
 
 def train_classifier(next_batch: BatchFn, in_channels: int, num_classes: int, *, steps: int = 800,
                      lr: float = 0.05, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
-                     device="cpu", factory: Factory | None = None) -> nn.Module:
+                     device="cpu", factory: Factory | None = None,
+                     logit_offset: torch.Tensor | None = None) -> nn.Module:
     """Train a fresh classifier for exactly `steps` optimizer steps on batches from `next_batch(step)`.
 
     `next_batch` returns (uint8 images (B,C,H,W), labels (B,)); images are scaled to [-1, 1] on the device.
+    `logit_offset` (num_classes,): added to the logits in the training loss only, as the logit-adjusted loss
+    (Menon et al., ICLR 2021) adds tau * log(prior): predictions use the plain logits.
     """
     model = new_classifier(factory, in_channels, num_classes, seed, device)
+    offset = logit_offset.to(device) if logit_offset is not None else 0.0
 
     def loss_at(step):
         x, y = next_batch(step)
-        return F.cross_entropy(model(as_input(x, device)), y.to(device, non_blocking=True),
+        return F.cross_entropy(model(as_input(x, device)) + offset, y.to(device, non_blocking=True),
                                label_smoothing=label_smoothing)
     return optimize(model, loss_at, steps, lr, weight_decay)
 

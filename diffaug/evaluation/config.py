@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..checks import check_probability, check_strength, is_number, whole_number
+from ..data import longtail_counts
 from ..diffusion.sampling import SamplingSpec
 from ..diffusion.trainer import TrainConfig
 from ..diffusion.unet import PRESETS
@@ -19,13 +20,24 @@ from ..classify.training import steps_for
 
 SELF_TRAINING, FIXMATCH = "self-training", "fixmatch"   # with unlabelled images: the semi-supervised opponents
 LEARNERS = (SELF_TRAINING, FIXMATCH)
+# With long-tailed classes (imbalance=R): the opponents a practitioner runs, each with the tuned classical policy:
+# class-balanced re-sampling, and the logit-adjusted loss (Menon et al., ICLR 2021; tau 1 is balanced softmax).
+RESAMPLE, LOGIT_ADJUST = "resample", "logit-adjust"
+LONGTAIL_LEARNERS = (RESAMPLE, LOGIT_ADJUST)
+REBALANCE = "rebalance"   # the pool of synthetic rows that fills each short class towards the head's count
 # Arms that mix generated rows into each batch; "LEARNER+synthesize" stacks the generator on a semi-supervised
 # learner (DPT, You et al. 2023): the learner's own rows and loss, synthetic rows in the labelled part of the batch.
-MIXING = ("synthesize", "perturb", "classical+synthesize", "classical+perturb", *(f"{a}+synthesize" for a in LEARNERS))
+# "...+rebalance" draws each batch from the subset and the rebalancing pool as one data set (real rows at their
+# natural rate, synthetic rows filling each class's gap to the head), with the classical policy; stacked on the
+# logit-adjusted loss, whose prior is then the batches' (filled) label distribution.
+MIXING = ("synthesize", "perturb", "classical+synthesize", "classical+perturb", *(f"{a}+synthesize" for a in LEARNERS),
+          f"classical+{REBALANCE}", f"{LOGIT_ADJUST}+{REBALANCE}")
 CONTROL = "-control"
 # Each mixing arm's dose control: the same batches (real rows, indices, augmentation draws) with the generated
-# rows replaced by clean real rows of the subset. A gain that does not beat it is augmentation dose.
-ARMS = ("real", "classical", *MIXING, *(arm + CONTROL for arm in MIXING), *LEARNERS)
+# rows replaced by clean real rows of the subset. A gain that does not beat it is augmentation dose. A rebalancing
+# arm's control swaps each generated row for a real image of the same class: it is class-balanced over-sampling
+# with exactly the arm's batches.
+ARMS = ("real", "classical", *MIXING, *(arm + CONTROL for arm in MIXING), *LEARNERS, *LONGTAIL_LEARNERS)
 DEFAULT_ARMS = ("real", "classical", "synthesize", "perturb", "classical+synthesize", "classical+synthesize" + CONTROL)
 # With unlabelled images: both opponents and the stack on each. A stack's dose control needs no arm of its own
 # there: FixMatch augments every labelled row alike, so "fixmatch+synthesize-control" draws exactly the batches of
@@ -33,17 +45,25 @@ DEFAULT_ARMS = ("real", "classical", "synthesize", "perturb", "classical+synthes
 # labelled rows at the synthetic share) is an arm to name; the default leaves it out for time.
 UNLABELED_ARMS = ("real", "classical", "classical+synthesize", "classical+synthesize" + CONTROL, *LEARNERS,
                   *(f"{a}+synthesize" for a in LEARNERS))
+LONGTAIL_ARMS = ("real", "classical", *LONGTAIL_LEARNERS, f"classical+{REBALANCE}", f"classical+{REBALANCE}" + CONTROL,
+                 f"{LOGIT_ADJUST}+{REBALANCE}")
 UNLABELED = ("rest",)   # where a regime's unlabelled images come from: the rest of the training pool
 BASELINE = "classical"
 PRIMARY_ORDER = ("classical+synthesize", "synthesize", "perturb")   # the default headline arm, fixed before any run
 UNLABELED_PRIMARY = f"{FIXMATCH}+synthesize"   # with unlabelled images: the stack a user would run
+LONGTAIL_PRIMARY = f"classical+{REBALANCE}"   # with long-tailed classes: chosen on a validation split before any
+                                              # test run (benchmarks/longtail.py, results/longtail_digits.md)
 # What each arm trains on: (the pool its mixed rows come from, whether the classical augmentation applies, the
 # learner: None for the supervised loop).
 PLAN = {"real": (None, False, None), "classical": (None, True, None), "synthesize": ("synthesize", False, None),
         "perturb": ("perturb", False, None), "classical+synthesize": ("synthesize", True, None),
         "classical+perturb": ("perturb", True, None),   # perturbed copies beside the classical policy a user runs
-        **{a: (None, True, a) for a in LEARNERS}, **{f"{a}+synthesize": ("synthesize", True, a) for a in LEARNERS}}
-PLAN.update({arm + CONTROL: ("real", *PLAN[arm][1:]) for arm in MIXING})
+        **{a: (None, True, a) for a in LEARNERS}, **{f"{a}+synthesize": ("synthesize", True, a) for a in LEARNERS},
+        **{a: (None, True, a) for a in LONGTAIL_LEARNERS},
+        f"classical+{REBALANCE}": (REBALANCE, True, None),
+        f"{LOGIT_ADJUST}+{REBALANCE}": (REBALANCE, True, LOGIT_ADJUST)}
+PLAN.update({arm + CONTROL: ("real" if PLAN[arm][0] != REBALANCE else REBALANCE + "-real", *PLAN[arm][1:])
+             for arm in MIXING})
 # Generator fit steps when not given: GEN_EPOCHS passes over the real subset, at least GEN_STEPS_MIN and at most the
 # preset's default. Chosen on a validation split of digits (never the test split): on 100 images, 250 steps
 # memorized 1.9% of samples, 500 steps 34%, the old fixed 2000 steps 97% (benchmarks/gen_budget.py); on 500
@@ -108,6 +128,10 @@ class EvalConfig:
                                            # (DPT); the arms become UNLABELED_ARMS, with self-training and FixMatch,
                                            # the opponents, and every choice that needs labels (the classical
                                            # policy) is made within the unit's labelled subset
+    selection_survivors: int | None = 4    # with unlabelled images, each unit's classical choice by successive
+                                           # halving: every menu entry on one fold, these best on the other two (16
+                                           # fits, not 24). On the 10 units of the 2026-12-01 digits run the full
+                                           # choice's CV score was matched in all 10 (3 survivors: 9); None: full
     unlabeled_share: float = TrainConfig.unlabeled_share   # with unlabelled images: their share of each batch of
                                            # the fine-tuning in a unit (the pool generator's batches are all unlabelled)
     pseudo_label_threshold: float = THRESHOLD   # with unlabelled images: the generator's labelled rows are the
@@ -121,6 +145,19 @@ class EvalConfig:
     fixmatch_ratio: int = 2                # unlabelled images per labelled one in each step; the paper's 7 costs
                                            # 15x a supervised step on a CPU and was not tried
     fixmatch_weight: float = FixMatch.weight
+    imbalance: float | None = None         # long-tailed classes: each subset draws per_class images of its head class
+                                           # down to per_class / imbalance of its tail, exponentially (CIFAR-10-LT's
+                                           # profile, data.longtail_counts), the class order drawn per seed; the test
+                                           # split stays as it is; the headline is balanced accuracy
+    # The long-tail arms' knobs, each chosen by that arm's own validation balanced accuracy (benchmarks/longtail.py
+    # on a digits validation split, 50 head images, imbalance 10, seeds 500-504; results/longtail_digits.md)
+    logit_tau: float = 1.0                 # the logit-adjusted loss's tau (1: balanced softmax): 95.24% of
+                                           # {0.5, 1, 1.5, 2}; 0.5: 94.71, 2: 86.87
+    rebalance_fill: float = 1.0            # the share of each class's gap to the head that synthetic rows fill:
+                                           # 95.82% at 1, 95.50 at 0.5 (classical+rebalance; its control takes it too)
+    rebalance_tau: float = 1.5             # the logit-adjust+rebalance stack's own tau: 95.66% at fill 1 (tau 1:
+                                           # 95.60); with a whole fill the batches' prior is near uniform, so it
+                                           # matters little
 
     def __post_init__(self):
         per_class = (self.per_class,) if isinstance(self.per_class, (int, np.integer)) else tuple(self.per_class)
@@ -129,12 +166,32 @@ class EvalConfig:
             raise DataError("per_class must name at least one regime (images per class; 0 = all)")
         if self.unlabeled is not None and self.unlabeled not in UNLABELED:
             raise DataError(f"unlabeled must be one of {UNLABELED} or None, got {self.unlabeled!r}")
+        if self.imbalance is not None:
+            if not is_number(self.imbalance) or not 1 <= self.imbalance < float("inf"):
+                raise DataError(f"imbalance must be a number >= 1 (head images / tail images), got {self.imbalance!r}")
+            if self.unlabeled:
+                raise DataError("imbalance and unlabeled are separate regimes; run them one at a time")
+            if 0 in self.per_class:
+                raise DataError("imbalance needs per_class to name the head class's images (0, all, has no head)")
+            for k in self.per_class:
+                longtail_counts(k, self.imbalance, 2)   # a tail that rounds to no image is refused here
         if self.unlabeled and tuple(self.arms) == DEFAULT_ARMS:
             self.arms = UNLABELED_ARMS
+        if self.imbalance is not None and tuple(self.arms) == DEFAULT_ARMS:
+            self.arms = LONGTAIL_ARMS
         self.arms = tuple(dict.fromkeys(self.arms))
-        semi = [a for a in self.arms if a in PLAN and PLAN[a][2] is not None]
+        semi = [a for a in self.arms if a in PLAN and PLAN[a][2] in LEARNERS]
         if semi and not self.unlabeled:
             raise DataError(f"the {', '.join(map(repr, semi))} arm(s) need unlabelled images (unlabeled='rest')")
+        longtail = [a for a in self.arms if a in PLAN and (PLAN[a][2] in LONGTAIL_LEARNERS or
+                                                           PLAN[a][0] in (REBALANCE, REBALANCE + "-real"))]
+        if longtail and self.imbalance is None:
+            raise DataError(f"the {', '.join(map(repr, longtail))} arm(s) are for long-tailed classes (imbalance=R)")
+        for name in ("logit_tau", "rebalance_tau"):
+            if not (is_number(getattr(self, name)) and 0 <= getattr(self, name) < float("inf")):
+                raise DataError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if not (is_number(self.rebalance_fill) and 0 < self.rebalance_fill <= 1):
+            raise DataError(f"rebalance_fill must lie in (0, 1], got {self.rebalance_fill!r}")
         for name in ("pseudo_label_threshold", "self_training_threshold", "fixmatch_threshold"):
             if not (is_number(getattr(self, name)) and 0 < getattr(self, name) <= 1):
                 raise DataError(f"{name} must lie in (0, 1], got {getattr(self, name)!r}")
@@ -143,7 +200,7 @@ class EvalConfig:
         whole_number(self.seed_start, "seed_start", low=0, high=2 ** 32)
         for name in ("seeds", "batch_size", "synthetic_per_class", "perturb_copies", "sample_steps", "cas_steps",
                      "reference_steps", "gen_batch_size", "classifier_steps", "gen_steps", "classifier_repeats",
-                     "self_training_rounds", "fixmatch_ratio"):
+                     "self_training_rounds", "fixmatch_ratio", "selection_survivors"):
             if getattr(self, name) is not None:
                 whole_number(getattr(self, name), name, low=1)
         SamplingSpec(self.sample_steps, guidance=self.guidance)   # checks both
@@ -169,6 +226,7 @@ class EvalConfig:
             Policy.parse(self.classical)
         if self.primary is None:
             order = (UNLABELED_PRIMARY, *PRIMARY_ORDER) if self.unlabeled else PRIMARY_ORDER
+            order = (LONGTAIL_PRIMARY, f"{LOGIT_ADJUST}+{REBALANCE}", *order) if self.imbalance else order
             self.primary = next((a for a in order if a in self.arms), None)
         if self.primary not in self.diffusion_arms:
             raise DataError(f"primary must be one of the diffusion arms run, {self.diffusion_arms}; got {self.primary!r}")
@@ -185,6 +243,16 @@ class EvalConfig:
     @property
     def diffusion_arms(self) -> tuple:
         return tuple(a for a in self.arms if a in MIXING)
+
+    @property
+    def metric(self) -> str:
+        """What the summaries compare: balanced accuracy (mean per-class recall) with long-tailed classes, where
+        plain accuracy would reward a classifier that ignores the tail; else accuracy."""
+        return "balanced_accuracy" if self.imbalance is not None else "accuracy"
+
+    def counts_for(self, k: int, num_classes: int, seed: int) -> int | list[int]:
+        """Images per class of regime k's subset: k of every class, or the long-tailed profile from k."""
+        return longtail_counts(k, self.imbalance, num_classes, seed) if self.imbalance is not None else k
 
     @property
     def seed_list(self) -> list[int]:

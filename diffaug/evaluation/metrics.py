@@ -128,12 +128,15 @@ def detectable(std: float, n: int, power: float = 0.8, confidence: float = 0.95)
 
 
 def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, draws: int = 2000, confidence: float = 0.95,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, weights: np.ndarray | None = None) -> dict:
     """Paired bootstrap of a - b over seeds AND test images: `correct_*` are (seeds, test images) shares of the
     classifiers that got each image right. Each draw resamples the seeds and, independently, the test images, so
-    the interval also carries the test set's sampling error, which the t-interval over seeds does not."""
+    the interval also carries the test set's sampling error, which the t-interval over seeds does not.
+    `weights` (test images,), mean 1: each image's weight in the mean (e.g. for balanced accuracy)."""
     a, b = np.asarray(correct_a, dtype=np.float32), np.asarray(correct_b, dtype=np.float32)
     diff = a - b
+    if weights is not None:
+        diff = diff * np.asarray(weights, dtype=np.float32)[None, :]
     rng = np.random.default_rng(seed)
     n_seeds, n_images = diff.shape
     means = np.empty(draws)
@@ -163,6 +166,16 @@ def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes:
     """Mean of `correct` (per test image) within each class."""
     return [float(correct[labels == c].float().mean()) if (labels == c).any() else math.nan
             for c in range(num_classes)]
+
+
+def shot_groups(counts: list[int]) -> dict[str, list[int]]:
+    """Classes as many-, medium- and few-shot by their rank in training images (most first, ties by class
+    index): the first third of the ranks, the middle third, the last third. CIFAR-LT's fixed cuts (100 and 20
+    images) assume a head of 5,000; thirds of the ranks serve any head and ratio."""
+    order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    n = len(order)
+    return {"many": sorted(order[:round(n / 3)]), "medium": sorted(order[round(n / 3):round(2 * n / 3)]),
+            "few": sorted(order[round(2 * n / 3):])}
 
 
 def holm(diffs_by_arm: dict, confidence: float = 0.95) -> dict:

@@ -1,8 +1,8 @@
 """The evaluation protocol (benchmarks/README.md section 1): regimes x seeds x arms, fairly, with paired statistics.
 
-One *unit* is a (real images per class k, seed) pair: draw the stratified subset, fit a generator on that
-subset only, build the synthetic pools, then train the same classifier for every arm with the same
-optimizer steps, batch size and seed. Units run in parallel (joblib) and each finished unit is cached as JSON in
+One *unit* is a (real images per class k, seed) pair: draw the stratified (or long-tailed) subset, fit a
+generator on that subset only, build the synthetic pools, then train the same classifier for every arm with the
+same optimizer steps, batch size and seed (summary.py turns the units into the paired statistics). Units run in parallel (joblib) and each finished unit is cached as JSON in
 `out_dir/runs/`, so an interrupted evaluation resumes where it stopped. What units share is named: the reference
 feature network (metrics only) and, labelled-only, each regime's classical choice; with unlabelled images the
 pool generator is fitted once per seed (shared by that seed's regimes) and the classical choice is made per unit.
@@ -11,7 +11,6 @@ pool generator is fitted once per seed (shared by that seed's regimes) and the c
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import time
 import warnings
@@ -31,8 +30,8 @@ from ..fitting import fit
 from ..generator import Generator
 from ..loading import is_builtin, load_data
 from .cache import cached, gather_units, load_json, store, store_json
-from .config import BASELINE, CONTROL, LEARNERS, EvalConfig, pool_seed
-from .metrics import detectable, holm, paired_bootstrap, paired_ci, unpack_bits
+from .config import BASELINE, EvalConfig, pool_seed, unit_streams
+from .summary import opponents, summarize
 from ..classify.networks import check_factory, factory_key, resolve_classifier
 from ..classify.policies import AUTO, MENU, RULE, Policy, select
 from .registry import check_preregistered, preregister, record_look
@@ -50,75 +49,19 @@ class EvalResult:
         return markdown_table(self)
 
 
-def opponents(cfg: EvalConfig) -> list[str]:
-    """The arms the primary arm is compared with in the headline: the tuned classical arm, the primary's dose
-    control and, with unlabelled images, every semi-supervised learner run (each tuned for itself)."""
-    found = [BASELINE, cfg.primary + CONTROL, *LEARNERS]
-    return [a for a in found if a in cfg.arms and a != cfg.primary]
-
-
-def summarize(units: list, cfg: EvalConfig, n_test: int) -> dict:
-    """Per regime: mean/std of every arm's accuracy, the paired difference of every arm against the baseline and
-    of each mixing arm against its dose control; the declared primary arm against each of its opponents (t-interval
-    over seeds, a paired bootstrap over seeds and test images, and Holm's correction over every headline
-    comparison of the evaluation, all regimes together), the strongest non-diffusion opponent named; and
-    Holm-corrected comparisons of every diffusion arm with the baseline."""
-    summary = {}
-    for k in cfg.per_class:
-        rows = sorted((u for u in units if u["k"] == k), key=lambda u: u["seed"])
-        if not rows:
-            continue
-        acc = {arm: np.array([u["arms"][arm]["accuracy"] for u in rows]) for arm in cfg.arms}
-        s = {"arms": {}, "vs_" + BASELINE: {}, "vs_control": {}}
-        for arm in cfg.arms:
-            s["arms"][arm] = {"mean": float(acc[arm].mean()),
-                              "std": float(acc[arm].std(ddof=1)) if len(rows) > 1 else math.nan,
-                              "ci": paired_ci(acc[arm]), "n": len(rows),
-                              "per_class": np.mean([u["arms"][arm]["per_class"] for u in rows], 0).tolist()}
-            if arm != BASELINE:
-                s["vs_" + BASELINE][arm] = paired_ci(acc[arm] - acc[BASELINE])
-            if arm + CONTROL in cfg.arms:
-                s["vs_control"][arm] = paired_ci(acc[arm] - acc[arm + CONTROL])
-        primary = cfg.primary
-        headline = {opp: {"ci": paired_ci(acc[primary] - acc[opp]),
-                          "bootstrap": paired_bootstrap(_correct(rows, primary, n_test), _correct(rows, opp, n_test))}
-                    for opp in opponents(cfg)}
-        standing = [a for a in (BASELINE, *LEARNERS) if a in cfg.arms]
-        s["primary"] = {"arm": primary, "gain": headline[BASELINE]["ci"], "bootstrap": headline[BASELINE]["bootstrap"],
-                        "headline": headline, "strongest": max(standing, key=lambda a: s["arms"][a]["mean"])}
-        if primary + CONTROL in headline:
-            s["primary"].update(control=primary + CONTROL, vs_control=headline[primary + CONTROL]["ci"],
-                                bootstrap_vs_control=headline[primary + CONTROL]["bootstrap"])
-        s["holm"] = holm({arm: acc[arm] - acc[BASELINE] for arm in cfg.diffusion_arms})
-        if any("quality" in u for u in rows):
-            q = [u["quality"] for u in rows if "quality" in u]
-            s["quality"] = {m: float(np.mean([x[m] for x in q]))
-                            for m in ("cas", "fid_own", "kid_own", "precision", "recall", "memorization_rate")}
-        kept = [u["perturb_label_kept"] for u in rows if "perturb_label_kept" in u]
-        if kept:
-            s["perturb_label_kept"] = {st: float(np.mean([x[st] for x in kept])) for st in kept[0]}
-        summary[str(k)] = s
-    _correct_headlines(summary, units, cfg)
-    return summary
-
-
-def _correct_headlines(summary: dict, units: list, cfg: EvalConfig) -> None:
-    """Holm over every headline comparison of the evaluation (the primary arm against each opponent, in every
-    regime): each gets its adjusted p-value and a Bonferroni interval, the family's size, and the smallest gain
-    these seeds detect at 80% power from the spread they showed (plain paired t: the power to tell)."""
-    diffs = {}
-    for k, s in summary.items():
-        rows = sorted((u for u in units if str(u["k"]) == k), key=lambda u: u["seed"])
-        for opp in s["primary"]["headline"]:
-            diffs[k, opp] = [u["arms"][cfg.primary]["accuracy"] - u["arms"][opp]["accuracy"] for u in rows]
-    for (k, opp), h in holm(diffs).items():
-        summary[k]["primary"]["headline"][opp].update(holm=h, family=len(diffs),
-                                                      detectable_80=detectable(h["std"], h["n"]))
-
-
-def _correct(rows: list, arm: str, n_test: int) -> np.ndarray:
-    """(seeds, test images): the share of the arm's classifiers that got each test image right."""
-    return np.stack([np.mean([unpack_bits(b, n_test) for b in u["arms"][arm]["correct"]], 0) for u in rows])
+def short_classes(train: ImageData, cfg: EvalConfig) -> dict:
+    """{regime: {class: [most images any of its subsets asks of it, images the pool holds]}} for every class
+    the pool cannot fill: such a subset takes all the class holds, and the report says so."""
+    out = {}
+    for k in (k for k in cfg.per_class if k):
+        found = {}
+        for seed in cfg.seed_list:
+            wanted = cfg.counts_for(k, train.num_classes, unit_streams(k, seed, cfg.classifier_repeats)["subset"])
+            for name, (asked, held) in train.short_classes(wanted).items():
+                found[name] = [max(asked, found.get(name, [0])[0]), held]
+        if found:
+            out[str(k)] = found
+    return out
 
 
 def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=None, n_jobs: int | str = 1,
@@ -145,6 +88,11 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     prereg = check_preregistered(preregistered, asdict(cfg), context) if preregistered is not None else None
     if gen is not None:
         check_leakage(gen, train, test)
+    short = short_classes(train, cfg)
+    for k, classes in short.items():
+        warnings.warn(f"regime {k} per class: " + "; ".join(f"class {c!r} holds {held} training images, fewer than the "
+                                                            f"{asked} asked, so its subsets take all {held}"
+                                                            for c, (asked, held) in classes.items()), stacklevel=2)
     tag = cfg.key(**{k: v for k, v in context.items() if k not in ("data", "baseline", "baseline_rule")},
                   generator=gen.fingerprint if gen is not None else None)
     runs = Path(out_dir) / "runs" if out_dir is not None else None
@@ -187,7 +135,7 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
               "classical_selection": selection, "baseline_rule": context["baseline_rule"],
               "pool_generators": {str(seed): {"fingerprint": g.fingerprint, "steps": g.config["train"]["steps"],
                                               "seconds": g.config["train"]["seconds"]} for seed, g in pool_gens.items()},
-              "preregistration": prereg, "opponents": opponents(cfg),
+              "preregistration": prereg, "opponents": opponents(cfg), "short_classes": short,
               "headline": f"primary arm declared in advance: {cfg.primary}, against each of {opponents(cfg)} with "
                           "Holm's correction over all of those comparisons in every regime; all diffusion arms also "
                           "compared with the baseline, Holm-corrected"}
@@ -195,7 +143,7 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
         config["looks_at_test_split"] = record_look(looks, context["test"], {
             "date": datetime.date.today().isoformat(), "out": str(out_dir), "seeds": cfg.seed_list,
             "per_class": list(cfg.per_class), "preregistered": prereg["file"] if prereg else None})
-    result = EvalResult(config=config, units=units, summary=summarize(units, cfg, len(test)),
+    result = EvalResult(config=config, units=units, summary=summarize(units, cfg, len(test), test.labels.numpy()),
                         out_dir=str(out_dir) if out_dir else None)
     if out_dir is not None and ranks.main:
         from .report import write_report
@@ -277,9 +225,10 @@ def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ra
         time.sleep(1.0)
         choice = load_json(path)
     if choice is None:
-        n_real = k * train.num_classes if k else len(train)
+        n_real = (sum(cfg.counts_for(k, train.num_classes, 0)) if cfg.imbalance is not None else
+                  k * train.num_classes if k else len(train))
         choice = select(train, k, cfg.steps_for(n_real), cfg.batch_size, cfg.hflip, resolve_device(device),
-                        classifier, n_jobs=n_jobs, threads=threads)
+                        classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance)
         if path is not None:
             store_json(path, choice)
     return choice

@@ -36,7 +36,11 @@ def markdown_table(result) -> str:
     each = f" (each seed: the mean of {repeats} classifiers trained per arm)" if repeats > 1 else ""
     seeds = cfg.get("seed_start", 0)
     looks = cfg.get("looks_at_test_split")
-    lines = [f"Test accuracy (%) over {cfg['seeds']} seeds ({seeds}..{seeds + cfg['seeds'] - 1}){each}. "
+    imbalance = cfg.get("imbalance")
+    what = (f"Test balanced accuracy (%, the mean of the per-class recalls), long-tailed training subsets (imbalance "
+            f"{imbalance:g}: the head class's images per class given below, the tail's that / {imbalance:g}, class "
+            "order drawn per seed)" if imbalance else "Test accuracy (%)")
+    lines = [f"{what} over {cfg['seeds']} seeds ({seeds}..{seeds + cfg['seeds'] - 1}){each}. "
              f"`{baseline}` = {cfg.get('baseline_rule', cfg['classical'])}. Gains are paired differences in points, "
              "95% t-interval over seeds in brackets, then a 95% paired bootstrap over seeds and test images; a gain "
              f"whose interval includes 0 is not a gain. Headline: the primary arm, declared in advance: {primary}."
@@ -67,6 +71,24 @@ def markdown_table(result) -> str:
     for k, s in result.summary.items():
         for arm, h in s["holm"].items():
             lines.append(f"| {_k(k)} | {arm} | {fmt(h)} | {h['p_value']:.3g} | {h['p_holm']:.3g} |")
+    if imbalance:
+        lines += ["", "Accuracy (%) of the many-, medium- and few-shot classes (the first, middle and last third of "
+                      "each run's classes by training images), mean over seeds:", "",
+                  "| real / class | " + " | ".join(arms) + " |", "| --- | " + " | ".join("---" for _ in arms) + " |"]
+        for k, s in result.summary.items():
+            cells = ("/".join(_pct(s["arms"][a]["groups"][g]) for g in ("many", "medium", "few")) for a in arms)
+            lines.append(f"| {_k(k)} | " + " | ".join(cells) + " |")
+        lines += ["", f"The few-shot classes' accuracy, {primary} against each opponent (points, paired 95% "
+                      "t-interval over seeds, uncorrected):", "",
+                  "| real / class | " + " | ".join(_versus(primary, o) for o in opponents) + " |",
+                  "| --- | " + " | ".join("---" for _ in opponents) + " |"]
+        for k, s in result.summary.items():
+            h = s["primary"]["headline"]
+            lines.append(f"| {_k(k)} | " + " | ".join(fmt(h[o]["few"]) if o in h else "n/a" for o in opponents) + " |")
+    for k, classes in (cfg.get("short_classes") or {}).items():
+        lines += ["", f"Short classes at {_k(k)} per class: " + "; ".join(
+            f"`{c}` holds {held} training images, fewer than the {asked} asked: its subsets took all {held}"
+            for c, (asked, held) in classes.items()) + "."]
     selection = cfg.get("classical_selection") or {}
     if selection:
         menu, folds = (next(iter(selection.values()))[key] for key in ("menu", "folds"))
@@ -146,7 +168,8 @@ def _plot_gains(result, path: Path) -> None:
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(rows)), [f"{_k(k)}/class: {label}" for k, label, _ in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("paired difference in test accuracy (points), 95% CI over seeds")
+    metric = "balanced accuracy" if result.config.get("imbalance") else "accuracy"
+    ax.set_xlabel(f"paired difference in test {metric} (points), 95% CI over seeds")
     ax.set_title("Gains (green: interval above 0)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

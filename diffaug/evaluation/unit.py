@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data import ImageData
+from ..data import ImageData, rebalance_gaps
 from ..diffusion.sampling import strengths_for
 from ..diffusion.step import resolve_device
 from ..errors import DataError
@@ -21,29 +21,32 @@ from ..io import digest
 from ..classify.policies import AUTO, Policy, select
 from ..classify.semi import self_train, with_rows
 from ..classify.training import confident, embed, fit_classifier, predict_proba, random_batches, train_classifier
-from .config import BASELINE, PLAN, SELF_TRAINING, EvalConfig, unit_streams
-from .metrics import cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall
+from .config import BASELINE, LOGIT_ADJUST, PLAN, REBALANCE, RESAMPLE, SELF_TRAINING, EvalConfig, unit_streams
+from .metrics import (cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall,
+                      shot_groups)
 
 
 def train_arm(arm: str, subset: ImageData, pool, aug, cfg: EvalConfig, replicates: list, steps: int, test_images,
               test_labels, device, factory: Callable | None = None, unlabeled: torch.Tensor | None = None,
-              teachers: list | None = None) -> tuple[list, list[dict]]:
+              teachers: list | None = None, share: float | None = None) -> tuple[list, list[dict]]:
     """One arm of one unit: a classifier per replicate seed pair, trained by the arm's learner (PLAN: supervised on
-    the real `subset`; self-training from `teachers[r]`; FixMatch on `unlabeled`) with the rows of `pool`, if any,
-    at `cfg.synthetic_share` and the classical augmentation `aug` (or None), each for exactly `steps` optimizer
+    the real `subset`, class-balanced or with the logit-adjusted loss for the long-tail opponents; self-training
+    from `teachers[r]`; FixMatch on `unlabeled`) with the rows of `pool`, if any, at `share` (None:
+    `cfg.synthetic_share`) and the classical augmentation `aug` (or None), each for exactly `steps` optimizer
     steps and scored on the test images. Replicate r has the same seeds in every arm (weights, batch indices and
     augmentation draws; fit_classifier seeds torch's RNG for the per-image reference augmentation): the arms stay
     paired. Returns the models and, per replicate, its accuracy, which test images it got right, the optimizer
     steps its loop counted and what its learner reports."""
     learner = PLAN[arm][2]
-    share = cfg.synthetic_share if pool else 0.0
+    share = (cfg.synthetic_share if share is None else share) if pool else 0.0
     mixing = dict(pool=pool, share=share, factory=factory)
     models, records = [], []
     for r, seeds in enumerate(replicates):
         extra = {}
-        if learner is None:
+        if learner in (None, RESAMPLE, LOGIT_ADJUST):
             model = fit_classifier(subset, aug, seeds, steps, cfg.batch_size, device,
-                                   augment_synthetic=cfg.augment_synthetic, **mixing)
+                                   augment_synthetic=cfg.augment_synthetic, balanced=learner == RESAMPLE,
+                                   logit_adjustment=_tau(cfg, learner, pool), **mixing)
         elif learner == SELF_TRAINING:
             model, _, rounds = self_train(subset, unlabeled, teachers[r], aug, seeds, steps, cfg.batch_size, device,
                                           threshold=cfg.self_training_threshold, rounds=cfg.self_training_rounds,
@@ -53,10 +56,18 @@ def train_arm(arm: str, subset: ImageData, pool, aug, cfg: EvalConfig, replicate
             model, mask = cfg.fixmatch.train(subset, unlabeled, seeds, steps, cfg.batch_size, device, **mixing)
             extra = {"mask_rate": mask}
         correct = predict_proba(model, test_images, device).argmax(1) == test_labels.cpu()
+        recall = per_class_accuracy(correct, test_labels.cpu(), subset.num_classes)
         models.append(model)
-        records.append({"accuracy": correct.float().mean().item(), "correct": correct,
-                        "optimizer_steps": model.optimizer_steps, **extra})
+        records.append({"accuracy": correct.float().mean().item(), "balanced_accuracy": float(np.nanmean(recall)),
+                        "correct": correct, "optimizer_steps": model.optimizer_steps, **extra})
     return models, records
+
+
+def _tau(cfg: EvalConfig, learner: str | None, pool) -> float:
+    """The logit adjustment of an arm's loss: none, the logit-adjust arm's tau, or the stack's own."""
+    if learner != LOGIT_ADJUST:
+        return 0.0
+    return cfg.rebalance_tau if pool is not None else cfg.logit_tau
 
 
 def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device) -> dict:
@@ -73,7 +84,42 @@ def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device
                               device=device, progress=False)
                   for m, s in enumerate(strengths_for(cfg.strength, cfg.perturb_copies))]
         pools["perturb"] = (torch.cat(copies).to(device), subset.labels.repeat(cfg.perturb_copies).to(device))
+    if any(PLAN[a][0] == REBALANCE for a in arms):
+        pools.update(_rebalance(gen, subset, cfg, seed, device))
     return pools
+
+
+def rebalance_rows(counts: list[int], fill: float, most: int) -> tuple[list[int], list[int]]:
+    """(each class's gap to the head that synthetic rows fill, the synthetic images drawn for it): gap_c =
+    round(fill * (head - n_c)); the class with the widest gap gets `most` images, the others in proportion, so
+    the pool's class shares are the gaps' and the images are many more than the gaps (diversity, not repeats)."""
+    gaps = rebalance_gaps(counts, fill)
+    if not any(gaps):
+        raise DataError(f"the classes hold {counts} images: none is short of the head, so there is nothing to "
+                        "rebalance")
+    widest = max(gaps)
+    return gaps, [max(1, int(round(most * g / widest))) if g else 0 for g in gaps]
+
+
+def _rebalance(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device) -> dict:
+    """The rebalancing pool (synthetic rows filling each class's gap to the head) and its dose control's twin: the
+    same labels, each generated row swapped for a real image of its class (cycled in a seeded order). Drawn
+    beside the subset at share S / (N + S), S the gaps' sum and N the subset's size, a batch holds every class
+    at the rate (n_c + gap_c) / (N + S): uniform when the fill is whole."""
+    counts = subset.class_counts()
+    gaps, rows = rebalance_rows(counts, cfg.rebalance_fill, cfg.synthetic_per_class)
+    labels = torch.arange(subset.num_classes).repeat_interleave(torch.tensor(rows))
+    images = gen.sample(labels, **cfg.sampling.fields(), seed=seed, device=device, progress=False)
+    g = torch.Generator().manual_seed(seed)
+    real = torch.empty_like(images)
+    for c, m in enumerate(rows):
+        own = torch.nonzero(subset.labels == c).flatten()
+        order = own[torch.randperm(len(own), generator=g)]
+        real[labels == c] = subset.images[order[torch.arange(m) % len(own)]]
+    share = sum(gaps) / (len(subset) + sum(gaps))
+    info = {"gaps": gaps, "rows": rows, "share": share, "fill": cfg.rebalance_fill}
+    labels = labels.to(device)
+    return {REBALANCE: (images.to(device), labels), REBALANCE + "-real": (real.to(device), labels), "_rebalance": info}
 
 
 def _rest(train: ImageData, subset: ImageData) -> torch.Tensor:
@@ -161,37 +207,44 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     device = resolve_device(device)
     reference = reference.to(device) if reference is not None else reference_for(train, test, cfg, device)
     streams = unit_streams(k, seed, cfg.classifier_repeats)
-    subset = train.subset(per_class=k, seed=streams["subset"]) if k else train
+    subset = train.subset(per_class=cfg.counts_for(k, train.num_classes, streams["subset"]),
+                          seed=streams["subset"]) if k else train
+    counts = subset.class_counts()
+    groups = shot_groups(counts) if cfg.imbalance is not None else {}
     t0 = time.perf_counter()
     unlabeled = _rest(train, subset) if cfg.unlabeled else None
     steps = cfg.steps_for(len(subset) + (len(unlabeled) if unlabeled is not None else 0))
     selection = None
     if classical is None and cfg.classical == AUTO:   # labels withheld: only the subset's labels choose
-        selection = select(subset, 0, steps, cfg.batch_size, cfg.hflip, device, factory)
+        selection = select(subset, 0, steps, cfg.batch_size, cfg.hflip, device, factory,
+                           survivors=cfg.selection_survivors)
         classical = Policy.parse(selection["winner"])
     policy = classical or Policy.parse(cfg.classical)
     aug = policy.build(train.size, cfg.hflip)
     pools = {"real": (subset.images.to(device), subset.labels.to(device))}   # what a dose control mixes in
-    arms, models, kept = {}, {}, {}
+    arms, models, kept, rebalance = {}, {}, {}, {}
 
     def run(arm: str) -> None:
         pool_name, augmented, learner = PLAN[arm]
         pool = pools.get(pool_name)
-        if pool is not None and pool_name != "real" and cfg.filter_confidence is not None:
+        if pool is not None and pool_name in ("synthesize", "perturb", REBALANCE) and cfg.filter_confidence is not None:
             if "real" not in models:
                 raise DataError("filter_confidence needs the 'real' arm (its classifier does the filtering)")
             pool, kept[arm] = _filter(pool, models["real"][0], cfg.filter_confidence)
+        share = rebalance["share"] if pool_name in (REBALANCE, REBALANCE + "-real") else cfg.synthetic_share
         t1 = time.perf_counter()
         models[arm], records = train_arm(arm, subset, pool, aug if augmented else None, cfg, streams["replicates"],
                                          steps, reference.test_images, reference.test_labels, device, factory,
-                                         unlabeled, models.get(BASELINE))
+                                         unlabeled, models.get(BASELINE), share)
         correct = torch.stack([r["correct"] for r in records]).float().mean(0)   # per test image, over replicates
+        recall = per_class_accuracy(correct, reference.test_labels.cpu(), train.num_classes)
         arms[arm] = {"accuracy": float(np.mean([r["accuracy"] for r in records])),
-                     "replicates": [r["accuracy"] for r in records],
-                     "per_class": per_class_accuracy(correct, reference.test_labels.cpu(), train.num_classes),
+                     "balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in records])),
+                     "replicates": [r["accuracy"] for r in records], "per_class": recall,
+                     "groups": {g: float(np.mean([recall[c] for c in members])) for g, members in groups.items()},
                      "correct": [pack_bits(r["correct"]) for r in records],
                      "optimizer_steps": [r["optimizer_steps"] for r in records], "batch_size": cfg.batch_size,
-                     "synthetic_share": cfg.synthetic_share if pool else 0.0, "learner": learner,
+                     "synthetic_share": share if pool else 0.0, "learner": learner,
                      "classical": policy.label if augmented else None, "seconds": round(time.perf_counter() - t1, 2),
                      **{key: [r[key] for r in records] for key in ("kept_per_round", "mask_rate") if key in records[0]}}
 
@@ -218,6 +271,7 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
                   unlabeled_share=cfg.unlabeled_share)
     fit_s = time.perf_counter() - t_fit
     pools.update(_pools(gen, subset, cfg, streams["pools"], device))
+    rebalance.update(pools.pop("_rebalance", {}))
     if cfg.target_classes and "synthesize" in pools and BASELINE in models:
         pools["synthesize"], kept["targeted"] = _target(pools["synthesize"], models[BASELINE][0], subset.num_classes)
     pools_s = time.perf_counter() - t_fit - fit_s
@@ -226,6 +280,7 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     unit = {"k": k, "seed": seed, "streams": {n: streams[n] for n in ("subset", "generator", "pools")},
             "replicate_seeds": [list(p) for p in streams["replicates"]], "classical": policy.label,
             "arms": {arm: arms[arm] for arm in cfg.arms}, "kept_after_filter": kept, "subset_size": len(subset),
+            "class_counts": counts, "groups": groups, **({"rebalance": rebalance} if rebalance else {}),
             "subset_fingerprint": subset.fingerprint(), "test_fingerprint": test.fingerprint(), "device": str(device),
             "generator": {"given": given, "fingerprint": gen.fingerprint,
                           "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
