@@ -92,7 +92,9 @@ def markdown_table(result) -> str:
     selection = cfg.get("classical_selection") or {}
     if selection:
         menu, folds = (next(iter(selection.values()))[key] for key in ("menu", "folds"))
-        lines += ["", f"The classical baseline's choice (validation accuracy %, {folds}-fold cross-validation inside "
+        scored = ("validation balanced accuracy %, the folds' training subsets long-tailed as the runs'"
+                  if imbalance else "validation accuracy %")
+        lines += ["", f"The classical baseline's choice ({scored}, {folds}-fold cross-validation inside "
                       "the training pool; the test split is not used):", "",
                   "| real / class | " + " | ".join(f"`{m}`" for m in menu) + " | chosen |",
                   "| --- | " + " | ".join("---" for _ in menu) + " | --- |"]
