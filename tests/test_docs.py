@@ -43,14 +43,16 @@ def capped(monkeypatch, tmp_path):
         return fit(data, preset, min(steps or 40, 40), **kw)
 
     def small_build(gen, path, per_class=100, **kw):
-        return build(gen, path, per_class=min(per_class, 4), **{**kw, "steps": 4})
+        return build(gen, path, per_class=min(per_class, 4) if isinstance(per_class, int) else per_class,
+                     **{**kw, "steps": 4})
 
     def small_expand(ds, gen, per_class=None, **kw):
         return expand(ds, gen, min(per_class, 3) if isinstance(per_class, int) else per_class, **{**kw, "steps": 4})
 
     def small_evaluate(data="digits", test=None, **kw):
-        tiny = dict(per_class=(3,), seeds=2, gen_steps=10, classifier_steps=10, synthetic_per_class=4, perturb_copies=1,
-                    sample_steps=2, batch_size=16, cas_steps=10, reference_steps=10)
+        head = 3 if not kw.get("imbalance") else int(2 * kw["imbalance"])   # a long tail needs a head to fall from
+        tiny = dict(per_class=(head,), seeds=2, gen_steps=10, classifier_steps=10, synthetic_per_class=4,
+                    perturb_copies=1, sample_steps=2, batch_size=16, cas_steps=10, reference_steps=10)
         return evaluate(data, test, **{**kw, **tiny, "n_jobs": min(kw.get("n_jobs", 1), 2)})
 
     monkeypatch.setattr(diffaug, "fit", small_fit)
