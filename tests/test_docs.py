@@ -53,7 +53,8 @@ def capped(monkeypatch, tmp_path):
         head = 3 if not kw.get("imbalance") else int(2 * kw["imbalance"])   # a long tail needs a head to fall from
         tiny = dict(per_class=(head,), seeds=2, gen_steps=10, classifier_steps=10, synthetic_per_class=4,
                     perturb_copies=1, sample_steps=2, batch_size=16, cas_steps=10, reference_steps=10)
-        return evaluate(data, test, **{**kw, **tiny, "n_jobs": min(kw.get("n_jobs", 1), 2)})
+        jobs = kw.get("n_jobs", 1)
+        return evaluate(data, test, **{**kw, **tiny, "n_jobs": 2 if jobs == "auto" else min(jobs, 2)})
 
     monkeypatch.setattr(diffaug, "fit", small_fit)
     monkeypatch.setattr(diffaug.fitting, "fit", small_fit)   # what the CLI calls
