@@ -84,6 +84,12 @@ def cmd_evaluate(args) -> None:
         print(f"\nreport: {out}/results.md, results.json and plots", file=sys.stderr)
 
 
+def _knobs(p, options: tuple, regime: str, defaults: dict) -> None:
+    """One option per (EvalConfig field, type, help) of a regime's knobs, its default the Python API's."""
+    for name, kind, text in options:
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name], help=f"{regime}: {text}")
+
+
 def add_evaluate(sub) -> None:
     """The `evaluate` sub-command, on the parser's sub-commands."""
     from .classify import training
@@ -116,15 +122,13 @@ def add_evaluate(sub) -> None:
                    "images and the labeller's confident pseudo-labels; the arms add self-training and FixMatch (the "
                    "opponents) and the generator stacked on each; the classical policy is chosen within each run's "
                    "labelled images")
-    for name, kind, text in UNLABELED_OPTIONS:
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=EVAL[name], help=f"--unlabeled: {text}")
+    _knobs(p, UNLABELED_OPTIONS, "--unlabeled", EVAL)
     p.add_argument("--imbalance", type=imbalance_ratio, metavar="R", help="long-tailed classes: each run draws "
                    "--per-class images of its head class down to per-class / R of its tail (an exponential profile, "
                    "as CIFAR-10-LT; the class order drawn per seed); the test split is unchanged; the arms add "
                    "class-balanced re-sampling and the logit-adjusted loss (the opponents) and synthetic rows that "
                    "rebalance the classes; the headline is balanced accuracy, with the few-shot classes beside it")
-    for name, kind, text in LONGTAIL_OPTIONS:
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=EVAL[name], help=f"--imbalance: {text}")
+    _knobs(p, LONGTAIL_OPTIONS, "--imbalance", EVAL)
     p.add_argument("--looks", metavar="LEDGER", help="a JSON ledger of the runs that scored on this test split: "
                    "this run is added, and the report says how many looks the split has had")
     p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
