@@ -116,18 +116,23 @@ def score(policy: Policy, fold: int, train: ImageData, val: ImageData, steps: in
 
 def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, device, factory=None,
            n_jobs: int = 1, threads: int | None = None, imbalance: float | None = None,
-           survivors: int | None = None) -> dict:
+           survivors: int | None = None, progress: bool = False) -> dict:
     """Choose the classical baseline for regime k from MENU by cross-validation inside `pool` (the training
     pool; nothing else is passed in). Returns the menu, each entry's per-fold and mean scores, and the winner.
     With `imbalance` the folds' training subsets are long-tailed and the score is balanced accuracy.
     `survivors`: successive halving; every entry is scored on the first fold, the best `survivors` of them
-    (ties: the earlier entry) on the others, and the winner is the survivor with the best mean."""
+    (ties: the earlier entry) on the others, and the winner is the survivor with the best mean. `progress`: a bar
+    over the classifier fits (a regime's choice is the first long wait of an evaluation)."""
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
     tasks = selection_tasks(pool, k, imbalance)
     args = (steps, batch_size, hflip, device, factory, threads, imbalance is not None)
     per_fold = {p.label: [] for p in MENU}
     stages = [(MENU, tasks)] if survivors is None else [(MENU, tasks[:1]), (None, tasks[1:])]
     entries = list(MENU)
+    fits = len(MENU) * len(tasks) if survivors is None else len(MENU) + survivors * (len(tasks) - 1)
+    bar = tqdm(total=fits, desc=f"classical choice, {k or 'all'} per class", unit="fit", disable=not progress)
     for chosen, fold_tasks in stages:
         if chosen is None:   # the second stage of halving: the best of the first fold go on
             entries = sorted(entries, key=lambda p: (-per_fold[p.label][0], MENU.index(p)))[:survivors]
@@ -135,6 +140,8 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
         jobs = [(policy, *task) for policy in entries for task in fold_tasks]
         for (policy, *_), acc in zip(jobs, _scores(jobs, args, n_jobs)):
             per_fold[policy.label].append(acc)
+            bar.update(1)
+    bar.close()
     means = {label: float(np.mean(v)) for label, v in per_fold.items()}
     finalists = [p.label for p in entries]
     winner = max(finalists, key=lambda label: (means[label], -list(means).index(label)))
@@ -143,8 +150,9 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
             "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _scores(jobs: list, args: tuple, n_jobs: int) -> list[float]:
+def _scores(jobs: list, args: tuple, n_jobs: int):
+    """Each job's score as it finishes, in the jobs' order."""
     if n_jobs > 1 and len(jobs) > 1:
         from joblib import Parallel, delayed
-        return Parallel(n_jobs=n_jobs)(delayed(score)(*job, *args) for job in jobs)
-    return [score(*job, *args[:-2], balanced=args[-1]) for job in jobs]
+        return Parallel(n_jobs=n_jobs, return_as="generator")(delayed(score)(*job, *args) for job in jobs)
+    return (score(*job, *args[:-2], balanced=args[-1]) for job in jobs)

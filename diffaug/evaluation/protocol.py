@@ -115,7 +115,8 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     _note_shared_gpu(n_jobs, device)
     threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs)) if n_jobs != 1 else None
     # with unlabelled images the labels beyond each unit's subset are withheld: each unit chooses within its own
-    selection = {str(k): _classical_for(k, train, cfg, tag, runs, ranks, device, classifier, n_jobs, threads)
+    selection = {str(k): _classical_for(k, train, cfg, tag, runs, ranks, device, classifier, n_jobs, threads,
+                                        progress)
                  for k in cfg.per_class} if cfg.classical == AUTO and not cfg.unlabeled else {}   # str keys: JSON's
     reference = reference_for(train, test, cfg, device)
     policies = {int(k): Policy.parse(sel["winner"]) for k, sel in selection.items()}
@@ -217,7 +218,7 @@ def _pool_generator(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, de
 
 
 def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, classifier,
-                   n_jobs: int, threads) -> dict:
+                   n_jobs: int, threads, progress: bool = False) -> dict:
     """Regime k's tuned classical baseline (policies.select), cached in runs/ and computed by one rank."""
     path = runs / f"classical-k{k}-{tag}.json" if runs is not None else None
     choice = load_json(path)
@@ -228,7 +229,8 @@ def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ra
         n_real = (sum(cfg.counts_for(k, train.num_classes, 0)) if cfg.imbalance is not None else
                   k * train.num_classes if k else len(train))
         choice = select(train, k, cfg.steps_for(n_real), cfg.batch_size, cfg.hflip, resolve_device(device),
-                        classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance)
+                        classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
+                        progress=progress and ranks.main)
         if path is not None:
             store_json(path, choice)
     return choice
