@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
-from diffaug.classify import fit_classifier, predict_proba  # noqa: E402
+from diffaug.classify.training import class_recalls, fit_classifier  # noqa: E402
 from diffaug.classify.policies import Policy, select  # noqa: E402
 from diffaug.evaluation.config import REBALANCE, EvalConfig, unit_streams  # noqa: E402
 from diffaug.evaluation.metrics import paired_ci, shot_groups  # noqa: E402
@@ -46,8 +46,7 @@ def one_seed(pool, validation, k: int, ratio: float, seed: int, classical: str) 
 
     def score(**options) -> dict:
         model = fit_classifier(subset, aug, seeds, steps, cfg.batch_size, "cpu", **options)
-        right = predict_proba(model, validation.images).argmax(1) == validation.labels
-        recall = [right[validation.labels == c].float().mean().item() for c in range(pool.num_classes)]
+        recall = class_recalls(model, validation.images, validation.labels, pool.num_classes)
         return {"balanced_accuracy": float(np.mean(recall)), "few": float(np.mean([recall[c] for c in groups["few"]]))}
 
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from ..data import ImageData, longtail_counts
 from ..errors import DataError
 from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, classical_augment
-from .training import accuracy, fit_classifier, predict_proba
+from .training import accuracy, class_recalls, fit_classifier
 
 AUTO = "auto"
 FOLDS = 3          # each pool image validated on once; 3 folds of digits' 898 images hold ~300 each
@@ -110,8 +110,7 @@ def score(policy: Policy, fold: int, train: ImageData, val: ImageData, steps: in
                            factory=factory)
     if not balanced:
         return accuracy(model, val.images, val.labels, device)
-    right = predict_proba(model, val.images, device).argmax(1) == val.labels
-    return float(np.mean([right[val.labels == c].float().mean().item() for c in range(val.num_classes)]))
+    return float(np.mean(class_recalls(model, val.images, val.labels, val.num_classes, device)))
 
 
 def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, device, factory=None,

@@ -192,3 +192,10 @@ def confident(model: torch.nn.Module, images: torch.Tensor, threshold: float, de
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device="cpu") -> float:
     return (predict_proba(model, images, device).argmax(1) == labels.cpu()).float().mean().item()
+
+
+def class_recalls(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  device="cpu") -> list[float]:
+    """Per class, the share of its images the model labels right; their mean is balanced accuracy."""
+    right = predict_proba(model, images, device).argmax(1) == labels.cpu()
+    return [right[labels.cpu() == c].float().mean().item() for c in range(num_classes)]
