@@ -77,6 +77,23 @@ def test_every_arm_of_a_unit_ran_the_steps_of_its_labelled_and_unlabelled_rows(u
     assert len({g["fingerprint"] for g in result.config["pool_generators"].values()}) == 2
 
 
+def test_a_cached_unit_is_not_reused_when_another_learner_labels_the_generators_images(unlabeled_eval, digits_train,
+                                                                                      digits_test):
+    # the primary arm names the labeller whose pseudo-labels fine-tune the generator, so it changes every stack's
+    # numbers: a unit the fixture ran with fixmatch's labels must not be served to a run whose primary is self-training's
+    result, out = unlabeled_eval
+    arms = tuple(result.config["arms"])
+    again = diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=1, arms=arms,
+                             fixmatch_ratio=1, self_training_rounds=2, out_dir=out, primary="self-training+synthesize",
+                             **TINY)
+    assert again.config["cache_key"] != result.config["cache_key"]
+    assert again.units[0]["kept_after_filter"]["pseudo_labels"]["labeller"] == "self-training"
+    same = diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=1, arms=arms,
+                            fixmatch_ratio=1, self_training_rounds=2, out_dir=out, **TINY)
+    assert same.config["cache_key"] == result.config["cache_key"]   # the fixture's primary: its units are reused
+    assert same.units[0]["arms"] == result.units[0]["arms"]
+
+
 def test_a_stacks_dose_control_is_its_learner_with_the_generated_rows_swapped_for_real_ones(unlabeled_eval):
     # FixMatch weakly augments every labelled row, so the control's batches are exactly plain FixMatch's
     for unit in unlabeled_eval[0].units:

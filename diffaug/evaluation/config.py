@@ -288,8 +288,11 @@ class EvalConfig:
     def key(self, **context) -> str:
         """Names a unit's cache file: every setting that changes a (k, seed) run and the `context` it ran in
         (training and test data, classifier, library source, given generator), but not the list of regimes,
-        the seeds or the headline's arm (so widening an evaluation reuses the runs it has)."""
+        the seeds or the headline's arm (so widening an evaluation reuses the runs it has). With unlabelled images
+        the headline's arm names the labeller, whose pseudo-labels fine-tune the generator: that is in the key."""
         unit = {k: v for k, v in asdict(self).items() if k not in ("per_class", "seeds", "seed_start", "primary")}
+        if self.unlabeled:
+            unit["labeller"] = self.labeller
         return json_digest({**unit, **context}, length=12)
 
 
