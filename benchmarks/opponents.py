@@ -1,7 +1,12 @@
 """The semi-supervised opponents' own knobs, each chosen by THAT learner's validation accuracy (never by a diffusion
-arm's): self-training's confidence threshold and rounds, FixMatch's threshold and unlabelled ratio.
+arm's): self-training's confidence threshold and rounds, FixMatch's threshold and unlabelled ratio, and the
+classifier budget (optimizer steps, as multiples of the evaluation's steps_for).
 
-    python benchmarks/opponents.py --per-class 10 --seeds 5
+    python benchmarks/opponents.py --per-class 10 --seeds 5                          # knobs at the budget
+    python benchmarks/opponents.py --per-class 10 --seeds 5 --knobs chosen --budgets 1,2,4   # the budget
+
+With `--knobs chosen` each learner runs at EvalConfig's knobs only (the ones the knob sweep chose), crossed with the
+budgets; that sweep writes results/opponents_budget_<dataset>.* (the knob sweep's files stay as they are).
 
 A validation split (30% of the training pool, stratified, seed 1: as sweep.py) is scored; the rest of the pool is
 the evaluation's pool: per seed, k labelled images per class drawn from it, the remainder unlabelled (labels never
@@ -34,7 +39,17 @@ SELF_TRAINING = [{"threshold": t, "rounds": r} for t, r in itertools.product((0.
 FIXMATCH = [{"threshold": t, "ratio": m} for t, m in itertools.product((0.8, 0.95), (1, 2))]
 
 
-def one_seed(pool, validation, k: int, seed: int, classical: str) -> dict:
+def chosen_knobs() -> dict:
+    """Each learner's knobs as EvalConfig has them (what the knob sweep chose)."""
+    cfg = EvalConfig()
+    return {"self-training": [{"threshold": cfg.self_training_threshold, "rounds": cfg.self_training_rounds}],
+            "fixmatch": [{"threshold": cfg.fixmatch_threshold, "ratio": cfg.fixmatch_ratio}]}
+
+
+def one_seed(pool, validation, k: int, seed: int, classical: str, grid: dict, budgets: tuple) -> dict:
+    """One seed's subset: the classical teacher and every (knobs, budget) variant of each learner, each scored on
+    the validation split. A budget b trains for b x the evaluation's steps (the teacher at budget 1, as in a unit:
+    self-training's pseudo-labels come from the classical arm's classifier)."""
     import torch
     torch.set_num_threads(1)
     cfg = EvalConfig(per_class=(k,))
@@ -48,18 +63,20 @@ def one_seed(pool, validation, k: int, seed: int, classical: str) -> dict:
     t0 = time.perf_counter()
     teacher = fit_classifier(subset, aug, seeds, steps, cfg.batch_size, "cpu")
     out = {"seed": seed, "steps": steps, "classical": score(teacher), "self-training": {}, "fixmatch": {}}
-    for v in SELF_TRAINING:
-        model, _, history = self_train(subset, unlabeled, teacher, aug, seeds, steps, cfg.batch_size, "cpu", **v)
-        out["self-training"][_name(v)] = {"accuracy": score(model), "kept": [h["kept"] for h in history]}
-    for v in FIXMATCH:
-        model, mask = FixMatch(**v).train(subset, unlabeled, seeds, steps, cfg.batch_size, "cpu")
-        out["fixmatch"][_name(v)] = {"accuracy": score(model), "mask_rate": mask}
+    for b in budgets:
+        n = int(round(b * steps))
+        for v in grid["self-training"]:
+            model, _, history = self_train(subset, unlabeled, teacher, aug, seeds, n, cfg.batch_size, "cpu", **v)
+            out["self-training"][_name(v, b)] = {"accuracy": score(model), "kept": [h["kept"] for h in history]}
+        for v in grid["fixmatch"]:
+            model, mask = FixMatch(**v).train(subset, unlabeled, seeds, n, cfg.batch_size, "cpu")
+            out["fixmatch"][_name(v, b)] = {"accuracy": score(model), "mask_rate": mask}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
 
-def _name(variant: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in variant.items())
+def _name(variant: dict, budget: float = 1) -> str:
+    return ",".join(f"{k}={v}" for k, v in {**variant, **({"budget": f"{budget:g}"} if budget != 1 else {})}.items())
 
 
 def report(args, rows: list, classical: str) -> None:
@@ -79,11 +96,12 @@ def report(args, rows: list, classical: str) -> None:
              f"labelled images per class, the rest of the pool unlabelled; seeds {seeds}; validation split: "
              f"{VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), never the test split; classical "
              f"policy `{classical}` (validation accuracy {100 * base.mean():.2f}%); one classifier per variant and "
-             f"seed, {rows[0]['steps']} steps. Each learner's knobs are chosen by its own mean validation accuracy "
+             f"seed, {rows[0]['steps']} steps (`budget=b`: b x that many). Each learner's knobs are chosen by its own mean validation accuracy "
              f"(ties: the earlier row). Chosen: self-training `{chosen['self-training']}`, FixMatch "
              f"`{chosen['fixmatch']}`.\n\n| learner | knobs | validation accuracy (%) | vs classical (points, 95% CI) |"
              "\n| --- | --- | --- | --- |\n" + "\n".join(lines))
-    write_results(f"opponents_{args.dataset}", {"validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
+    name = f"opponents_{'budget_' if args.knobs == 'chosen' else ''}{args.dataset}"
+    write_results(name, {"budgets": args.budgets, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
                                                 "classical": classical, "chosen": chosen, "seeds": rows}, table)
 
 
@@ -95,12 +113,17 @@ def main() -> None:
     parser.add_argument("--seed-start", type=int, default=SEED_START)
     parser.add_argument("--classical", default="trivialaugment(m=1,p=0.5)")
     parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--knobs", choices=("grid", "chosen"), default="grid",
+                        help="grid: the knob sweep; chosen: EvalConfig's knobs only (for a budget sweep)")
+    parser.add_argument("--budgets", type=lambda s: tuple(float(b) for b in s.split(",")), default=(1.0,),
+                        help="classifier budgets as multiples of the evaluation's steps, e.g. 1,2,4")
     args = parser.parse_args()
+    grid = chosen_knobs() if args.knobs == "chosen" else {"self-training": SELF_TRAINING, "fixmatch": FIXMATCH}
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     from joblib import Parallel, delayed
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     rows = []
-    jobs = (delayed(one_seed)(pool, validation, args.per_class, s, args.classical) for s in seeds)
+    jobs = (delayed(one_seed)(pool, validation, args.per_class, s, args.classical, grid, args.budgets) for s in seeds)
     for row in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
         rows.append(row)
         rows.sort(key=lambda r: r["seed"])

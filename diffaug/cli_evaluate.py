@@ -57,7 +57,8 @@ def cmd_evaluate(args) -> None:
         test = load_data(args.data, "test", root=args.root)
     options = dict(per_class=ints(args.per_class), seeds=args.seeds, seed_start=args.seed_start,
                    classical=args.classical,
-                   classifier_steps=args.classifier_steps, batch_size=args.batch_size,
+                   classifier_steps=args.classifier_steps, classifier_budget=args.classifier_budget,
+                   batch_size=args.batch_size,
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
                    perturb_copies=args.perturb_copies, strength=strength(args.strength), guidance=args.guidance,
                    sample_steps=args.sample_steps, filter_confidence=args.filter_confidence, preset=args.preset,
@@ -134,6 +135,9 @@ def add_evaluate(sub) -> None:
     p.add_argument("--classifier-steps", type=int, help="classifier optimizer steps, the same for every arm "
                    f"(default: {training.STEPS_PER_EPOCHS} epochs of the rows an arm learns from, {training.STEPS_MIN} "
                    f"to {training.STEPS_MAX})")
+    p.add_argument("--classifier-budget", type=float, metavar="B", help="without --classifier-steps, every arm "
+                   "trains for B times the default steps (default: the regime's, chosen for its strongest opponent: "
+                   f"{evaluation.UNLABELED_BUDGET:g} with --unlabeled, else 1)")
     p.add_argument("--classifier", help=f"the downstream network of every arm: {', '.join(BUILT_IN)} (keyword "
                    "numbers allowed, e.g. 'smallcnn(width=32)'), or MODULE:FUNCTION, a factory (in_channels, "
                    f"num_classes) -> torch.nn.Module (default: {DEFAULT})")

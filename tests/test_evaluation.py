@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import diffaug
+from diffaug import DataError
 from diffaug.evaluation import (EvalConfig, cas, evaluate, fid_own, kid_own, memorization, paired_ci,
                                 precision_recall)
 from diffaug.classify.training import embed, train_classifier
@@ -190,6 +191,15 @@ def test_classifier_steps_scale_with_the_data_by_default():
     few, many = cfg.steps_for(100), cfg.steps_for(60000)
     assert few < many and cfg.steps_for(100) == cfg.steps_for(120)   # the floor for small subsets
     assert EvalConfig(classifier_steps=123).steps_for(60000) == 123
+    # the budget multiplies the default steps only; with unlabelled images it is the regime's own (chosen for the
+    # strongest opponent), and an explicit number of steps is taken as it is
+    assert EvalConfig(classifier_budget=2).steps_for(100) == 2 * few
+    assert EvalConfig(unlabeled="rest").classifier_budget == 2.0 and cfg.classifier_budget == 1.0
+    assert EvalConfig(unlabeled="rest").steps_for(900) == 2 * cfg.steps_for(900)
+    assert EvalConfig(unlabeled="rest", classifier_steps=123).steps_for(900) == 123
+    for bad in (0, -1, float("inf"), "2", True):
+        with pytest.raises(DataError, match="classifier_budget"):
+            EvalConfig(classifier_budget=bad)
 
 
 def test_own_feature_metrics_use_one_reference_network_trained_on_the_training_pool(digits_train, digits_test):
