@@ -117,3 +117,4 @@ def test_successive_halving_keeps_the_full_choices_scores_for_its_finalists(digi
     for label, scores in halved["per_fold"].items():   # the same fits: the same scores, the finalists' on every fold
         assert scores == (full["per_fold"][label] if label in halved["finalists"] else full["per_fold"][label][:1])
     assert halved["winner"] == max(halved["finalists"], key=lambda m: (full["mean"][m], -full["menu"].index(m)))
+    assert "the best 3 on the other two" in halved["rule"] and "halving" not in full["rule"]   # says what ran

@@ -325,6 +325,21 @@ def test_seed_start_gives_fresh_seeds_and_a_cached_unit_of_other_code_is_not_reu
     assert len(list((tmp_path / "runs").glob("k3-seed40-*.json"))) == 2   # run anew, stored beside the old
 
 
+def test_the_report_says_how_each_regime_chose_its_classical_policy(digits_train, digits_test, tmp_path):
+    """The baseline's rule is the selection that ran: within the pool per regime, within each unit's labelled subset
+    (by successive halving) with unlabelled images, on long-tailed folds by balanced accuracy under imbalance."""
+    from diffaug.evaluation.protocol import plan_of
+    rule = {name: plan_of(tmp_path / f"{name}.json", digits_train, digits_test, per_class=(10,), **options)["baseline_rule"]
+            for name, options in (("labelled", {}), ("unlabeled", {"unlabeled": "rest"}),
+                                  ("longtail", {"imbalance": 10}), ("full", {"unlabeled": "rest",
+                                                                          "selection_survivors": None}))}
+    assert "per regime" in rule["labelled"] and "k per class from the other folds" in rule["labelled"]
+    assert "halving" not in rule["labelled"] and "balanced" not in rule["labelled"]
+    assert "each unit's labelled subset" in rule["unlabeled"] and "training pool" not in rule["unlabeled"]
+    assert "the best 4 on the other two" in rule["unlabeled"] and "halving" not in rule["full"]
+    assert "long-tailed" in rule["longtail"] and "balanced accuracy" in rule["longtail"]
+
+
 def test_a_preregistered_run_must_be_the_one_registered(digits_train, digits_test, tmp_path):
     from diffaug.evaluation.protocol import plan_of
     options = {**TINY, "arms": ("classical", "synthesize"), "metrics": False, "classical": "crop"}

@@ -69,9 +69,21 @@ class Policy:
 MENU = tuple(Policy(name, m, p) for name, m in (("crop", None), ("trivialaugment", 0.5), ("trivialaugment", 1.0),
                                                 ("randaugment", 1.0))
              for p in (1.0, 0.5))
-RULE = (f"the menu entry with the highest mean validation accuracy over {FOLDS} stratified folds of the training "
-        "pool (per regime: a subset of k per class from the other folds, one classifier per entry and fold, the "
-        "evaluation's classifier, steps and batch size; ties go to the earlier entry); the test split is not used")
+
+
+def rule(within: str, k="k", imbalance: float | None = None, survivors: int | None = None) -> str:
+    """What `select(pool, k, ..., imbalance=, survivors=)` does, in words, for a pool described by `within` (the
+    report's description of the classical baseline)."""
+    metric = "balanced accuracy (mean per-class recall)" if imbalance is not None else "accuracy"
+    if imbalance is not None:
+        train = f"a long-tailed subset from the other folds ({k} images of the head class down to {k} / {imbalance:g})"
+    else:
+        train = "all the images of the other folds" if k == 0 else f"{k} per class from the other folds"
+    fits = (f"every entry on the first fold and, by successive halving, the best {survivors} on the other two"
+            if survivors is not None else "one classifier per entry and fold")
+    return (f"the menu entry with the highest mean validation {metric} over {FOLDS} stratified folds of {within} "
+            f"(trained on {train}; {fits}; the evaluation's classifier, steps and batch size; ties go to the "
+            "earlier entry); the test split is not used")
 
 
 def folds(labels: torch.Tensor, n: int = FOLDS) -> list[np.ndarray]:
@@ -145,7 +157,7 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
     finalists = [p.label for p in entries]
     winner = max(finalists, key=lambda label: (means[label], -list(means).index(label)))
     return {"k": k, "imbalance": imbalance, "menu": list(means), "per_fold": per_fold, "mean": means,
-            "winner": winner, "rule": RULE, "folds": FOLDS, "survivors": survivors, "finalists": finalists,
+            "winner": winner, "rule": rule("the images given", k, imbalance, survivors), "folds": FOLDS, "survivors": survivors, "finalists": finalists,
             "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -33,7 +33,7 @@ from .cache import cached, gather_units, load_json, store, store_json
 from .config import BASELINE, EvalConfig, pool_seed, unit_streams
 from .summary import opponents, summarize
 from ..classify.networks import check_factory, factory_key, resolve_classifier
-from ..classify.policies import AUTO, MENU, RULE, Policy, select
+from ..classify.policies import AUTO, MENU, Policy, rule, select
 from .registry import check_preregistered, preregister, record_look
 from .unit import reference_for, run_unit
 
@@ -176,11 +176,20 @@ def _prepare(data, test, gen, classifier, options):
                         f"{train.channels}x{train.size}")
     factory = resolve_classifier(classifier)
     check_factory(factory, train.channels, train.num_classes)
-    rule = RULE if cfg.classical == AUTO else f"fixed: {Policy.parse(cfg.classical).label}"
     context = {"data": split_note, "train": train.fingerprint(), "test": test.fingerprint(),
                "classifier": factory_key(classifier if classifier is None else factory), "diffaug": __version__, "source": source_digest(),
-               "baseline": BASELINE, "baseline_rule": rule}
+               "baseline": BASELINE, "baseline_rule": _baseline_rule(cfg)}
     return cfg, train, test, split_note, context, (None if classifier is None else factory)
+
+
+def _baseline_rule(cfg: EvalConfig) -> str:
+    """How the classical baseline is chosen: fixed, per regime within the training pool, or with unlabelled images
+    per unit within its labelled subset (labels withheld)."""
+    if cfg.classical != AUTO:
+        return f"fixed: {Policy.parse(cfg.classical).label}"
+    if cfg.unlabeled:
+        return "per unit, " + rule("each unit's labelled subset", 0, survivors=cfg.selection_survivors)
+    return "per regime, " + rule("the training pool", imbalance=cfg.imbalance)
 
 
 def _pool_generators(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, progress, seeds: list,
