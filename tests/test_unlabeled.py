@@ -124,13 +124,13 @@ def test_the_cli_fits_with_unlabelled_images_and_an_init_and_info_shows_them(few
 
 
 def test_an_evaluation_with_unlabelled_images_fits_a_pool_generator_per_seed_and_adds_the_opponents(
-        digits_train, digits_test, tmp_path):
+        digits_train, digits_test, tmp_path, capsys):
     from diffaug.evaluation.protocol import check_leakage
     result = diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=2, gen_steps=10,
                               gen_batch_size=16, classifier_steps=20, batch_size=16, synthetic_per_class=4,
                               sample_steps=2, metrics=False, classical="crop", fixmatch_ratio=1, n_jobs=2,
-                              out_dir=tmp_path,
-                              progress=False)
+                              out_dir=tmp_path)
+    assert "pool generators: 100%" in capsys.readouterr().err   # the fits before any unit are not a silent wait
     pools = result.config["pool_generators"]
     files = sorted((tmp_path / "runs").glob("pool-generator-*.safetensors"))
     assert len(pools) == len(files) == 2

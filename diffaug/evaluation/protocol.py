@@ -196,10 +196,12 @@ def _pool_generators(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, d
                      n_jobs: int, threads) -> dict:
     """{seed: its pool generator}: fitted in `n_jobs` processes at once where there are several (each with
     `threads` threads, as the units are), one after the other under torchrun (rank 0 fits, the others wait)."""
-    if n_jobs > 1 and len(seeds) > 1 and not ranks.active:
+    if n_jobs > 1 and len(seeds) > 1 and not ranks.active:   # a bar over the fits: minutes of work before any unit
         from joblib import Parallel, delayed
-        fits = Parallel(n_jobs=min(n_jobs, len(seeds)))(
-            delayed(_pool_generator)(train, cfg, tag, runs, ranks, device, False, seed, threads) for seed in seeds)
+        from tqdm.auto import tqdm
+        jobs = (delayed(_pool_generator)(train, cfg, tag, runs, ranks, device, False, seed, threads) for seed in seeds)
+        fits = list(tqdm(Parallel(n_jobs=min(n_jobs, len(seeds)), return_as="generator")(jobs), total=len(seeds),
+                         desc="pool generators", unit="fit", disable=not progress))
     else:
         fits = [_pool_generator(train, cfg, tag, runs, ranks, device, progress, seed) for seed in seeds]
     return dict(zip(seeds, fits))
