@@ -9,8 +9,12 @@ the first run's cross-validation, then named for the others).
         --variant '{"gen_augment": 0.5, "gen_steps": 500}' --variant '{"gen_augment": 0.5, "gen_steps": 1000}'
     # with unlabelled images: the unlabelled share of the generator's batches, the pseudo-label threshold
     python benchmarks/sweep.py --tag unlabeled --set unlabeled='"rest"' --variant '{}' ...
+    # the downstream classifier's size (a variant's "classifier" is evaluate's classifier= spec, not an EvalConfig field)
+    python benchmarks/sweep.py --tag classifier_width --per-class 10 --seeds 5 --variant '{}' \
+        --variant '{"classifier": "smallcnn(width=32)"}' --variant '{"classifier": "smallcnn(width=64)"}'
 
-Reported per variant: the primary arm against the tuned classical arm, its dose control, the self-training arm
+Reported per variant: the tuned classical arm's own accuracy (what chooses a knob every arm shares, such as the
+classifier), the primary arm against the tuned classical arm, its dose control, the self-training arm
 (with unlabelled images) and the first variant's primary arm (paired by seed); synthesize alone; the generators'
 CAS, own-feature FID, recall, memorization and fit seconds. Written after every variant (a killed run keeps them):
 results/sweep_<dataset>_<tag>.{json,md}.
@@ -63,11 +67,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, text in enumerate(args.variant):
             variant = json.loads(text)
+            options = {**common, **variant}
             t0 = time.perf_counter()
             result = diffaug.evaluate(pool, test=validation, per_class=[args.per_class], seeds=args.seeds,
                                       seed_start=args.seed_start, classical=classical, device=args.device,
-                                      n_jobs=n_jobs,
-                                      progress=False, out_dir=Path(tmp) / f"v{i}", **{**common, **variant})
+                                      n_jobs=n_jobs, classifier=options.pop("classifier", None),
+                                      progress=False, out_dir=Path(tmp) / f"v{i}", **options)
             classical = result.units[0]["classical"]   # the first run's choice, named for the others
             rows[json.dumps(variant)] = {"variant": variant, "seconds": time.perf_counter() - t0,
                                          "units": result.units}
@@ -94,13 +99,14 @@ def report(args, rows: dict, classical: str, common: dict) -> None:
         primary = _acc(units, PRIMARY)
         q = [u["quality"] for u in units]
         lines.append(
-            f"| `{name}` | {_ci(primary, _acc(units, 'classical'))} | {_ci(primary, _acc(units, PRIMARY + '-control'))}"
+            f"| `{name}` | {100 * np.mean(list(_acc(units, 'classical').values())):.2f} | "
+            f"{_ci(primary, _acc(units, 'classical'))} | {_ci(primary, _acc(units, PRIMARY + '-control'))}"
             f" | {_ci(primary, _acc(units, 'self-training'))} | {_ci(primary, reference)} | "
             f"{100 * np.mean(list(_acc(units, 'synthesize').values())):.1f} | "
             f"{100 * np.mean([x['cas'] for x in q]):.1f} | {np.mean([x['fid_own'] for x in q]):.3f} | "
             f"{np.mean([x['recall'] for x in q]):.2f} | {100 * np.mean([x['memorization_rate'] for x in q]):.1f}% | "
             f"{np.mean([u['generator']['fit_seconds'] for u in units]):.0f} |")
-    head = ("| variant | primary vs tuned classical | vs its dose control | vs self-training | vs the first variant "
+    head = ("| variant | tuned classical (%) | primary vs tuned classical | vs its dose control | vs self-training | vs the first variant "
             "| synthesize alone (%) | CAS | FID (own) | recall | memorization | fit s |")
     table = (f"Command: `python benchmarks/sweep.py {' '.join(sys.argv[1:])}`. {args.dataset}, {args.per_class} real "
              f"images per class, seeds {args.seed_start}..{args.seed_start + args.seeds - 1}; validation split: "
