@@ -143,7 +143,7 @@ def add_evaluate(sub) -> None:
                    f"num_classes) -> torch.nn.Module (default: {DEFAULT})")
     p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
                                      "(default: classical+synthesize if run, else synthesize, else perturb; "
-                                     "with --unlabeled fixmatch+synthesize; with --imbalance classical+rebalance)")
+                                     "with --unlabeled self-training+synthesize; with --imbalance classical+rebalance)")
     p.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
     p.add_argument("--synthetic-share", type=float, default=EVAL["synthetic_share"],
                    help="share of each batch that is synthetic")

@@ -140,12 +140,14 @@ def test_an_evaluation_with_unlabelled_images_fits_a_pool_generator_per_seed_and
         assert pool_gen.config["unlabeled"]["share"] == 1.0
         check_leakage(pool_gen, digits_train, digits_test)   # fitted on the training pool only
     for unit in result.units:
-        assert {"self-training", "fixmatch", "fixmatch+synthesize", "self-training+synthesize"} <= set(unit["arms"])
+        assert {"self-training", "fixmatch", "fixmatch+synthesize", "self-training+synthesize",
+                "self-training+synthesize-control"} <= set(unit["arms"])
         kept = unit["kept_after_filter"]["pseudo_labels"]
         assert kept["unlabeled"] == len(digits_train) - 30 and 0 <= kept["kept"] <= kept["unlabeled"]
         assert unit["generator"]["init"] == pools[str(unit["seed"])]["fingerprint"]   # its seed's pool generator
-    assert result.config["primary"] == "fixmatch+synthesize"
-    assert "self-training" in result.summary["3"]["primary"]["headline"] and "vs self-training" in result.table()
+    assert result.config["primary"] == "self-training+synthesize"   # the default stack, with its dose control
+    assert {"self-training", "fixmatch", "self-training+synthesize-control"} <= set(
+        result.summary["3"]["primary"]["headline"]) and "vs self-training" in result.table()
 
 
 def test_fit_pseudo_labels_the_confident_unlabelled_images(few_and_many, digits_train, tmp_path, capsys):
