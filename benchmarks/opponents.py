@@ -96,10 +96,11 @@ def report(args, rows: list, classical: str) -> None:
              f"labelled images per class, the rest of the pool unlabelled; seeds {seeds}; validation split: "
              f"{VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), never the test split; classical "
              f"policy `{classical}` (validation accuracy {100 * base.mean():.2f}%); one classifier per variant and "
-             f"seed, {rows[0]['steps']} steps (`budget=b`: b x that many). Each learner's knobs are chosen by its own mean validation accuracy "
-             f"(ties: the earlier row). Chosen: self-training `{chosen['self-training']}`, FixMatch "
-             f"`{chosen['fixmatch']}`.\n\n| learner | knobs | validation accuracy (%) | vs classical (points, 95% CI) |"
-             "\n| --- | --- | --- | --- |\n" + "\n".join(lines))
+             f"seed, {rows[0]['steps']} steps (`budget=b`: b x that many). Each learner's knobs are chosen by its "
+             f"own mean validation accuracy (ties: the earlier row). Chosen: self-training "
+             f"`{chosen['self-training']}`, FixMatch `{chosen['fixmatch']}`.\n\n"
+             "| learner | knobs | validation accuracy (%) | vs classical (points, 95% CI) |\n"
+             "| --- | --- | --- | --- |\n" + "\n".join(lines))
     name = f"opponents_{'budget_' if args.knobs == 'chosen' else ''}{args.dataset}"
     write_results(name, {"budgets": args.budgets, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
                                                 "classical": classical, "chosen": chosen, "seeds": rows}, table)

@@ -9,7 +9,7 @@ the first run's cross-validation, then named for the others).
         --variant '{"gen_augment": 0.5, "gen_steps": 500}' --variant '{"gen_augment": 0.5, "gen_steps": 1000}'
     # with unlabelled images: the unlabelled share of the generator's batches, the pseudo-label threshold
     python benchmarks/sweep.py --tag unlabeled --set unlabeled='"rest"' --variant '{}' ...
-    # the downstream classifier's size (a variant's "classifier" is evaluate's classifier= spec, not an EvalConfig field)
+    # the downstream classifier's size (a variant's "classifier" is evaluate's classifier=, not an EvalConfig field)
     python benchmarks/sweep.py --tag classifier_width --per-class 10 --seeds 5 --variant '{}' \
         --variant '{"classifier": "smallcnn(width=32)"}' --variant '{"classifier": "smallcnn(width=64)"}'
 
@@ -106,8 +106,8 @@ def report(args, rows: dict, classical: str, common: dict) -> None:
             f"{100 * np.mean([x['cas'] for x in q]):.1f} | {np.mean([x['fid_own'] for x in q]):.3f} | "
             f"{np.mean([x['recall'] for x in q]):.2f} | {100 * np.mean([x['memorization_rate'] for x in q]):.1f}% | "
             f"{np.mean([u['generator']['fit_seconds'] for u in units]):.0f} |")
-    head = ("| variant | tuned classical (%) | primary vs tuned classical | vs its dose control | vs self-training | vs the first variant "
-            "| synthesize alone (%) | CAS | FID (own) | recall | memorization | fit s |")
+    head = ("| variant | tuned classical (%) | primary vs tuned classical | vs its dose control | vs self-training "
+            "| vs the first variant | synthesize alone (%) | CAS | FID (own) | recall | memorization | fit s |")
     table = (f"Command: `python benchmarks/sweep.py {' '.join(sys.argv[1:])}`. {args.dataset}, {args.per_class} real "
              f"images per class, seeds {args.seed_start}..{args.seed_start + args.seeds - 1}; validation split: "
              f"{VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), never the test split. Settings of "

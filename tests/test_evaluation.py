@@ -329,10 +329,10 @@ def test_the_report_says_how_each_regime_chose_its_classical_policy(digits_train
     """The baseline's rule is the selection that ran: within the pool per regime, within each unit's labelled subset
     (by successive halving) with unlabelled images, on long-tailed folds by balanced accuracy under imbalance."""
     from diffaug.evaluation.protocol import plan_of
-    rule = {name: plan_of(tmp_path / f"{name}.json", digits_train, digits_test, per_class=(10,), **options)["baseline_rule"]
-            for name, options in (("labelled", {}), ("unlabeled", {"unlabeled": "rest"}),
-                                  ("longtail", {"imbalance": 10}), ("full", {"unlabeled": "rest",
-                                                                          "selection_survivors": None}))}
+    regimes = {"labelled": {}, "unlabeled": {"unlabeled": "rest"}, "longtail": {"imbalance": 10},
+               "full": {"unlabeled": "rest", "selection_survivors": None}}
+    rule = {name: plan_of(tmp_path / f"{name}.json", digits_train, digits_test, per_class=(10,),
+                          **options)["baseline_rule"] for name, options in regimes.items()}
     assert "per regime" in rule["labelled"] and "k per class from the other folds" in rule["labelled"]
     assert "halving" not in rule["labelled"] and "balanced" not in rule["labelled"]
     assert "each unit's labelled subset" in rule["unlabeled"] and "training pool" not in rule["unlabeled"]

@@ -81,7 +81,7 @@ def test_every_arm_of_a_unit_ran_the_steps_of_its_labelled_and_unlabelled_rows(u
 def test_a_cached_unit_is_not_reused_when_another_learner_labels_the_generators_images(unlabeled_eval, digits_train,
                                                                                       digits_test):
     # the primary arm names the labeller whose pseudo-labels fine-tune the generator, so it changes every stack's
-    # numbers: a unit the fixture ran with fixmatch's labels must not be served to a run whose primary is self-training's
+    # numbers: a unit the fixture ran with fixmatch's labels must not serve a run whose primary is self-training's
     result, out = unlabeled_eval
     arms = tuple(result.config["arms"])
     again = diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=1, arms=arms,

@@ -157,7 +157,8 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
     finalists = [p.label for p in entries]
     winner = max(finalists, key=lambda label: (means[label], -list(means).index(label)))
     return {"k": k, "imbalance": imbalance, "menu": list(means), "per_fold": per_fold, "mean": means,
-            "winner": winner, "rule": rule("the images given", k, imbalance, survivors), "folds": FOLDS, "survivors": survivors, "finalists": finalists,
+            "winner": winner, "rule": rule("the images given", k, imbalance, survivors), "folds": FOLDS,
+            "survivors": survivors, "finalists": finalists,
             "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -242,7 +242,8 @@ class EvalConfig:
         if self.classical != AUTO:
             Policy.parse(self.classical)
         if self.primary is None:
-            order = (UNLABELED_PRIMARY, f"{FIXMATCH}+synthesize", *PRIMARY_ORDER) if self.unlabeled else PRIMARY_ORDER
+            order = ((UNLABELED_PRIMARY, f"{FIXMATCH}+synthesize", *PRIMARY_ORDER) if self.unlabeled else
+                     PRIMARY_ORDER)
             order = (LONGTAIL_PRIMARY, f"{LOGIT_ADJUST}+{REBALANCE}", *order) if self.imbalance else order
             self.primary = next((a for a in order if a in self.arms), None)
         if self.primary not in self.diffusion_arms:
