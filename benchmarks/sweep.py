@@ -12,11 +12,16 @@ the first run's cross-validation, then named for the others).
     # the downstream classifier's size (a variant's "classifier" is evaluate's classifier=, not an EvalConfig field)
     python benchmarks/sweep.py --tag classifier_width --per-class 10 --seeds 5 --variant '{}' \
         --variant '{"classifier": "smallcnn(width=32)"}' --variant '{"classifier": "smallcnn(width=64)"}'
+    # perturbed copies beside the classical policy: the strength range (the primary arm is any diffusion arm)
+    python benchmarks/sweep.py --tag perturb_strength --set primary='"classical+perturb"' \
+        --set arms='["classical", "classical+perturb", "classical+perturb-control"]' \
+        --variant '{"strength": [0.3, 0.6]}' --variant '{"strength": [0.1, 0.3]}' ...
 
 Reported per variant: the tuned classical arm's own accuracy (what chooses a knob every arm shares, such as the
-classifier), the primary arm against the tuned classical arm, its dose control, the self-training arm
-(with unlabelled images) and the first variant's primary arm (paired by seed); synthesize alone; the generators'
-CAS, own-feature FID, recall, memorization and fit seconds. Written after every variant (a killed run keeps them):
+classifier), the primary arm (classical+synthesize unless --set primary= names another) against the tuned classical
+arm, its dose control, the self-training arm (with unlabelled images) and the first variant's primary arm (paired by
+seed); synthesize alone; the generators' CAS, own-feature FID, recall, memorization and fit seconds (where a
+synthesize pool was built); the perturbed copies the reference classifier still assigns to their label. Written after every variant (a killed run keeps them):
 results/sweep_<dataset>_<tag>.{json,md}.
 """
 
@@ -55,7 +60,7 @@ def main() -> None:
     parser.add_argument("--n-jobs", default="auto")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    common = {"arms": ARMS, "primary": PRIMARY}
+    common = {"arms": ARMS, "primary": PRIMARY}   # --set arms= / primary= replace these
     for item in args.set:
         name, _, value = item.partition("=")
         common[name] = json.loads(value)
@@ -84,6 +89,18 @@ def _acc(units, arm) -> dict:
     return {u["seed"]: u["arms"][arm]["accuracy"] for u in units if arm in u["arms"]}
 
 
+def _mean(values, fmt: str, scale: float = 1.0) -> str:
+    """A column's mean over units, blank where no unit has it (no synthesize pool: no generator quality)."""
+    values = [v for v in values if v is not None]
+    return format(scale * float(np.mean(values)), fmt) if values else ""
+
+
+def _label_kept(units) -> str:
+    """Per strength, the share of perturbed copies the reference classifier still assigns to their label (%)."""
+    kept = [u["perturb_label_kept"] for u in units if "perturb_label_kept" in u]
+    return ", ".join(f"{s}: {100 * np.mean([k[s] for k in kept]):.0f}" for s in kept[0]) if kept else ""
+
+
 def _ci(a: dict, b: dict) -> str:
     if not a or not b or a is b:
         return ""
@@ -92,33 +109,36 @@ def _ci(a: dict, b: dict) -> str:
 
 
 def report(args, rows: dict, classical: str, common: dict) -> None:
-    reference = _acc(next(iter(rows.values()))["units"], PRIMARY)
+    primary_arm = common["primary"]
+    reference = _acc(next(iter(rows.values()))["units"], primary_arm)
     lines = []
     for name, row in rows.items():
         units = row["units"]
-        primary = _acc(units, PRIMARY)
-        q = [u["quality"] for u in units]
+        primary = _acc(units, primary_arm)
+        q = [u.get("quality", {}) for u in units]
         lines.append(
-            f"| `{name}` | {100 * np.mean(list(_acc(units, 'classical').values())):.2f} | "
-            f"{_ci(primary, _acc(units, 'classical'))} | {_ci(primary, _acc(units, PRIMARY + '-control'))}"
+            f"| `{name}` | {_mean(_acc(units, 'classical').values(), '.2f', 100)} | "
+            f"{_ci(primary, _acc(units, 'classical'))} | {_ci(primary, _acc(units, primary_arm + '-control'))}"
             f" | {_ci(primary, _acc(units, 'self-training'))} | {_ci(primary, reference)} | "
-            f"{100 * np.mean(list(_acc(units, 'synthesize').values())):.1f} | "
-            f"{100 * np.mean([x['cas'] for x in q]):.1f} | {np.mean([x['fid_own'] for x in q]):.3f} | "
-            f"{np.mean([x['recall'] for x in q]):.2f} | {100 * np.mean([x['memorization_rate'] for x in q]):.1f}% | "
-            f"{np.mean([u['generator']['fit_seconds'] for u in units]):.0f} |")
+            f"{_mean(_acc(units, 'synthesize').values(), '.1f', 100)} | {_mean([x.get('cas') for x in q], '.1f', 100)} | "
+            f"{_mean([x.get('fid_own') for x in q], '.3f')} | {_mean([x.get('recall') for x in q], '.2f')} | "
+            f"{_mean([x.get('memorization_rate') for x in q], '.1f', 100)} | {_label_kept(units)} | "
+            f"{_mean([u['generator']['fit_seconds'] for u in units], '.0f')} |")
     head = ("| variant | tuned classical (%) | primary vs tuned classical | vs its dose control | vs self-training "
-            "| vs the first variant | synthesize alone (%) | CAS | FID (own) | recall | memorization | fit s |")
+            "| vs the first variant | synthesize alone (%) | CAS | FID (own) | recall | memorization (%) "
+            "| label kept (%), per strength | fit s |")
     table = (f"Command: `python benchmarks/sweep.py {' '.join(sys.argv[1:])}`. {args.dataset}, {args.per_class} real "
              f"images per class, seeds {args.seed_start}..{args.seed_start + args.seeds - 1}; validation split: "
              f"{VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), never the test split. Settings of "
-             f"every variant: `{json.dumps(common)}`. Primary arm: {PRIMARY}; tuned classical: {classical} (named "
+             f"every variant: `{json.dumps(common)}`. Primary arm: {primary_arm}; tuned classical: {classical} (named "
              "with --set, or chosen by the first run's cross-validation). Gains in points, paired by seed, 95% CI.\n\n"
              + "\n".join([head, "|" + " --- |" * (head.count("|") - 1), *lines]))
     name = f"sweep_{args.dataset}_{args.tag}" + (f"_seeds{args.seed_start}" if args.seed_start != SEED_START else "")
     write_results(name,
                   {"validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1", "classical": classical,
                    "common": common,
-                   "variants": {k: {**v, "units": [{"seed": u["seed"], "quality": u["quality"],
+                   "variants": {k: {**v, "units": [{"seed": u["seed"], "quality": u.get("quality"),
+                                                    "label_kept": u.get("perturb_label_kept"),
                                                     "generator": u["generator"], "kept": u.get("kept_after_filter"),
                                                     "accuracy": {a: r["accuracy"] for a, r in u["arms"].items()}}
                                                    for u in v["units"]]} for k, v in rows.items()}}, table)
