@@ -21,7 +21,8 @@ Reported per variant: the tuned classical arm's own accuracy (what chooses a kno
 classifier), the primary arm (classical+synthesize unless --set primary= names another) against the tuned classical
 arm, its dose control, the self-training arm (with unlabelled images) and the first variant's primary arm (paired by
 seed); synthesize alone; the generators' CAS, own-feature FID, recall, memorization and fit seconds (where a
-synthesize pool was built); the perturbed copies the reference classifier still assigns to their label. Written after every variant (a killed run keeps them):
+synthesize pool was built); the perturbed copies the reference classifier still assigns to their label. Written
+after every variant (a killed run keeps them):
 results/sweep_<dataset>_<tag>.{json,md}.
 """
 
@@ -120,7 +121,8 @@ def report(args, rows: dict, classical: str, common: dict) -> None:
             f"| `{name}` | {_mean(_acc(units, 'classical').values(), '.2f', 100)} | "
             f"{_ci(primary, _acc(units, 'classical'))} | {_ci(primary, _acc(units, primary_arm + '-control'))}"
             f" | {_ci(primary, _acc(units, 'self-training'))} | {_ci(primary, reference)} | "
-            f"{_mean(_acc(units, 'synthesize').values(), '.1f', 100)} | {_mean([x.get('cas') for x in q], '.1f', 100)} | "
+            f"{_mean(_acc(units, 'synthesize').values(), '.1f', 100)} | "
+            f"{_mean([x.get('cas') for x in q], '.1f', 100)} | "
             f"{_mean([x.get('fid_own') for x in q], '.3f')} | {_mean([x.get('recall') for x in q], '.2f')} | "
             f"{_mean([x.get('memorization_rate') for x in q], '.1f', 100)} | {_label_kept(units)} | "
             f"{_mean([u['generator']['fit_seconds'] for u in units], '.0f')} |")

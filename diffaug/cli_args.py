@@ -41,6 +41,19 @@ def strength(text: str) -> float | tuple[float, ...]:
     return values[0] if len(values) == 1 else values
 
 
+def specs(text: str) -> tuple[str, ...]:
+    """Comma-separated names that may hold their own commas in parentheses: 'smallcnn,smallcnn(width=32)'."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    if depth or not all(parts):
+        raise DiffaugError(f"expected comma-separated names, e.g. 'smallcnn,smallcnn(width=32)', got {text!r}")
+    return tuple(parts)
+
+
 def jobs(text: str) -> int | str:
     if text == "auto":
         return text

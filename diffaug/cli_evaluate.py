@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .diffusion.unet import PRESETS
-from .cli_args import data_args, ints, jobs, load, strength
+from .cli_args import data_args, ints, jobs, load, specs, strength
 from .errors import DiffaugError
 
 
@@ -58,6 +58,7 @@ def cmd_evaluate(args) -> None:
     options = dict(per_class=ints(args.per_class), seeds=args.seeds, seed_start=args.seed_start,
                    classical=args.classical,
                    classifier_steps=args.classifier_steps, classifier_budget=args.classifier_budget,
+                   classifier_menu=args.classifier_menu,
                    batch_size=args.batch_size,
                    synthetic_share=args.synthetic_share, synthetic_per_class=args.synthetic_per_class,
                    perturb_copies=args.perturb_copies, strength=strength(args.strength), guidance=args.guidance,
@@ -141,6 +142,10 @@ def add_evaluate(sub) -> None:
     p.add_argument("--classifier", help=f"the downstream network of every arm: {', '.join(BUILT_IN)} (keyword "
                    "numbers allowed, e.g. 'smallcnn(width=32)'), or MODULE:FUNCTION, a factory (in_channels, "
                    f"num_classes) -> torch.nn.Module (default: {DEFAULT})")
+    p.add_argument("--classifier-menu", type=specs, default=EVAL["classifier_menu"], metavar="NETS",
+                   help="without --classifier, where the classical policy is chosen (labelled images, --classical "
+                   "auto): the networks each regime chooses its classifier from by the same cross-validation, cheapest "
+                   f"first (default: {','.join(EVAL['classifier_menu'])}); one name: that network")
     p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
                                      "(default: classical+synthesize if run, else synthesize, else perturb; "
                                      "with --unlabeled self-training+synthesize; with --imbalance classical+rebalance)")

@@ -18,7 +18,7 @@ from diffaug.evaluation.config import unit_streams
 def small_eval(digits_train, digits_test, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     result = evaluate(digits_train, digits_test, per_class=(5,), seeds=2, gen_steps=60, gen_batch_size=32,
-                      classifier_steps=40, batch_size=32, synthetic_per_class=20, perturb_copies=2,
+                      classifier_steps=40, batch_size=32, classifier_repeats=2, synthetic_per_class=20, perturb_copies=2,
                       sample_steps=5, cas_steps=30, reference_steps=100, out_dir=out, progress=False)
     return result, out
 
@@ -34,7 +34,7 @@ def test_every_arm_ran_the_same_steps_batch_and_seed(small_eval):
         assert {a["batch_size"] for a in arms.values()} == {32}
         # every arm's classifiers use the unit's replicate seeds (weights, batches, augmentation draws)
         assert unit["replicate_seeds"] == [list(p) for p in unit_streams(unit["k"], unit["seed"], 2)["replicates"]]
-        assert arms["synthesize"]["synthetic_share"] == 0.5 and arms["classical"]["synthetic_share"] == 0.0
+        assert arms["classical+perturb"]["synthetic_share"] == 0.5 and arms["classical"]["synthetic_share"] == 0.0
         assert arms["classical+synthesize-control"]["synthetic_share"] == 0.5
         assert arms["classical"]["classical"] == arms["classical+synthesize"]["classical"] == unit["classical"]
         assert len(arms["classical"]["per_class"]) == 10 and len(arms["classical"]["correct"]) == 2
@@ -55,7 +55,7 @@ def test_each_generator_saw_only_its_regime_subset(small_eval, digits_train, dig
 def test_report_files_and_resume(small_eval, digits_train, digits_test):
     result, out = small_eval
     payload = json.loads((out / "results.json").read_text())
-    assert payload["summary"]["5"]["vs_classical"]["synthesize"]["n"] == 2
+    assert payload["summary"]["5"]["vs_classical"]["classical+perturb"]["n"] == 2
     assert "classical+synthesize vs its dose control" in (out / "results.md").read_text()
     assert payload["config"]["classical_selection"]["5"]["winner"] == result.units[0]["classical"]
     for name in ("gains_forest.png", "samples_k5.png", "memorization_k5.png"):
@@ -164,17 +164,17 @@ def test_cached_units_are_not_reused_for_other_data(digits_train, digits_test, t
 
 
 def test_headline_is_the_declared_primary_arm_with_holm_adjusted_intervals(digits_train, digits_test):
-    result = evaluate(digits_train, digits_test, primary="perturb", **{**TINY, "seeds": 3, "metrics": False})
+    result = evaluate(digits_train, digits_test, primary="classical+perturb", **{**TINY, "seeds": 3, "metrics": False})
     s = result.summary["3"]
-    assert s["primary"]["arm"] == "perturb"
-    assert s["primary"]["gain"] == s["vs_classical"]["perturb"]
+    assert s["primary"]["arm"] == "classical+perturb"
+    assert s["primary"]["gain"] == s["vs_classical"]["classical+perturb"]
     holm = s["holm"]
-    assert set(holm) == {"synthesize", "perturb", "classical+synthesize"}   # the diffusion arms
+    assert set(holm) == {"classical+synthesize", "classical+perturb"}   # the diffusion arms (not their controls)
     for arm, h in holm.items():   # adjusted intervals are at least as wide as the plain ones
         plain = s["vs_classical"][arm]
         assert h["ci_low"] <= plain["ci_low"] + 1e-12 and h["ci_high"] >= plain["ci_high"] - 1e-12
     table = result.table()
-    assert "declared in advance: perturb" in table and "Holm" in table
+    assert "declared in advance: classical+perturb" in table and "Holm" in table
     with pytest.raises(diffaug.DataError, match="primary"):
         evaluate(digits_train, digits_test, primary="magic", **TINY)
 
@@ -400,12 +400,30 @@ def test_a_fit_budget_in_epochs_gives_the_steps_of_the_equivalent_gen_steps():
 def test_classical_perturb_is_measured_beside_classical_with_its_dose_control(digits_train, digits_test):
     result = evaluate(digits_train, digits_test, per_class=(3,), seeds=1, gen_steps=10, gen_batch_size=16,
                       classifier_steps=12, batch_size=16, perturb_copies=2, sample_steps=2, cas_steps=5,
-                      reference_steps=20, classical="crop", progress=False,
-                      arms=("classical", "classical+perturb", "classical+perturb-control"), primary="classical+perturb")
+                      reference_steps=20, classical="crop", progress=False, synthetic_per_class=4,
+                      arms=("classical", "classical+perturb", "classical+perturb-control", "classical+mix",
+                            "classical+mix-control"), primary="classical+perturb")
     unit = result.units[0]
-    assert unit["arms"]["classical+perturb"]["synthetic_share"] == 0.5
-    assert unit["arms"]["classical+perturb"]["classical"] == "crop"
+    for arm in ("classical+perturb", "classical+mix", "classical+perturb-control", "classical+mix-control"):
+        assert unit["arms"][arm]["synthetic_share"] == 0.5 and unit["arms"][arm]["classical"] == "crop"
     assert set(unit["perturb_label_kept"]) == {"0.375", "0.525"}   # the midpoints of two copies in (0.3, 0.6)
     assert all(0.0 <= v <= 1.0 for v in unit["perturb_label_kept"].values())
     assert "still assigns to their label" in result.table()
     assert set(result.summary["3"]["primary"]["headline"]) == {"classical", "classical+perturb-control"}
+
+
+def test_the_mix_pool_holds_synthetic_and_perturbed_rows_half_and_half(digits_gen, digits_train):
+    """classical+mix draws its generated rows as DiffusionAugment(mode="mix") does by default: synthetic or a
+    perturbed copy of a subset image with probability 1/2 each (its control swaps them for clean real rows, as every
+    dose control does: test_the_dose_control_is_the_primary_arms_batches_...)."""
+    from diffaug.evaluation.unit import _pools
+    subset = digits_train.subset(per_class=3, seed=0)
+    cfg = EvalConfig(arms=("classical", "classical+mix"), synthetic_per_class=7, perturb_copies=2, sample_steps=3)
+    pools = _pools(digits_gen, subset, cfg, seed=11, device="cpu")
+    (mix, mix_labels), (synthetic, synthetic_labels) = pools["mix"], pools["synthesize"]
+    perturbed, perturbed_labels = pools["perturb"]
+    assert len(synthetic) == 70 and len(perturbed) == 60 and len(mix) == 140
+    assert torch.equal(mix[:70], synthetic) and torch.equal(mix_labels[:70], synthetic_labels)
+    cycled = torch.arange(70) % 60   # the 60 perturbed copies, then the first 10 again
+    assert torch.equal(mix[70:], perturbed[cycled]) and torch.equal(mix_labels[70:], perturbed_labels[cycled])
+    assert (torch.bincount(mix_labels[70:], minlength=10) >= 6).all()   # every class, 3 images x 2 copies each

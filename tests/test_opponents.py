@@ -201,3 +201,33 @@ def test_the_detectable_gain_has_the_power_it_claims():
         assert 0.75 < power < 0.85, (n, power)   # the normal-shift approximation, within a few points of 80%
     assert detectable(0.01, 20) < detectable(0.01, 5)   # more seeds tell smaller gains apart
     assert np.isnan(detectable(0.01, 1))
+
+
+def test_each_regime_trains_the_network_its_tuned_classical_arm_does_best_with(digits_train, digits_test, tmp_path,
+                                                                               capsys):
+    menu = ("smallcnn(width=2)", "smallcnn(width=8)")
+    run = dict(per_class=(5,), seeds=1, arms=("classical", "classical+perturb"), **{**TINY, "classifier_steps": 40})
+    chosen = diffaug.evaluate(digits_train, digits_test, classifier_menu=menu, out_dir=tmp_path / "menu", **run)
+    networks, policies = chosen.config["classifier_selection"]["5"], chosen.config["classical_selection"]["5"]
+    assert networks["menu"] == list(menu) and networks["policy"] == policies["winner"]
+    # the first network's scores are the policy choice's own fits; the others ran on the same three folds
+    assert networks["per_fold"][menu[0]] == policies["per_fold"][policies["winner"]]
+    assert all(len(v) == 3 for v in networks["per_fold"].values())
+    # the cheapest network within one standard error (over folds) of the best: here the wider, 2 channels being too few
+    best = networks["per_fold"]["smallcnn(width=8)"]
+    assert np.mean(best) - np.std(best, ddof=1) / np.sqrt(3) > networks["mean"]["smallcnn(width=2)"]
+    assert networks["winner"] == "smallcnn(width=8)" == chosen.units[0]["classifier"]
+    assert "The downstream network every arm trains" in (tmp_path / "menu" / "results.md").read_text()
+    # every arm trained the chosen network: the run with it named, and the policy fixed, gets the same test images right
+    named = diffaug.evaluate(digits_train, digits_test, classifier=networks["winner"], classical=policies["winner"],
+                             **run)
+    assert named.config["classifier_selection"] == {}
+    for arm in run["arms"]:
+        assert chosen.units[0]["arms"][arm]["correct"] == named.units[0]["arms"][arm]["correct"]
+    with pytest.raises(DataError, match="fixed classical policy"):
+        diffaug.evaluation.EvalConfig(classical="crop", classifier_menu=menu)
+    with pytest.raises(DataError, match="classifier_menu: unknown classifier 'vgg99'"):
+        diffaug.evaluation.EvalConfig(classifier_menu=("smallcnn", "vgg99"))
+    assert main(["evaluate", "digits", "--out", str(tmp_path / "cli"), "--classifier-menu", "smallcnn,vgg99",
+                 "--quiet"]) == 2
+    assert "vgg99" in capsys.readouterr().err and not (tmp_path / "cli").exists()

@@ -138,7 +138,7 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
 
     t0 = time.perf_counter()
     tasks = selection_tasks(pool, k, imbalance)
-    args = (steps, batch_size, hflip, device, factory, threads, imbalance is not None)
+    args = (steps, batch_size, hflip, device, threads, imbalance is not None)
     per_fold = {p.label: [] for p in MENU}
     stages = [(MENU, tasks)] if survivors is None else [(MENU, tasks[:1]), (None, tasks[1:])]
     entries = list(MENU)
@@ -148,7 +148,7 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
         if chosen is None:   # the second stage of halving: the best of the first fold go on
             entries = sorted(entries, key=lambda p: (-per_fold[p.label][0], MENU.index(p)))[:survivors]
             entries.sort(key=MENU.index)
-        jobs = [(policy, *task) for policy in entries for task in fold_tasks]
+        jobs = [(policy, *task, factory) for policy in entries for task in fold_tasks]
         for (policy, *_), acc in zip(jobs, _scores(jobs, args, n_jobs)):
             per_fold[policy.label].append(acc)
             bar.update(1)
@@ -162,9 +162,57 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
             "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+NETWORK_RULE = ("the cheapest network (the menu is ordered by cost) whose mean validation score is within one "
+                "standard error over folds of the best network's mean, with the regime's classical policy")
+
+
+def select_classifier(pool: ImageData, k: int, policy: Policy, menu: tuple, steps: int, batch_size: int,
+                      hflip: bool, device, n_jobs: int = 1, threads: int | None = None,
+                      imbalance: float | None = None, known: list | None = None, progress: bool = False) -> dict:
+    """Choose regime k's downstream network from `menu` (classifier specs, cheapest first, e.g. 'smallcnn',
+    'smallcnn(width=32)') by the cross-validation `select` runs, on the same folds, with the regime's classical
+    `policy`: the network the tuned classical arm does best with is the one every arm trains (a gain over an
+    under-sized classifier is not one a user with a real network sees). The winner is the cheapest entry whose mean
+    is within one standard error (over folds) of the best mean: the one-standard-error rule of cross-validation
+    (Hastie, Tibshirani & Friedman, ESL 7.10), since a wider network that scores the same costs several times the
+    fits of every arm (on digits, 10 per class, widths 32 and 64 got the same images right: 95.77% each).
+    `known`: the first entry's per-fold scores with this policy, from the policy's own choice (the same fits, not
+    run twice)."""
+    from tqdm.auto import tqdm
+
+    from .networks import resolve_classifier
+
+    t0 = time.perf_counter()
+    menu = tuple(menu)
+    tasks = selection_tasks(pool, k, imbalance)
+    per_fold = {spec: [] for spec in menu}
+    if known is not None:
+        if len(known) != len(tasks):
+            raise DataError(f"known scores cover {len(known)} folds, the choice has {len(tasks)}")
+        per_fold[menu[0]] = [float(x) for x in known]
+    jobs = [(policy, *task, resolve_classifier(spec)) for spec in menu if not per_fold[spec] for task in tasks]
+    specs = [spec for spec in menu if not per_fold[spec] for _ in tasks]
+    bar = tqdm(total=len(jobs), desc=f"classifier choice, {k or 'all'} per class", unit="fit", disable=not progress)
+    for spec, acc in zip(specs, _scores(jobs, (steps, batch_size, hflip, device, threads, imbalance is not None),
+                                        n_jobs)):
+        per_fold[spec].append(acc)
+        bar.update(1)
+    bar.close()
+    means = {spec: float(np.mean(v)) for spec, v in per_fold.items()}
+    best = max(menu, key=lambda spec: (means[spec], -menu.index(spec)))
+    se = float(np.std(per_fold[best], ddof=1) / np.sqrt(len(per_fold[best])))
+    winner = next(spec for spec in menu if means[spec] >= means[best] - se)
+    return {"k": k, "policy": policy.label, "menu": list(menu), "per_fold": per_fold, "mean": means, "best": best,
+            "standard_error": se, "winner": winner, "rule": NETWORK_RULE, "folds": FOLDS, "steps": steps,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def _scores(jobs: list, args: tuple, n_jobs: int):
-    """Each job's score as it finishes, in the jobs' order."""
+    """Each job's score as it finishes, in the jobs' order. A job is (policy, fold, train, val, factory); `args`
+    are score's (steps, batch_size, hflip, device, threads, balanced), shared by every job."""
+    steps, batch_size, hflip, device, threads, balanced = args
     if n_jobs > 1 and len(jobs) > 1:
         from joblib import Parallel, delayed
-        return Parallel(n_jobs=n_jobs, return_as="generator")(delayed(score)(*job, *args) for job in jobs)
-    return (score(*job, *args[:-2], balanced=args[-1]) for job in jobs)
+        return Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(score)(*job[:4], steps, batch_size, hflip, device, job[4], threads, balanced) for job in jobs)
+    return (score(*job[:4], steps, batch_size, hflip, device, job[4], balanced=balanced) for job in jobs)

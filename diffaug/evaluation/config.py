@@ -13,6 +13,7 @@ from ..diffusion.trainer import TrainConfig
 from ..diffusion.unet import PRESETS
 from ..errors import DataError
 from ..io import json_digest
+from ..classify.networks import resolve_classifier
 from ..classify.policies import AUTO, Policy
 from ..classify.pseudo import THRESHOLD
 from ..classify.semi import FixMatch
@@ -30,7 +31,8 @@ REBALANCE = "rebalance"   # the pool of synthetic rows that fills each short cla
 # "...+rebalance" draws each batch from the subset and the rebalancing pool as one data set (real rows at their
 # natural rate, synthetic rows filling each class's gap to the head), with the classical policy; stacked on the
 # logit-adjusted loss, whose prior is then the batches' (filled) label distribution.
-MIXING = ("synthesize", "perturb", "classical+synthesize", "classical+perturb", *(f"{a}+synthesize" for a in LEARNERS),
+MIXING = ("synthesize", "perturb", "classical+synthesize", "classical+perturb", "classical+mix",
+          *(f"{a}+synthesize" for a in LEARNERS),
           f"classical+{REBALANCE}", f"{LOGIT_ADJUST}+{REBALANCE}")
 CONTROL = "-control"
 # Each mixing arm's dose control: the same batches (real rows, indices, augmentation draws) with the generated
@@ -38,7 +40,11 @@ CONTROL = "-control"
 # arm's control swaps each generated row for a real image of the same class: it is class-balanced over-sampling
 # with exactly the arm's batches.
 ARMS = ("real", "classical", *MIXING, *(arm + CONTROL for arm in MIXING), *LEARNERS, *LONGTAIL_LEARNERS)
-DEFAULT_ARMS = ("real", "classical", "synthesize", "perturb", "classical+synthesize", "classical+synthesize" + CONTROL)
+# Labelled images only: each of the generator's two modes beside the classical policy a user already runs, each with
+# its dose control. Synthesize and perturb alone (no classical policy; still arms) lost to the tuned classical arm in
+# every run so far (digits and Fashion-MNIST, 10 per class: docs/measured.md), so they answer no question a user has.
+DEFAULT_ARMS = ("real", "classical", "classical+synthesize", "classical+synthesize" + CONTROL, "classical+perturb",
+                "classical+perturb" + CONTROL)
 # With unlabelled images: both opponents, the stack on each, and the primary stack's dose control (self-training with
 # its labelled rows at the synthetic share). FixMatch's stack needs no control arm of its own: FixMatch augments every
 # labelled row alike, so "fixmatch+synthesize-control" draws exactly the batches of "fixmatch" (tests/test_opponents.py
@@ -49,7 +55,8 @@ LONGTAIL_ARMS = ("real", "classical", *LONGTAIL_LEARNERS, f"classical+{REBALANCE
                  f"{LOGIT_ADJUST}+{REBALANCE}")
 UNLABELED = ("rest",)   # where a regime's unlabelled images come from: the rest of the training pool
 BASELINE = "classical"
-PRIMARY_ORDER = ("classical+synthesize", "synthesize", "perturb")   # the default headline arm, fixed before any run
+# the default headline arm, fixed before any run: the first of these among the arms run
+PRIMARY_ORDER = ("classical+synthesize", "classical+perturb", "classical+mix", "synthesize", "perturb")
 # With unlabelled images: the generator stacked on self-training. Preregistered on digits (seeds 810-814,
 # benchmarks/results/gains_digits_unlabeled_budget): +0.70 [+0.49, +0.91] points over self-training, the strongest
 # opponent, at 10 labels per class (Holm p 0.006); the stack on FixMatch, the primary before, did not beat
@@ -62,6 +69,7 @@ LONGTAIL_PRIMARY = f"classical+{REBALANCE}"   # with long-tailed classes: chosen
 PLAN = {"real": (None, False, None), "classical": (None, True, None), "synthesize": ("synthesize", False, None),
         "perturb": ("perturb", False, None), "classical+synthesize": ("synthesize", True, None),
         "classical+perturb": ("perturb", True, None),   # perturbed copies beside the classical policy a user runs
+        "classical+mix": ("mix", True, None),   # both, half and half (DiffusionAugment(mode="mix")'s default mix 0.5)
         **{a: (None, True, a) for a in LEARNERS}, **{f"{a}+synthesize": ("synthesize", True, a) for a in LEARNERS},
         **{a: (None, True, a) for a in LONGTAIL_LEARNERS},
         f"classical+{REBALANCE}": (REBALANCE, True, None),
@@ -80,6 +88,12 @@ GEN_EPOCHS, GEN_STEPS_MIN = 160, 250
 # 1 / 2 / 4, FixMatch 96.28 / 95.61 / 95.91%: the strongest learner, self-training, is at its best at 2 (FixMatch's own
 # best, 1, is 0.67 points above its 2, within the seeds' noise: [-0.22, +1.56])
 UNLABELED_BUDGET = 2.0
+# The downstream networks every regime chooses among (labelled images only), cheapest first: the one the tuned
+# classical arm does best with on the regime's cross-validation folds trains every arm. A gain over an under-sized
+# classifier is not one a user sees: on digits with 10 per class the classical arm rose from 93.49% at width 16 to
+# 94.83% at width 32 on a validation split, and the generator's gain fell from +1.90 to +1.15 points
+# (benchmarks/results/sweep_digits_classifier_width.md).
+CLASSIFIER_MENU = ("smallcnn", "smallcnn(width=32)", "smallcnn(width=64)")
 
 
 @dataclass
@@ -87,7 +101,10 @@ class EvalConfig:
     """Everything that decides an evaluation's numbers; recorded in results.json."""
 
     per_class: tuple = (10, 50, 100)       # real images per class; 0 means all
-    seeds: int = 5
+    seeds: int = 10                        # with classifier_repeats 1: at the cost of 5 seeds of 2 classifiers plus
+                                           # five generator fits (~1.2x on digits), the variance of a mean gain
+                                           # falls from (s^2 + c^2 / 2) / 5 to (s^2 + c^2) / 10, s the spread between
+                                           # units and c between classifiers (measured alike: see classifier_repeats)
     seed_start: int = 0                    # the units' seeds are seed_start .. seed_start + seeds - 1: a
                                            # confirmatory run takes seeds no earlier run used
     arms: tuple = DEFAULT_ARMS
@@ -96,6 +113,10 @@ class EvalConfig:
     hflip: bool = False
     classifier_steps: int | None = None    # optimizer steps, identical for every arm; None: scaled with the
                                            # real subset (steps_for), so "all" is not trained for 2 epochs
+    classifier_menu: tuple = CLASSIFIER_MENU   # when evaluate is given no classifier and chooses the classical
+                                           # policy (classical "auto", labelled images): each regime's downstream
+                                           # network, chosen by the same cross-validation with the regime's policy
+                                           # (policies.select_classifier); otherwise, or with one entry, the first
     classifier_budget: float | None = None  # without classifier_steps: every arm trains for this many times
                                            # steps_for's steps (the same for every arm of a unit); None: the
                                            # regime's own, UNLABELED_BUDGET with unlabelled images, else 1
@@ -106,10 +127,11 @@ class EvalConfig:
                                            # training pool: +0.61 points over classical at 50/class, CI [+0.20,
                                            # +1.02], against -0.42 when it augments every row; +1.00 vs +0.42 at
                                            # 10/class (benchmarks/results/mixing_digits.md)
-    classifier_repeats: int = 2            # classifiers trained per arm and unit (replicate r: same init and
-                                           # batches in every arm); a unit's accuracy is their mean. In the same
-                                           # study, one classifier's paired gain moved 0.6-1.3 points between
-                                           # replicates, as much as between units
+    classifier_repeats: int = 1            # classifiers trained per arm and unit (replicate r: same init and
+                                           # batches in every arm); a unit's accuracy is their mean. One
+                                           # classifier's paired gain moved 0.6-1.3 points between replicates, as
+                                           # much as between units (benchmarks/results/mixing_digits.md): seeds,
+                                           # which average both, buy more than repeats
     synthetic_per_class: int = 500
     perturb_copies: int = 4
     strength: tuple = (0.3, 0.6)           # perturb: copies spread evenly over this range
@@ -197,6 +219,26 @@ class EvalConfig:
         if self.imbalance is not None and tuple(self.arms) == DEFAULT_ARMS:
             self.arms = LONGTAIL_ARMS
         self.arms = tuple(dict.fromkeys(self.arms))
+        menu = (self.classifier_menu,) if isinstance(self.classifier_menu, str) else tuple(self.classifier_menu)
+        if not menu or not all(isinstance(spec, str) for spec in menu):
+            raise DataError(f"classifier_menu must name one or more networks (e.g. 'smallcnn(width=32)'), got "
+                            f"{self.classifier_menu!r}")
+        for spec in menu:
+            try:
+                resolve_classifier(spec)   # a name that builds nothing fails here, before any work
+            except DataError as e:
+                raise DataError(f"classifier_menu: {e}") from None
+        menu = tuple(dict.fromkeys(menu))
+        # the network is chosen with the regime's classical policy, where the evaluation chooses that (labelled images,
+        # classical "auto"); with unlabelled images the choice is per unit, within its labelled subset: no network menu
+        fixed = ("unlabelled images" if self.unlabeled else
+                 f"a fixed classical policy ({self.classical})" if self.classical != AUTO else None)
+        if fixed and len(menu) > 1:
+            if menu != CLASSIFIER_MENU:
+                raise DataError(f"with {fixed} no downstream network is chosen: give classifier_menu one network "
+                                "(or classical='auto', labelled images only, to choose among several)")
+            menu = menu[:1]
+        self.classifier_menu = menu
         semi = [a for a in self.arms if a in PLAN and PLAN[a][2] in LEARNERS]
         if semi and not self.unlabeled:
             raise DataError(f"the {', '.join(map(repr, semi))} arm(s) need unlabelled images (unlabeled='rest')")

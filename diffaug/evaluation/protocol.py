@@ -33,7 +33,7 @@ from .cache import cached, gather_units, load_json, store, store_json
 from .config import BASELINE, EvalConfig, pool_seed, unit_streams
 from .summary import opponents, summarize
 from ..classify.networks import check_factory, factory_key, resolve_classifier
-from ..classify.policies import AUTO, MENU, Policy, rule, select
+from ..classify.policies import AUTO, MENU, Policy, rule, select, select_classifier
 from .registry import check_preregistered, preregister, record_look
 from .unit import reference_for, run_unit
 
@@ -118,12 +118,17 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     selection = {str(k): _classical_for(k, train, cfg, tag, runs, ranks, device, classifier, n_jobs, threads,
                                         progress)
                  for k in cfg.per_class} if cfg.classical == AUTO and not cfg.unlabeled else {}   # str keys: JSON's
-    reference = reference_for(train, test, cfg, device)
     policies = {int(k): Policy.parse(sel["winner"]) for k, sel in selection.items()}
+    networks = {str(k): _network_for(k, train, cfg, selection[str(k)], tag, runs, ranks, device, n_jobs, threads,
+                                     progress)
+                for k in cfg.per_class} if context["menu"] else {}
+    factories = {int(k): resolve_classifier(choice["winner"]) for k, choice in networks.items()}
+    reference = reference_for(train, test, cfg, device)
     pool_seeds = sorted({seed for _, seed in todo}) if cfg.unlabeled and gen is None else []
     pool_gens = _pool_generators(train, cfg, tag, runs, ranks, device, progress, pool_seeds, n_jobs, threads)
     for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference,
-                         policies, pool_gens):
+                         policies, pool_gens, factories):
+        unit["classifier"] = networks[str(unit["k"])]["winner"] if networks else context["classifier"]
         if runs is not None:
             store(runs, unit, tag)
         units.append(unit)
@@ -134,6 +139,7 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
               "classifier": context["classifier"], "reference_network": reference.info,
               "device": str(resolve_device(device)), "cache_key": tag, "source": context["source"],
               "classical_selection": selection, "baseline_rule": context["baseline_rule"],
+              "classifier_selection": networks,
               "pool_generators": {str(seed): {"fingerprint": g.fingerprint, "steps": g.config["train"]["steps"],
                                               "seconds": g.config["train"]["seconds"]} for seed, g in pool_gens.items()},
               "preregistration": prereg, "opponents": opponents(cfg), "short_classes": short,
@@ -174,12 +180,17 @@ def _prepare(data, test, gen, classifier, options):
     if gen is not None and (gen.image_size != train.size or gen.channels != train.channels):
         raise DataError(f"the generator makes {gen.channels}x{gen.image_size} images, the data is "
                         f"{train.channels}x{train.size}")
-    factory = resolve_classifier(classifier)
-    check_factory(factory, train.channels, train.num_classes)
+    # no classifier given: the menu's first network, or with a menu of several, each regime's choice from it
+    menu = classifier is None and len(cfg.classifier_menu) > 1   # EvalConfig keeps one where nothing is chosen
+    factory = resolve_classifier(classifier if classifier is not None else cfg.classifier_menu[0])
+    for built in ([resolve_classifier(spec) for spec in cfg.classifier_menu] if menu else [factory]):
+        check_factory(built, train.channels, train.num_classes)
     context = {"data": split_note, "train": train.fingerprint(), "test": test.fingerprint(),
-               "classifier": factory_key(classifier if classifier is None else factory), "diffaug": __version__, "source": source_digest(),
+               "classifier": (f"chosen per regime from {', '.join(cfg.classifier_menu)}" if menu else
+                              factory_key(factory)),
+               "menu": menu, "diffaug": __version__, "source": source_digest(),
                "baseline": BASELINE, "baseline_rule": _baseline_rule(cfg)}
-    return cfg, train, test, split_note, context, (None if classifier is None else factory)
+    return cfg, train, test, split_note, context, factory
 
 
 def _baseline_rule(cfg: EvalConfig) -> str:
@@ -231,20 +242,42 @@ def _pool_generator(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, de
 def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, classifier,
                    n_jobs: int, threads, progress: bool = False) -> dict:
     """Regime k's tuned classical baseline (policies.select), cached in runs/ and computed by one rank."""
-    path = runs / f"classical-k{k}-{tag}.json" if runs is not None else None
+    return _cached_choice(runs / f"classical-k{k}-{tag}.json" if runs is not None else None, ranks, lambda: select(
+        train, k, cfg.steps_for(_selection_rows(k, train, cfg)), cfg.batch_size, cfg.hflip, resolve_device(device),
+        classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance, progress=progress and ranks.main))
+
+
+def _network_for(k: int, train: ImageData, cfg: EvalConfig, selection: dict, tag: str, runs, ranks, device,
+                 n_jobs: int, threads, progress: bool = False) -> dict:
+    """Regime k's downstream network from cfg.classifier_menu (policies.select_classifier, with the policy its
+    classical `selection` chose), cached in runs/ and computed by one rank. The first entry's scores are the
+    policy choice's own (the same fits, not run twice)."""
+    known = selection["per_fold"][selection["winner"]] if selection["survivors"] is None else None
+    return _cached_choice(runs / f"classifier-k{k}-{tag}.json" if runs is not None else None, ranks,
+                          lambda: select_classifier(
+        train, k, Policy.parse(selection["winner"]), cfg.classifier_menu, cfg.steps_for(_selection_rows(k, train, cfg)),
+        cfg.batch_size, cfg.hflip, resolve_device(device), n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
+        known=known, progress=progress and ranks.main))
+
+
+def _cached_choice(path: Path | None, ranks, choose: Callable[[], dict]) -> dict:
+    """A regime's choice read from `path` if it is there, else made by `choose` on rank 0 and stored (the other ranks
+    wait for rank 0's file)."""
     choice = load_json(path)
-    while choice is None and ranks.active and not ranks.main:   # rank 0 chooses; the others read its choice
+    while choice is None and ranks.active and not ranks.main:
         time.sleep(1.0)
         choice = load_json(path)
     if choice is None:
-        n_real = (sum(cfg.counts_for(k, train.num_classes, 0)) if cfg.imbalance is not None else
-                  k * train.num_classes if k else len(train))
-        choice = select(train, k, cfg.steps_for(n_real), cfg.batch_size, cfg.hflip, resolve_device(device),
-                        classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
-                        progress=progress and ranks.main)
+        choice = choose()
         if path is not None:
             store_json(path, choice)
     return choice
+
+
+def _selection_rows(k: int, train: ImageData, cfg: EvalConfig) -> int:
+    """The rows a regime's classifiers learn from: its steps (steps_for) in the classical and network choices."""
+    return (sum(cfg.counts_for(k, train.num_classes, 0)) if cfg.imbalance is not None else
+            k * train.num_classes if k else len(train))
 
 
 def jobs_for(units: int, device) -> int:
@@ -308,20 +341,21 @@ def _splits(data, test):
 
 
 def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference, policies,
-             pool_gens):
+             pool_gens, factories):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
     if n_jobs == 1 or len(todo) <= 1:
         for k, seed in todo:
             bar.set_postfix(k=k, seed=seed)
-            yield run_unit(train, test, k, seed, cfg, gen, device, classifier, reference=reference,
+            yield run_unit(train, test, k, seed, cfg, gen, device, factories.get(k, classifier), reference=reference,
                            classical=policies.get(k), pool_gen=pool_gens.get(seed))
             bar.update(1)
     else:
         from joblib import Parallel, delayed
         pool_gens = {seed: g.to("cpu") for seed, g in pool_gens.items()}
-        jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, classifier, threads, reference.to("cpu"),
+        jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, factories.get(k, classifier), threads,
+                                  reference.to("cpu"),
                                   policies.get(k), pool_gens.get(seed)) for k, seed in todo)
         for unit in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
             yield unit

@@ -101,6 +101,17 @@ def markdown_table(result) -> str:
         for k, sel in selection.items():
             lines.append(f"| {_k(str(k))} | " + " | ".join(_pct(sel["mean"][m]) for m in menu) +
                          f" | `{sel['winner']}` |")
+    networks = cfg.get("classifier_selection") or {}
+    if networks:
+        menu = next(iter(networks.values()))["menu"]
+        lines += ["", "The downstream network every arm trains, chosen per regime by the same cross-validation: "
+                      f"{next(iter(networks.values()))['rule']} (validation accuracy %):",
+                  "", "| real / class | policy | " + " | ".join(f"`{m}`" for m in menu) + " | one standard error | chosen |",
+                  "| --- | --- | " + " | ".join("---" for _ in menu) + " | --- | --- |"]
+        for k, choice in networks.items():
+            lines.append(f"| {_k(str(k))} | `{choice['policy']}` | " +
+                         " | ".join(_pct(choice["mean"][m]) for m in menu) +
+                         f" | {_pct(choice['standard_error'])} | `{choice['winner']}` |")
     quality = {k: s["quality"] for k, s in result.summary.items() if "quality" in s}
     if quality:
         lines += ["", "Generator quality (mean over seeds; own-feature FID/KID and precision/recall use the features "

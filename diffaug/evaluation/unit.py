@@ -72,19 +72,25 @@ def _tau(cfg: EvalConfig, learner: str | None, pool) -> float:
 
 def _pools(gen: Generator, subset: ImageData, cfg: EvalConfig, seed: int, device) -> dict:
     """Synthetic images by class and perturbed copies of the subset, made once per unit in big batches and
-    kept on the unit's device."""
+    kept on the unit's device; the "mix" pool is both, in equal numbers (the perturbed copies cycled up to the
+    synthetic images' count), so a row drawn from it is synthetic or perturbed with probability 1/2 each."""
     pools = {}
-    arms = set(cfg.arms)
-    if any(PLAN[a][0] == "synthesize" for a in arms):
+    needs = {PLAN[a][0] for a in cfg.arms}
+    if needs & {"synthesize", "mix"}:
         labels = torch.arange(subset.num_classes).repeat_interleave(cfg.synthetic_per_class)
         images = gen.sample(labels, **cfg.sampling.fields(), seed=seed, device=device, progress=False)
         pools["synthesize"] = (images.to(device), labels.to(device))
-    if any(PLAN[a][0] == "perturb" for a in arms):
+    if needs & {"perturb", "mix"}:
         copies = [gen.perturb(subset.images, subset.labels, strength=s, **cfg.sampling.fields(), seed=seed, copy=m,
                               device=device, progress=False)
                   for m, s in enumerate(strengths_for(cfg.strength, cfg.perturb_copies))]
         pools["perturb"] = (torch.cat(copies).to(device), subset.labels.repeat(cfg.perturb_copies).to(device))
-    if any(PLAN[a][0] == REBALANCE for a in arms):
+    if "mix" in needs:
+        (synthetic, synthetic_labels), (perturbed, perturbed_labels) = pools["synthesize"], pools["perturb"]
+        cycled = torch.arange(len(synthetic), device=perturbed.device) % len(perturbed)
+        pools["mix"] = (torch.cat([synthetic, perturbed[cycled]]),
+                        torch.cat([synthetic_labels, perturbed_labels[cycled]]))
+    if REBALANCE in needs:
         pools.update(_rebalance(gen, subset, cfg, seed, device))
     return pools
 
@@ -227,7 +233,8 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     def run(arm: str) -> None:
         pool_name, augmented, learner = PLAN[arm]
         pool = pools.get(pool_name)
-        if pool is not None and pool_name in ("synthesize", "perturb", REBALANCE) and cfg.filter_confidence is not None:
+        generated = pool_name in ("synthesize", "perturb", "mix", REBALANCE)
+        if pool is not None and generated and cfg.filter_confidence is not None:
             if "real" not in models:
                 raise DataError("filter_confidence needs the 'real' arm (its classifier does the filtering)")
             pool, kept[arm] = _filter(pool, models["real"][0], cfg.filter_confidence)
