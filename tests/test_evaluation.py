@@ -38,6 +38,9 @@ def test_every_arm_ran_the_same_steps_batch_and_seed(small_eval):
         assert arms["classical+synthesize-control"]["synthetic_share"] == 0.5
         assert arms["classical"]["classical"] == arms["classical+synthesize"]["classical"] == unit["classical"]
         assert len(arms["classical"]["per_class"]) == 10 and len(arms["classical"]["correct"]) == 2
+        # every dose control swaps the generated rows for the same clean real rows: the second is the first's fits
+        first, second = arms["classical+synthesize-control"], arms["classical+perturb-control"]
+        assert second["same_batches_as"] == "classical+synthesize-control" and second["correct"] == first["correct"]
 
 
 def test_each_generator_saw_only_its_regime_subset(small_eval, digits_train, digits_test):
@@ -62,7 +65,8 @@ def test_report_files_and_resume(small_eval, digits_train, digits_test):
         assert (out / name).stat().st_size > 0
     # a second call finds every unit cached and re-runs nothing
     again = evaluate(digits_train, digits_test, per_class=(5,), seeds=2, gen_steps=60, gen_batch_size=32,
-                     classifier_steps=40, batch_size=32, synthetic_per_class=20, perturb_copies=2, sample_steps=5,
+                     classifier_steps=40, batch_size=32, classifier_repeats=2, synthetic_per_class=20, perturb_copies=2,
+                     sample_steps=5,
                      cas_steps=30, reference_steps=100, out_dir=out, progress=False)
     assert again.summary == result.summary
 

@@ -61,7 +61,7 @@ def unlabeled_eval(digits_train, digits_test, tmp_path_factory):
     out = tmp_path_factory.mktemp("unlabeled_eval")
     return diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=2, arms=arms,
                             primary="fixmatch+synthesize", fixmatch_ratio=1, self_training_rounds=2, out_dir=out,
-                            **TINY), out
+                            classifier_repeats=2, **TINY), out
 
 
 def test_every_arm_of_a_unit_ran_the_steps_of_its_labelled_and_unlabelled_rows(unlabeled_eval, digits_train):
@@ -86,12 +86,12 @@ def test_a_cached_unit_is_not_reused_when_another_learner_labels_the_generators_
     arms = tuple(result.config["arms"])
     again = diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=1, arms=arms,
                              fixmatch_ratio=1, self_training_rounds=2, out_dir=out, primary="self-training+synthesize",
-                             **TINY)
+                             classifier_repeats=2, **TINY)
     assert again.config["cache_key"] != result.config["cache_key"]
     assert again.units[0]["kept_after_filter"]["pseudo_labels"]["labeller"] == "self-training"
     same = diffaug.evaluate(digits_train, digits_test, unlabeled="rest", per_class=(3,), seeds=1, arms=arms,
                             primary="fixmatch+synthesize", fixmatch_ratio=1, self_training_rounds=2, out_dir=out,
-                            **TINY)
+                            classifier_repeats=2, **TINY)
     assert same.config["cache_key"] == result.config["cache_key"]   # the fixture's primary: its units are reused
     assert same.units[0]["arms"] == result.units[0]["arms"]
 

@@ -239,6 +239,10 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
                 raise DataError("filter_confidence needs the 'real' arm (its classifier does the filtering)")
             pool, kept[arm] = _filter(pool, models["real"][0], cfg.filter_confidence)
         share = rebalance["share"] if pool_name in (REBALANCE, REBALANCE + "-real") else cfg.synthetic_share
+        twin = next((a for a in arms if PLAN[a] == PLAN[arm] and arms[a]["synthetic_share"] == share), None)
+        if pool_name == "real" and twin is not None:   # two dose controls draw the same batches: one set of fits
+            models[arm], arms[arm] = models[twin], {**arms[twin], "seconds": 0.0, "same_batches_as": twin}
+            return
         t1 = time.perf_counter()
         models[arm], records = train_arm(arm, subset, pool, aug if augmented else None, cfg, streams["replicates"],
                                          steps, reference.test_images, reference.test_labels, device, factory,
