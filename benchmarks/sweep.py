@@ -1,7 +1,7 @@
 """Evaluation settings compared on a VALIDATION split carved out of the training pool (never the test split),
 with the evaluation itself: each variant is one `diffaug.evaluate` run on the same pool, validation split and
-seeds, so the units pair by seed (the same subsets, the same classifier seeds, the same classical arm: chosen by
-the first run's cross-validation, then named for the others).
+seeds, so the units pair by seed (the same subsets, the same classifier seeds, the same classical arm and network:
+chosen by the first run's cross-validation, then named for the others).
 
     # non-leaking augmentation of the generator's training images, and longer fits with it
     python benchmarks/sweep.py --tag gen_augment --per-class 10 --seeds 5 \\
@@ -69,21 +69,26 @@ def main() -> None:
         common["arms"] = (*ARMS, "self-training")
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     n_jobs = args.n_jobs if args.n_jobs == "auto" else int(args.n_jobs)
-    classical, rows = common.pop("classical", "auto"), {}
+    classical, network, rows = common.pop("classical", "auto"), common.pop("classifier", None), {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, text in enumerate(args.variant):
             variant = json.loads(text)
             options = {**common, **variant}
+            if i:   # the first run's policy and network are named: nothing is chosen, so there is no menu
+                options.pop("classifier_menu", None)
             t0 = time.perf_counter()
             result = diffaug.evaluate(pool, test=validation, per_class=[args.per_class], seeds=args.seeds,
                                       seed_start=args.seed_start, classical=classical, device=args.device,
-                                      n_jobs=n_jobs, classifier=options.pop("classifier", None),
+                                      n_jobs=n_jobs, classifier=options.pop("classifier", network),
                                       progress=False, out_dir=Path(tmp) / f"v{i}", **options)
-            classical = result.units[0]["classical"]   # the first run's choice, named for the others
+            # the first run's choices, named for the others: its classical policy and, where it chose one, its network
+            classical = result.units[0]["classical"]
+            chosen = result.config["classifier_selection"].get(str(args.per_class), {})
+            network = network or chosen.get("winner")
             rows[json.dumps(variant)] = {"variant": variant, "seconds": time.perf_counter() - t0,
                                          "units": result.units}
             print(f"{json.dumps(variant)}: {rows[json.dumps(variant)]['seconds']:.0f} s", flush=True)
-            report(args, rows, classical, common)
+            report(args, rows, classical, network, common)
 
 
 def _acc(units, arm) -> dict:
@@ -109,7 +114,7 @@ def _ci(a: dict, b: dict) -> str:
     return f"{100 * ci['mean']:+.2f} [{100 * ci['ci_low']:+.2f}, {100 * ci['ci_high']:+.2f}]"
 
 
-def report(args, rows: dict, classical: str, common: dict) -> None:
+def report(args, rows: dict, classical: str, network: str | None, common: dict) -> None:
     primary_arm = common["primary"]
     reference = _acc(next(iter(rows.values()))["units"], primary_arm)
     lines = []
@@ -132,8 +137,9 @@ def report(args, rows: dict, classical: str, common: dict) -> None:
     table = (f"Command: `python benchmarks/sweep.py {' '.join(sys.argv[1:])}`. {args.dataset}, {args.per_class} real "
              f"images per class, seeds {args.seed_start}..{args.seed_start + args.seeds - 1}; validation split: "
              f"{VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), never the test split. Settings of "
-             f"every variant: `{json.dumps(common)}`. Primary arm: {primary_arm}; tuned classical: {classical} (named "
-             "with --set, or chosen by the first run's cross-validation). Gains in points, paired by seed, 95% CI.\n\n"
+             f"every variant: `{json.dumps(common)}`. Primary arm: {primary_arm}; tuned classical: {classical}; "
+             f"network (where a variant names none): {network or 'smallcnn'} (named with --set, or chosen by the first "
+             "run's cross-validation). Gains in points, paired by seed, 95% CI.\n\n"
              + "\n".join([head, "|" + " --- |" * (head.count("|") - 1), *lines]))
     name = f"sweep_{args.dataset}_{args.tag}" + (f"_seeds{args.seed_start}" if args.seed_start != SEED_START else "")
     write_results(name,
