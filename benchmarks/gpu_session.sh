@@ -2,11 +2,12 @@
 # One GPU session's checks and timings, in two stages that each fit one device call; every step writes its
 # results as it goes, and each stage ends by packing benchmarks/results into $OUT (when set).
 #   bash benchmarks/gpu_session.sh speed   # samplers and training steps fast vs eager, speed.py beside diffusers, DDP smoke
-#   bash benchmarks/gpu_session.sh eval    # Fashion-MNIST evaluation, 10 and 50 per class, 5 fresh seeds (300..)
+#   bash benchmarks/gpu_session.sh eval    # Fashion-MNIST evaluation, 10 and 50 per class, 10 fresh seeds (300..;
+#     the default seed count since 2026-12-02, one classifier each, the network chosen per regime)
 #     preregister it first, on the CPU, and commit the plan; then PLAN=that file runs exactly it:
-#     python -m diffaug evaluate fashion-mnist --per-class 10,50 --seeds 5 --seed-start 300 \
+#     python -m diffaug evaluate fashion-mnist --per-class 10,50 --seeds 10 --seed-start 300 \
 #       --out benchmarks/results/gains_fashion-mnist_gpu \
-#       --preregister benchmarks/preregistration/fashion-mnist_k10-50_seeds300-304.json
+#       --preregister benchmarks/preregistration/fashion-mnist_k10-50_seeds300-309.json
 #   QUICK=1 DEVICE=cpu bash benchmarks/gpu_session.sh speed|eval   # the same steps at toy sizes on a CPU
 # Without a registry: WHEELS=dir installs wheels into /tmp/site first (diffusers and importlib_metadata for speed.py,
 # kornia and kornia_rs for the diffaug CLI of the DDP smoke and the evaluation); FMNIST=dir points at
@@ -54,7 +55,8 @@ case "$stage" in
         --n-jobs "${N_JOBS:-2}" --tag quick $sets; echo "gains exit $?"
     else
       plan=${PLAN:+--preregistered $PLAN --looks benchmarks/results/test_split_looks.json}
-      timeout 370 python -m diffaug evaluate fashion-mnist --per-class 10,50 --seeds 5 --seed-start "${SEED_START:-300}" \
+      timeout 560 python -m diffaug evaluate fashion-mnist --per-class 10,50 --seeds "${SEEDS:-10}" \
+        --seed-start "${SEED_START:-300}" \
         --device "$DEVICE" --n-jobs "${N_JOBS:-5}" --out benchmarks/results/gains_fashion-mnist_gpu $plan --quiet
       echo "evaluate exit $?"
     fi
