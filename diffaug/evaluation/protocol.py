@@ -242,9 +242,11 @@ def _pool_generator(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, de
 def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, classifier,
                    n_jobs: int, threads, progress: bool = False) -> dict:
     """Regime k's tuned classical baseline (policies.select), cached in runs/ and computed by one rank."""
-    return _cached_choice(runs / f"classical-k{k}-{tag}.json" if runs is not None else None, ranks, lambda: select(
-        train, k, cfg.steps_for(_selection_rows(k, train, cfg)), cfg.batch_size, cfg.hflip, resolve_device(device),
-        classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance, progress=progress and ranks.main))
+    def choose() -> dict:
+        return select(train, k, cfg.steps_for(_selection_rows(k, train, cfg)), cfg.batch_size, cfg.hflip,
+                      resolve_device(device), classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
+                      progress=progress and ranks.main)
+    return _cached_choice(runs / f"classical-k{k}-{tag}.json" if runs is not None else None, ranks, choose)
 
 
 def _network_for(k: int, train: ImageData, cfg: EvalConfig, selection: dict, tag: str, runs, ranks, device,
@@ -252,12 +254,13 @@ def _network_for(k: int, train: ImageData, cfg: EvalConfig, selection: dict, tag
     """Regime k's downstream network from cfg.classifier_menu (policies.select_classifier, with the policy its
     classical `selection` chose), cached in runs/ and computed by one rank. The first entry's scores are the
     policy choice's own (the same fits, not run twice)."""
-    known = selection["per_fold"][selection["winner"]] if selection["survivors"] is None else None
-    return _cached_choice(runs / f"classifier-k{k}-{tag}.json" if runs is not None else None, ranks,
-                          lambda: select_classifier(
-        train, k, Policy.parse(selection["winner"]), cfg.classifier_menu, cfg.steps_for(_selection_rows(k, train, cfg)),
-        cfg.batch_size, cfg.hflip, resolve_device(device), n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
-        known=known, progress=progress and ranks.main))
+    def choose() -> dict:
+        known = selection["per_fold"][selection["winner"]] if selection["survivors"] is None else None
+        return select_classifier(train, k, Policy.parse(selection["winner"]), cfg.classifier_menu,
+                                 cfg.steps_for(_selection_rows(k, train, cfg)), cfg.batch_size, cfg.hflip,
+                                 resolve_device(device), n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
+                                 known=known, progress=progress and ranks.main)
+    return _cached_choice(runs / f"classifier-k{k}-{tag}.json" if runs is not None else None, ranks, choose)
 
 
 def _cached_choice(path: Path | None, ranks, choose: Callable[[], dict]) -> dict:
