@@ -59,7 +59,11 @@ def test_report_files_and_resume(small_eval, digits_train, digits_test):
     result, out = small_eval
     payload = json.loads((out / "results.json").read_text())
     assert payload["summary"]["5"]["vs_classical"]["classical+perturb"]["n"] == 2
-    assert "classical+synthesize vs its dose control" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "classical+synthesize vs its dose control" in report
+    perturb = payload["summary"]["5"]["vs_control"]["classical+perturb"]
+    assert (f"| 5 | classical+perturb vs its dose control | {100 * perturb['mean']:+.2f} [{100 * perturb['ci_low']:+.2f}, "
+            f"{100 * perturb['ci_high']:+.2f}] |") in report
     assert payload["config"]["classical_selection"]["5"]["winner"] == result.units[0]["classical"]
     for name in ("gains_forest.png", "samples_k5.png", "memorization_k5.png"):
         assert (out / name).stat().st_size > 0

@@ -71,6 +71,12 @@ def markdown_table(result) -> str:
     for k, s in result.summary.items():
         for arm, h in s["holm"].items():
             lines.append(f"| {_k(k)} | {arm} | {fmt(h)} | {h['p_value']:.3g} | {h['p_holm']:.3g} |")
+    controlled = [(k, arm, ci) for k, s in result.summary.items() for arm, ci in s["vs_control"].items()]
+    if any(arm != primary for _, arm, _ in controlled):   # the primary's is a headline comparison, above
+        lines += ["", "Every mixing arm against its own dose control (95% t-interval over seeds, uncorrected: for "
+                      "reading, not a claim unless it is the primary arm's):", "",
+                  "| real / class | comparison | gain (points) [95% CI] |", "| --- | --- | --- |"]
+        lines += [f"| {_k(k)} | {_versus(arm, arm + '-control')} | {fmt(ci)} |" for k, arm, ci in controlled]
     if imbalance:
         lines += ["", "Accuracy (%) of the many-, medium- and few-shot classes (the first, middle and last third of "
                       "each run's classes by training images), mean over seeds:", "",
