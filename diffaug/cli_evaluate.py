@@ -147,7 +147,8 @@ def add_evaluate(sub) -> None:
                    "auto): the networks each regime chooses its classifier from by the same cross-validation, cheapest "
                    f"first (default: {','.join(EVAL['classifier_menu'])}); one name: that network")
     p.add_argument("--primary", help="the diffusion arm whose gain is the headline, declared before the run "
-                                     "(default: classical+synthesize if run, else synthesize, else perturb; "
+                                     "(default: the first run of classical+synthesize, classical+perturb, "
+                                     "classical+mix, synthesize, perturb; "
                                      "with --unlabeled self-training+synthesize; with --imbalance classical+rebalance)")
     p.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
     p.add_argument("--synthetic-share", type=float, default=EVAL["synthetic_share"],
