@@ -190,11 +190,11 @@ def select_classifier(pool: ImageData, k: int, policy: Policy, menu: tuple, step
         if len(known) != len(tasks):
             raise DataError(f"known scores cover {len(known)} folds, the choice has {len(tasks)}")
         per_fold[menu[0]] = [float(x) for x in known]
-    jobs = [(policy, *task, resolve_classifier(spec)) for spec in menu if not per_fold[spec] for task in tasks]
-    specs = [spec for spec in menu if not per_fold[spec] for _ in tasks]
+    pending = [(spec, task) for spec in menu if not per_fold[spec] for task in tasks]
+    jobs = [(policy, *task, resolve_classifier(spec)) for spec, task in pending]
     bar = tqdm(total=len(jobs), desc=f"classifier choice, {k or 'all'} per class", unit="fit", disable=not progress)
-    for spec, acc in zip(specs, _scores(jobs, (steps, batch_size, hflip, device, threads, imbalance is not None),
-                                        n_jobs)):
+    for (spec, _), acc in zip(pending, _scores(jobs, (steps, batch_size, hflip, device, threads,
+                                                      imbalance is not None), n_jobs)):
         per_fold[spec].append(acc)
         bar.update(1)
     bar.close()

@@ -109,9 +109,10 @@ def markdown_table(result) -> str:
                          f" | `{sel['winner']}` |")
     networks = cfg.get("classifier_selection") or {}
     if networks:
-        menu = next(iter(networks.values()))["menu"]
+        first = next(iter(networks.values()))
+        menu = first["menu"]
         lines += ["", "The downstream network every arm trains, chosen per regime by the same cross-validation: "
-                      f"{next(iter(networks.values()))['rule']} (validation accuracy %):",
+                      f"{first['rule']} (validation accuracy %):",
                   "", "| real / class | policy | " + " | ".join(f"`{m}`" for m in menu) + " | one standard error | chosen |",
                   "| --- | --- | " + " | ".join("---" for _ in menu) + " | --- | --- |"]
         for k, choice in networks.items():

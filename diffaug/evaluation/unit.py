@@ -239,8 +239,10 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
                 raise DataError("filter_confidence needs the 'real' arm (its classifier does the filtering)")
             pool, kept[arm] = _filter(pool, models["real"][0], cfg.filter_confidence)
         share = rebalance["share"] if pool_name in (REBALANCE, REBALANCE + "-real") else cfg.synthetic_share
-        twin = next((a for a in arms if PLAN[a] == PLAN[arm] and arms[a]["synthetic_share"] == share), None)
-        if pool_name == "real" and twin is not None:   # two dose controls draw the same batches: one set of fits
+        # two dose controls draw the same batches (the same clean real rows at the same share): one set of fits
+        twin = (next((a for a in arms if PLAN[a] == PLAN[arm] and arms[a]["synthetic_share"] == share), None)
+                if pool_name == "real" else None)
+        if twin is not None:
             models[arm], arms[arm] = models[twin], {**arms[twin], "seconds": 0.0, "same_batches_as": twin}
             return
         t1 = time.perf_counter()
