@@ -102,9 +102,10 @@ class EvalConfig:
 
     per_class: tuple = (10, 50, 100)       # real images per class; 0 means all
     seeds: int = 10                        # with classifier_repeats 1: at the cost of 5 seeds of 2 classifiers plus
-                                           # five generator fits (~1.2x on digits), the variance of a mean gain
-                                           # falls from (s^2 + c^2 / 2) / 5 to (s^2 + c^2) / 10, s the spread between
-                                           # units and c between classifiers (measured alike: see classifier_repeats)
+                                           # five generator fits (~1.2x on digits, estimated), the variance of a
+                                           # mean gain falls from (s^2 + c^2 / 2) / 5 to (s^2 + c^2) / 10, s the
+                                           # spread between units and c between classifiers (measured alike: see
+                                           # classifier_repeats)
     seed_start: int = 0                    # the units' seeds are seed_start .. seed_start + seeds - 1: a
                                            # confirmatory run takes seeds no earlier run used
     arms: tuple = DEFAULT_ARMS
