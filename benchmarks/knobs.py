@@ -24,7 +24,7 @@ import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.classify.batched import BatchAugment  # noqa: E402
 from diffaug.classify.training import accuracy, train_classifier  # noqa: E402
-from diffaug.evaluation.metrics import paired_ci  # noqa: E402
+from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.config import EvalConfig  # noqa: E402
 from diffaug.classify.training import mixed_batches  # noqa: E402
 from diffaug.evaluation.unit import _pools, _quality, reference_for  # noqa: E402

@@ -26,8 +26,10 @@ import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.classify.training import class_recalls, fit_classifier  # noqa: E402
 from diffaug.classify.policies import Policy, select  # noqa: E402
-from diffaug.evaluation.config import REBALANCE, EvalConfig, unit_streams  # noqa: E402
-from diffaug.evaluation.metrics import paired_ci, shot_groups  # noqa: E402
+from diffaug.evaluation.config import REBALANCE, EvalConfig  # noqa: E402
+from diffaug.evaluation.unitplan import counts_for, unit_streams  # noqa: E402
+from diffaug.evaluation.metrics import shot_groups  # noqa: E402
+from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.unit import _rebalance  # noqa: E402
 
 VALIDATION_SHARE, SEED_START = 0.3, 500   # validation seeds; no test split is scored
@@ -39,7 +41,7 @@ def one_seed(pool, validation, k: int, ratio: float, seed: int, classical: str) 
     torch.set_num_threads(1)
     cfg = EvalConfig(per_class=(k,), imbalance=ratio)
     streams = unit_streams(k, seed, cfg.classifier_repeats)
-    subset = pool.subset(per_class=cfg.counts_for(k, pool.num_classes, streams["subset"]), seed=streams["subset"])
+    subset = pool.subset(per_class=counts_for(cfg, k, pool.num_classes, streams["subset"]), seed=streams["subset"])
     groups = shot_groups(subset.class_counts())
     steps, seeds = cfg.steps_for(len(subset)), streams["replicates"][0]
     aug = Policy.parse(classical).build(pool.size)
@@ -125,7 +127,7 @@ def main() -> None:
         return report(args, saved["seeds"], saved["classical"])
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     cfg = EvalConfig(per_class=(args.per_class,), imbalance=args.imbalance)
-    steps = cfg.steps_for(sum(cfg.counts_for(args.per_class, pool.num_classes, 0)))
+    steps = cfg.steps_for(sum(counts_for(cfg, args.per_class, pool.num_classes, 0)))
     selection = select(pool, args.per_class, steps, cfg.batch_size, False, "cpu", n_jobs=args.n_jobs, threads=1,
                        imbalance=args.imbalance)
     print(f"classical: {selection['winner']} ({selection['seconds']} s)", flush=True)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.classify.batched import BatchAugment  # noqa: E402
-from diffaug.evaluation.metrics import paired_ci  # noqa: E402
+from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.config import EvalConfig  # noqa: E402
 from diffaug.evaluation.unit import _pools, train_arm  # noqa: E402
 

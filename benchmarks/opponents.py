@@ -30,8 +30,9 @@ import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.classify import FixMatch, accuracy, fit_classifier, self_train  # noqa: E402
 from diffaug.classify.policies import Policy  # noqa: E402
-from diffaug.evaluation.config import EvalConfig, unit_streams  # noqa: E402
-from diffaug.evaluation.metrics import paired_ci  # noqa: E402
+from diffaug.evaluation.config import EvalConfig  # noqa: E402
+from diffaug.evaluation.unitplan import unit_streams  # noqa: E402
+from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.unit import _rest  # noqa: E402
 
 VALIDATION_SHARE, SEED_START = 0.3, 500   # as sweep.py: validation seeds, no test split is scored

@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
-from diffaug.evaluation.metrics import paired_ci  # noqa: E402
+from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 
 VALIDATION_SHARE = 0.3   # of the training pool, stratified, seed 1 (as benchmarks/knobs.py and gen_budget.py)
 SEED_START = 500         # validation seeds: no test split is scored, so they need not be fresh

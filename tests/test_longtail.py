@@ -11,7 +11,8 @@ from diffaug import DataError, DiffusionAugment, DiffusionBatchAugment, Mismatch
 from diffaug.classify.training import batch_prior, fit_classifier, mixed_batches, predict_proba
 from diffaug.cli import main
 from diffaug.data import image_hashes, longtail_counts
-from diffaug.evaluation.config import REBALANCE, EvalConfig, unit_streams
+from diffaug.evaluation.config import REBALANCE, EvalConfig
+from diffaug.evaluation.unitplan import unit_streams
 from diffaug.evaluation.unit import _rebalance
 
 FAST = dict(gen_steps=60, classifier_steps=60, classical="crop", metrics=False, synthetic_per_class=40,

@@ -12,7 +12,7 @@ import diffaug
 from diffaug import DataError
 from diffaug.classify import FixMatch, SmallCNN, factory_key, pseudo_label, resnet18, resolve_classifier
 from diffaug.cli import main
-from diffaug.evaluation.metrics import holm
+from diffaug.evaluation.verdict import holm_adjust
 
 TINY = dict(gen_steps=10, gen_batch_size=16, classifier_steps=12, batch_size=16, synthetic_per_class=4,
             sample_steps=2, metrics=False, progress=False)
@@ -112,23 +112,16 @@ def test_the_headline_compares_the_primary_arm_with_every_opponent_under_one_hol
     assert {h["family"] for h in s["headline"].values()} == {4}
     text = result.table()
     assert "| fixmatch+synthesize vs fixmatch |" in text and "fixmatch+synthesize vs its dose control" in text
-    assert "one family of 4" in text and (out / "gains_forest.png").exists()
+    assert "one Holm family of 4" in text and (out / "gains_forest.png").exists()
 
 
 def test_holm_adjusted_p_values_match_a_hand_computation():
-    diffs = {"a": [0.010, 0.012, 0.011, 0.013, 0.009], "b": [0.004, -0.001, 0.006, 0.002, 0.003],
-             "c": [0.002, -0.004, 0.005, -0.001, 0.000]}
-    p = {k: stats.ttest_1samp(v, 0.0).pvalue for k, v in diffs.items()}
-    order = sorted(p, key=p.get)   # step-down: m * p_(1), then max(previous, (m - 1) * p_(2)), ...
-    expected, running = {}, 0.0
-    for i, k in enumerate(order):
-        running = max(running, min(1.0, (3 - i) * p[k]))
-        expected[k] = running
-    out = holm(diffs)
-    for k in diffs:
-        assert out[k]["p_holm"] == pytest.approx(expected[k], rel=1e-9)
-        assert out[k]["p_value"] == pytest.approx(p[k], rel=1e-9)
-    assert out["a"]["p_holm"] == pytest.approx(3 * p["a"], rel=1e-9)
+    p = {"a": 0.004, "b": 0.03, "c": 0.2, "d": float("nan")}
+    out = holm_adjust(p)
+    # step-down over the three finite p-values of a family of 4: 4 * p_(1), then max(previous, 3 * p_(2)), ...
+    assert out["a"] == pytest.approx(4 * 0.004) and out["b"] == pytest.approx(3 * 0.03)
+    assert out["c"] == pytest.approx(min(1.0, 2 * 0.2)) and np.isnan(out["d"])
+    assert holm_adjust({"a": 0.03, "b": 0.02}) == {"a": 0.04, "b": 0.04}   # monotone: never below an earlier step
 
 
 def test_classifier_factories_are_named_by_what_they_build():
@@ -192,15 +185,16 @@ def test_no_withheld_label_is_read_with_unlabelled_images(digits_train, digits_t
 
 
 def test_the_detectable_gain_has_the_power_it_claims():
-    from diffaug.evaluation.metrics import detectable
-    for n, std in ((5, 0.0032), (10, 0.01), (20, 0.004)):
-        mde = detectable(std, n)
-        t_crit = stats.t.ppf(0.975, n - 1)
-        shift = mde / (std / np.sqrt(n))   # the noncentrality of the paired t statistic at that true gain
-        power = stats.nct.sf(t_crit, n - 1, shift) + stats.nct.cdf(-t_crit, n - 1, shift)
-        assert 0.75 < power < 0.85, (n, power)   # the normal-shift approximation, within a few points of 80%
-    assert detectable(0.01, 20) < detectable(0.01, 5)   # more seeds tell smaller gains apart
-    assert np.isnan(detectable(0.01, 1))
+    from diffaug.evaluation.verdict import detectable
+    for df, se in ((4, 0.0014), (9, 0.003), (60, 0.001)):
+        interval = {"se": se, "df": df, "ci_low": 0.0}
+        mde = detectable(interval)
+        t_crit = stats.t.ppf(0.975, df)
+        shift = mde / se   # the noncentrality of the t statistic at that true gain
+        power = stats.nct.sf(t_crit, df, shift) + stats.nct.cdf(-t_crit, df, shift)
+        assert 0.75 < power < 0.85, (df, power)   # the normal-shift approximation, within a few points of 80%
+    assert detectable({"se": 0.001, "df": 30, "ci_low": 0.0}) < detectable({"se": 0.002, "df": 30, "ci_low": 0.0})
+    assert np.isnan(detectable({"se": 0.0, "df": float("nan"), "ci_low": float("nan")}))   # no estimate
 
 
 def test_each_regime_trains_the_network_its_tuned_classical_arm_does_best_with(digits_train, digits_test, tmp_path,

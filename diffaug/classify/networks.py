@@ -125,6 +125,11 @@ def factory_key(factory: Factory | None) -> str | None:
         cls = type(factory)
         return None if state is None else f"{cls.__module__}.{cls.__qualname__}{state}"
     key = f"{module}.{qualname}"
+    if not module.startswith("diffaug."):   # a user's function: editing it must not reuse units of the old one
+        source = _source_of(factory)
+        if source is None:
+            return None
+        key += f"@{hashlib.sha256(source.encode()).hexdigest()[:12]}"
     code = getattr(factory, "__code__", None)
     if "<locals>" in qualname or "<lambda>" in qualname:   # two closures of one factory share the qualname
         if code is None:
@@ -136,6 +141,18 @@ def factory_key(factory: Factory | None) -> str | None:
         digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode() + state.encode()).hexdigest()[:12]
         key += f"#{digest}"
     return key
+
+
+def _source_of(factory) -> str | None:
+    """The source text of a user's factory (function or class), or its compiled code where the source is not on
+    disk; None when neither can be read."""
+    import inspect
+
+    try:
+        return inspect.getsource(factory)
+    except (OSError, TypeError):
+        code = getattr(factory, "__code__", None)
+        return None if code is None else code.co_code.hex() + repr(code.co_consts)
 
 
 def _plain(value) -> str | None:

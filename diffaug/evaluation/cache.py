@@ -13,22 +13,59 @@ import torch
 
 from ..data import ImageData
 from ..io import atomic_path
-from .config import unit_streams
+from .config import EvalConfig
+from .unitplan import unit_plan
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; the platform's processor string elsewhere)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device) -> dict:
+    """What a unit's numbers depend on beyond its settings: torch's version, the device, the CPU and the threads
+    (floating-point sums differ between them in their last bits, and so may a classifier's predictions)."""
+    device = torch.device(device)
+    return {"torch": torch.__version__, "device": device.type, "cpu": cpu_model(), "threads": torch.get_num_threads(),
+            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})}
+
+
+def mixed_machines(units: list, current: dict) -> list[str]:
+    """What differs between the machine of each cached unit and `current` (the one that runs the rest)."""
+    found = []
+    for unit in units:
+        theirs = unit.get("machine")
+        if theirs is None:
+            found.append(f"k{unit['k']}-seed{unit['seed']}: no machine recorded (an older diffaug)")
+            continue
+        differ = [f"{key} {theirs.get(key)!r} vs {current.get(key)!r}" for key in sorted(set(theirs) | set(current))
+                  if theirs.get(key) != current.get(key)]
+        if differ:
+            found.append(f"k{unit['k']}-seed{unit['seed']}: " + ", ".join(differ))
+    return found
+
 
 def _unit_path(runs: Path, k: int, seed: int, tag: str) -> Path:
     return runs / f"k{k}-seed{seed}-{tag}.json"
 
 
-def cached(runs, k, seed, tag, train: ImageData):
-    """A finished unit of this exact evaluation, or None; a file whose subset is not this data's is ignored."""
+def cached(runs, k, seed, tag, train: ImageData, cfg: EvalConfig):
+    """A finished unit of this exact evaluation, or None; a file whose subset is not the one this unit draws
+    (unitplan, as the run does) is ignored."""
     if runs is None:
         return None
     path = _unit_path(runs, k, seed, tag)
     if not path.exists():
         return None
     unit = json.loads(path.read_text())
-    subset = train.subset(per_class=k, seed=unit_streams(k, seed, 0)["subset"]) if k else train
-    if unit.get("subset_fingerprint") != subset.fingerprint():
+    if unit.get("subset_fingerprint") != unit_plan(cfg, k, seed, train.num_classes).subset(train).fingerprint():
         return None
     arrays = path.with_suffix(".npz")
     if arrays.exists():
@@ -50,13 +87,14 @@ def store(runs: Path, unit: dict, tag: str) -> None:
         tmp.write_text(json.dumps({k: v for k, v in unit.items() if k != "_arrays"}, indent=1))
 
 
-def gather_units(runs: Path, everything: list, tag: str, train: ImageData, poll_s: float = 1.0) -> list:
+def gather_units(runs: Path, everything: list, tag: str, train: ImageData, cfg: EvalConfig,
+                 poll_s: float = 1.0) -> list:
     """Every unit of the evaluation, waiting for the other ranks' files (torchrun stops all ranks if one fails)."""
     units = {}
     while len(units) < len(everything):
         for k, seed in everything:
             if (k, seed) not in units:
-                unit = cached(runs, k, seed, tag, train)
+                unit = cached(runs, k, seed, tag, train, cfg)
                 if unit is not None:
                     units[k, seed] = unit
         if len(units) < len(everything):

@@ -311,10 +311,6 @@ class EvalConfig:
         plain accuracy would reward a classifier that ignores the tail; else accuracy."""
         return "balanced_accuracy" if self.imbalance is not None else "accuracy"
 
-    def counts_for(self, k: int, num_classes: int, seed: int) -> int | list[int]:
-        """Images per class of regime k's subset: k of every class, or the long-tailed profile from k."""
-        return longtail_counts(k, self.imbalance, num_classes, seed) if self.imbalance is not None else k
-
     @property
     def seed_list(self) -> list[int]:
         return list(range(self.seed_start, self.seed_start + self.seeds))
@@ -357,22 +353,3 @@ class EvalConfig:
         if self.unlabeled:
             unit["labeller"] = self.labeller
         return json_digest({**unit, **context}, length=12)
-
-
-UNIT_ENTROPY = 0x6469666661756700   # "diffaug": keeps these streams apart from any other use of SeedSequence
-POOL_WORD = 0x706f6f6c   # "pool": the pool generator's stream of a seed, apart from every unit's
-
-
-def pool_seed(seed: int) -> int:
-    """The fit seed of seed `seed`'s unlabelled pool generator (shared by that seed's regimes)."""
-    return int(np.random.SeedSequence([UNIT_ENTROPY, seed, POOL_WORD]).generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
-def unit_streams(k: int, seed: int, replicates: int) -> dict:
-    """Every random stream of unit (k, seed), from numpy's SeedSequence([UNIT_ENTROPY, seed, k]): the subset draw,
-    the generator fit, the synthetic pools, and per classifier replicate a (weights and batches, augmentation)
-    pair of seeds. Units get independent streams: no unit's seed is another's plus one."""
-    words = [int(w) >> 1 for w in   # < 2**63: what every torch seed takes
-             np.random.SeedSequence([UNIT_ENTROPY, seed, k]).generate_state(3 + 2 * replicates, dtype=np.uint64)]
-    return {"subset": words[0], "generator": words[1], "pools": words[2],
-            "replicates": [(words[3 + 2 * r], words[4 + 2 * r]) for r in range(replicates)]}

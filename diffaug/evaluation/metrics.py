@@ -1,4 +1,5 @@
-"""Generator quality, offline: CAS, own-feature FID/KID, k-NN precision/recall, memorization, paired statistics.
+"""Generator quality, offline: CAS, own-feature FID/KID, k-NN precision/recall, memorization; and which test images
+each classifier got right (the paired statistics built on them: verdict.py).
 
 FID and KID here are computed on the penultimate features of a classifier diffaug trains on the real
 data (no downloaded Inception weights), hence the names `fid_own` and `kid_own`: their values are
@@ -11,7 +12,7 @@ import math
 
 import numpy as np
 import torch
-from scipy import linalg, stats
+from scipy import linalg
 
 from ..classify.training import accuracy, random_batches, train_classifier
 
@@ -103,52 +104,6 @@ def memorization(synthetic: torch.Tensor, train: torch.Tensor, ratio: float = 1 
                       for i in order]}
 
 
-def paired_ci(diffs, confidence: float = 0.95) -> dict:
-    """Mean, std, the t-interval of paired differences (one per seed) and the two-sided p-value of mean 0."""
-    x = np.asarray(diffs, dtype=float)
-    n = len(x)
-    mean = float(x.mean()) if n else math.nan
-    std = float(x.std(ddof=1)) if n > 1 else math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-    if n > 1 and std > 0:
-        p = float(2 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
-    else:
-        p = math.nan if n < 2 else float(mean == 0)
-    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "confidence": confidence,
-            "p_value": p}
-
-
-def detectable(std: float, n: int, power: float = 0.8, confidence: float = 0.95) -> float:
-    """The smallest true mean difference a two-sided paired t-test over n seeds finds with probability `power`, for
-    paired differences of standard deviation `std` (the normal-shift approximation of the t-test's power:
-    (t_{1 - alpha/2, n-1} + t_{power, n-1}) * std / sqrt(n)). NaN below two seeds."""
-    if n < 2 or not math.isfinite(std):
-        return math.nan
-    return float((stats.t.ppf(0.5 + confidence / 2, n - 1) + stats.t.ppf(power, n - 1)) * std / math.sqrt(n))
-
-
-def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, draws: int = 2000, confidence: float = 0.95,
-                     seed: int = 0, weights: np.ndarray | None = None) -> dict:
-    """Paired bootstrap of a - b over seeds AND test images: `correct_*` are (seeds, test images) shares of the
-    classifiers that got each image right. Each draw resamples the seeds and, independently, the test images, so
-    the interval also carries the test set's sampling error, which the t-interval over seeds does not.
-    `weights` (test images,), mean 1: each image's weight in the mean (e.g. for balanced accuracy)."""
-    a, b = np.asarray(correct_a, dtype=np.float32), np.asarray(correct_b, dtype=np.float32)
-    diff = a - b
-    if weights is not None:
-        diff = diff * np.asarray(weights, dtype=np.float32)[None, :]
-    rng = np.random.default_rng(seed)
-    n_seeds, n_images = diff.shape
-    means = np.empty(draws)
-    for i in range(draws):
-        rows = rng.integers(n_seeds, size=n_seeds)
-        cols = rng.integers(n_images, size=n_images)
-        means[i] = diff[rows][:, cols].mean()
-    lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return {"mean": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi), "confidence": confidence,
-            "draws": draws}
-
-
 def pack_bits(correct: torch.Tensor) -> str:
     """Which test images a classifier got right, as base64 of the packed bits (899 images: 152 characters)."""
     import base64
@@ -163,8 +118,8 @@ def unpack_bits(text: str, n: int) -> np.ndarray:
 
 
 def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
-    """Mean of `correct` (per test image) within each class."""
-    return [float(correct[labels == c].float().mean()) if (labels == c).any() else math.nan
+    """Mean of `correct` (per test image) within each class, in float64 (counts of images, exactly)."""
+    return [float(correct[labels == c].double().mean()) if (labels == c).any() else math.nan
             for c in range(num_classes)]
 
 
@@ -176,23 +131,6 @@ def shot_groups(counts: list[int]) -> dict[str, list[int]]:
     n = len(order)
     return {"many": sorted(order[:round(n / 3)]), "medium": sorted(order[round(n / 3):round(2 * n / 3)]),
             "few": sorted(order[round(2 * n / 3):])}
-
-
-def holm(diffs_by_arm: dict, confidence: float = 0.95) -> dict:
-    """Several arms against one baseline: Holm-adjusted p-values (Holm 1979, step-down) and Bonferroni
-    intervals at confidence 1 - alpha / m, which hold for all m comparisons at once."""
-    m = len(diffs_by_arm)
-    alpha = 1 - confidence
-    plain = {arm: paired_ci(d, confidence) for arm, d in diffs_by_arm.items()}
-    order = sorted(plain, key=lambda a: (math.isnan(plain[a]["p_value"]), plain[a]["p_value"]))
-    out, running = {}, 0.0
-    for i, arm in enumerate(order):
-        p = plain[arm]["p_value"]
-        running = max(running, min(1.0, (m - i) * p)) if not math.isnan(p) else math.nan
-        wide = paired_ci(diffs_by_arm[arm], 1 - alpha / m)
-        out[arm] = {**wide, "confidence": confidence, "simultaneous_confidence": 1 - alpha / m,
-                    "p_value": p, "p_holm": running}
-    return out
 
 
 def cas(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor, *,

@@ -29,9 +29,10 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..loading import is_builtin, load_data
-from .cache import cached, gather_units, load_json, store, store_json
-from .config import BASELINE, EvalConfig, pool_seed, unit_streams
-from .summary import opponents, summarize
+from .cache import cached, gather_units, load_json, machine, mixed_machines, store, store_json
+from .config import BASELINE, EvalConfig
+from .summary import claims, opponents, summarize
+from .unitplan import pool_seed, selection_rows, unit_plan
 from ..classify.networks import check_factory, factory_key, resolve_classifier
 from ..classify.policies import AUTO, MENU, Policy, rule, select, select_classifier
 from .registry import check_preregistered, preregister, record_look
@@ -56,7 +57,7 @@ def short_classes(train: ImageData, cfg: EvalConfig) -> dict:
     for k in (k for k in cfg.per_class if k):
         found = {}
         for seed in cfg.seed_list:
-            wanted = cfg.counts_for(k, train.num_classes, unit_streams(k, seed, cfg.classifier_repeats)["subset"])
+            wanted = unit_plan(cfg, k, seed, train.num_classes).counts
             for name, (asked, held) in train.short_classes(wanted).items():
                 found[name] = [max(asked, found.get(name, [0])[0]), held]
         if found:
@@ -66,7 +67,7 @@ def short_classes(train: ImageData, cfg: EvalConfig) -> dict:
 
 def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=None, n_jobs: int | str = 1,
              device="auto", classifier: Callable | None = None, progress: bool = True, resume: bool = True,
-             preregistered=None, looks=None, **options) -> EvalResult:
+             preregistered=None, looks=None, allow_mixed_machines: bool = False, **options) -> EvalResult:
     """Measure downstream gains of diffusion augmentation against the tuned classical augmentation.
 
     data: the training pool (ImageData, a built-in name or a path); test: the test split (default: the
@@ -79,6 +80,8 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     `n_jobs`: units run at once in separate processes, or "auto" (see `jobs_for`).
     `preregistered`: a file `plan_of` wrote before the run; the run must be the one it describes.
     `looks`: a ledger file of the runs that scored on this test split; this run is added and counted.
+    `allow_mixed_machines`: resume from cached units made on another machine (torch version, device, CPU or
+    threads); refused by default, since the result would not be the one an uninterrupted run on either makes.
     `options` are `EvalConfig` fields. With `out_dir`, finished units are cached there and a report is written.
     """
     cfg, train, test, split_note, context, classifier = _prepare(data, test, gen, classifier, options)
@@ -109,11 +112,26 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     for i, (k, seed) in enumerate(everything):
         if i % ranks.world != ranks.rank:
             continue
-        unit = cached(runs, k, seed, tag, train) if resume else None
+        unit = cached(runs, k, seed, tag, train, cfg) if resume else None
         (units.append(unit) if unit else todo.append((k, seed)))
-    n_jobs = jobs_for(max(len(todo), len(MENU)), device) if n_jobs == "auto" else n_jobs
+    # from the whole run, not what is left of it: a resumed run splits the cores as the first one did
+    n_jobs = jobs_for(max(len(everything), len(MENU)), device) if n_jobs == "auto" else n_jobs
     _note_shared_gpu(n_jobs, device)
     threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs)) if n_jobs != 1 else None
+    here = {**machine(resolve_device(device)), "threads": threads or torch.get_num_threads()}
+    mixed = mixed_machines(units, here) if todo else []
+    if mixed and not allow_mixed_machines:
+        raise DataError(f"{len(mixed)} cached unit(s) in {runs} were made on another machine than this one ("
+                        f"{mixed[0]}); finishing the run here would mix machines in one result. Resume on that "
+                        "machine (the same n_jobs), write to another out_dir, or allow it (allow_mixed_machines=True, "
+                        "CLI --allow-mixed-machines)")
+    if mixed:
+        warnings.warn(f"mixing machines, as allowed: {'; '.join(mixed[:3])}", stacklevel=2)
+    plan = claims(cfg)
+    if not plan["possible"] and progress:
+        warnings.warn(f"{cfg.seeds} seeds cannot support a claim in a headline family of {plan['family']} "
+                      f"comparisons (the sign-flip test needs at least {plan['seeds_needed']}): the report will make "
+                      "none", stacklevel=2)
     # with unlabelled images the labels beyond each unit's subset are withheld: each unit chooses within its own
     selection = {str(k): _classical_for(k, train, cfg, tag, runs, ranks, device, classifier, n_jobs, threads,
                                         progress)
@@ -123,8 +141,9 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                                      progress)
                 for k in cfg.per_class} if context["menu"] else {}
     factories = {int(k): resolve_classifier(choice["winner"]) for k, choice in networks.items()}
-    reference = reference_for(train, test, cfg, device)
-    pool_seeds = sorted({seed for _, seed in todo}) if cfg.unlabeled and gen is None else []
+    reference = reference_for(train, test, cfg, device, runs / f"reference-{tag}.safetensors" if runs else None)
+    # every seed's pool generator (the finished units' from the cache): the config is the same for a resumed run
+    pool_seeds = cfg.seed_list if cfg.unlabeled and gen is None else []
     pool_gens = _pool_generators(train, cfg, tag, runs, ranks, device, progress, pool_seeds, n_jobs, threads)
     for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference,
                          policies, pool_gens, factories):
@@ -133,13 +152,14 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
             store(runs, unit, tag)
         units.append(unit)
     if ranks.active:
-        units = gather_units(runs, everything, tag, train)
+        units = gather_units(runs, everything, tag, train, cfg)
     units.sort(key=lambda u: (u["k"], u["seed"]))
     config = {**asdict(cfg), "baseline": BASELINE, "data": split_note, "generator_given": gen is not None,
               "classifier": context["classifier"], "reference_network": reference.info,
               "device": str(resolve_device(device)), "cache_key": tag, "source": context["source"],
               "classical_selection": selection, "baseline_rule": context["baseline_rule"],
-              "classifier_selection": networks,
+              "classifier_selection": networks, "claims": plan, "mixed_machines": mixed,
+              "machine": here,
               "pool_generators": {str(seed): {"fingerprint": g.fingerprint, "steps": g.config["train"]["steps"],
                                               "seconds": g.config["train"]["seconds"]} for seed, g in pool_gens.items()},
               "preregistration": prereg, "opponents": opponents(cfg), "short_classes": short,
@@ -243,7 +263,7 @@ def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ra
                    n_jobs: int, threads, progress: bool = False) -> dict:
     """Regime k's tuned classical baseline (policies.select), cached in runs/ and computed by one rank."""
     def choose() -> dict:
-        return select(train, k, cfg.steps_for(_selection_rows(k, train, cfg)), cfg.batch_size, cfg.hflip,
+        return select(train, k, cfg.steps_for(selection_rows(cfg, k, train)), cfg.batch_size, cfg.hflip,
                       resolve_device(device), classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
                       progress=progress and ranks.main)
     return _cached_choice(runs / f"classical-k{k}-{tag}.json" if runs is not None else None, ranks, choose)
@@ -257,7 +277,7 @@ def _network_for(k: int, train: ImageData, cfg: EvalConfig, selection: dict, tag
     def choose() -> dict:
         known = selection["per_fold"][selection["winner"]] if selection["survivors"] is None else None
         return select_classifier(train, k, Policy.parse(selection["winner"]), cfg.classifier_menu,
-                                 cfg.steps_for(_selection_rows(k, train, cfg)), cfg.batch_size, cfg.hflip,
+                                 cfg.steps_for(selection_rows(cfg, k, train)), cfg.batch_size, cfg.hflip,
                                  resolve_device(device), n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
                                  known=known, progress=progress and ranks.main)
     return _cached_choice(runs / f"classifier-k{k}-{tag}.json" if runs is not None else None, ranks, choose)
@@ -275,12 +295,6 @@ def _cached_choice(path: Path | None, ranks, choose: Callable[[], dict]) -> dict
         if path is not None:
             store_json(path, choice)
     return choice
-
-
-def _selection_rows(k: int, train: ImageData, cfg: EvalConfig) -> int:
-    """The rows a regime's classifiers learn from: its steps (steps_for) in the classical and network choices."""
-    return (sum(cfg.counts_for(k, train.num_classes, 0)) if cfg.imbalance is not None else
-            k * train.num_classes if k else len(train))
 
 
 def jobs_for(units: int, device) -> int:
@@ -349,11 +363,13 @@ def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, p
 
     bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
     if n_jobs == 1 or len(todo) <= 1:
-        for k, seed in todo:
+        own = torch.get_num_threads()
+        for k, seed in todo:   # in this process, with the threads a worker would have had
             bar.set_postfix(k=k, seed=seed)
-            yield run_unit(train, test, k, seed, cfg, gen, device, factories.get(k, classifier), reference=reference,
-                           classical=policies.get(k), pool_gen=pool_gens.get(seed))
+            yield run_unit(train, test, k, seed, cfg, gen, device, factories.get(k, classifier), threads,
+                           reference=reference, classical=policies.get(k), pool_gen=pool_gens.get(seed))
             bar.update(1)
+        torch.set_num_threads(own)
     else:
         from joblib import Parallel, delayed
         pool_gens = {seed: g.to("cpu") for seed, g in pool_gens.items()}

@@ -24,73 +24,136 @@ def _versus(primary: str, opponent: str) -> str:
     return f"{primary} vs " + ("its dose control" if opponent == primary + "-control" else opponent)
 
 
+def _points(mean: float, low: float, high: float) -> str:
+    if not math.isfinite(low):
+        return f"{100 * mean:+.2f} [no estimate]"
+    return f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
+def _interval(d: dict) -> str:
+    """A comparison's deciding interval (two-level), or any interval dict with mean, ci_low and ci_high."""
+    d = d.get("two_level", d)
+    return _points(d["mean"], d["ci_low"], d["ci_high"])
+
+
+def _p(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
+
+def _discordant(c: dict) -> str:
+    return " ".join(f"+{w}/-{l}" for w, l in c["discordant"])
+
+
 def markdown_table(result) -> str:
-    """Accuracy per arm (mean +- std over seeds); the declared primary arm's paired gain over the tuned classical
-    arm and over its dose control, each with its t-interval over seeds and a bootstrap interval over seeds and test
-    images; every diffusion arm's gain with Holm-adjusted p-values; the classical choice; generator quality."""
+    """The report's text: what was compared and how a claim is decided, then the sections below in order."""
+    return "\n".join(line for section in (_header, _accuracy_table, _headline_table, _arm_tables, _longtail_tables,
+                                          _choices, _quality_tables) for line in section(result))
+
+
+def _header(result) -> list:
     cfg = result.config
-    arms = list(cfg["arms"])
-    primary, baseline = cfg["primary"], cfg["baseline"]
-    fmt = lambda d: f"{100 * d['mean']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"   # noqa: E731
     repeats = cfg.get("classifier_repeats", 1)
     each = f" (each seed: the mean of {repeats} classifiers trained per arm)" if repeats > 1 else ""
-    seeds = cfg.get("seed_start", 0)
-    looks = cfg.get("looks_at_test_split")
-    imbalance = cfg.get("imbalance")
+    seeds, looks, imbalance = cfg.get("seed_start", 0), cfg.get("looks_at_test_split"), cfg.get("imbalance")
     what = (f"Test balanced accuracy (%, the mean of the per-class recalls), long-tailed training subsets (imbalance "
             f"{imbalance:g}: the head class's images per class given below, the tail's that / {imbalance:g}, class "
             "order drawn per seed)" if imbalance else "Test accuracy (%)")
     lines = [f"{what} over {cfg['seeds']} seeds ({seeds}..{seeds + cfg['seeds'] - 1}){each}. "
-             f"`{baseline}` = {cfg.get('baseline_rule', cfg['classical'])}. Gains are paired differences in points, "
-             "95% t-interval over seeds in brackets, then a 95% paired bootstrap over seeds and test images; a gain "
-             f"whose interval includes 0 is not a gain. Headline: the primary arm, declared in advance: {primary}."
+             f"`{cfg['baseline']}` = {cfg.get('baseline_rule', cfg['classical'])}. Headline: the primary arm, declared "
+             f"in advance: {cfg['primary']}."
              + (f" This test split has been looked at {looks} time(s), this run included." if looks else "")
-             + (f" Preregistered: `{cfg['preregistration']['file']}`." if cfg.get("preregistration") else ""), ""]
-    opponents = list(dict.fromkeys(o for s in result.summary.values() for o in s["primary"]["headline"]))
-    lines += ["| real / class | " + " | ".join(arms) + " | " + " | ".join(_versus(primary, o) for o in opponents)
-              + " | strongest opponent |",
-              "| --- | " + " | ".join("---" for _ in arms + opponents) + " | --- |"]
+             + (f" Preregistered: `{cfg['preregistration']['file']}`." if cfg.get("preregistration") else ""), "",
+             CLAIM_RULE]
+    plan = cfg.get("claims")
+    if plan and not plan["possible"]:
+        lines += ["", f"**No claim possible:** {plan['seeds']} seeds; a headline family of {plan['family']} "
+                      f"comparisons needs at least {plan['seeds_needed']} (the sign-flip test's smallest p is "
+                      f"2^(1 - seeds)). The numbers below describe this run; none of them is a claim."]
+    return lines
+
+
+CLAIM_RULE = ("How a claim is decided: a gain is claimed when the exact sign-flip test over seeds, Holm-corrected "
+              "over the headline family, gives p < 0.05 **and** the two-level 95% interval (seeds and test images "
+              "crossed) lies above 0. Intervals in brackets are that two-level interval; the t-interval over seeds "
+              "is given too, named for what it is: the spread given this one test split.")
+
+
+def _accuracy_table(result) -> list:
+    cfg, arms = result.config, list(result.config["arms"])
+    lines = ["", "| real / class | " + " | ".join(arms) + " | strongest opponent |",
+             "| --- | " + " | ".join("---" for _ in arms) + " | --- |"]
     for k, s in result.summary.items():
+        tied = s["primary"].get("strongest_tied_with") or []
+        best = s["primary"]["strongest"] + (f" (tied within noise with {', '.join(tied)})" if tied else "")
         cells = [f"{_pct(s['arms'][a]['mean'])} ± {_pct(s['arms'][a]['std'])}" for a in arms]
-        h = s["primary"]["headline"]
-        cells += [f"{fmt(h[o]['ci'])}; {fmt(h[o]['bootstrap'])}" if o in h else "n/a" for o in opponents]
-        lines.append(f"| {_k(k)} | " + " | ".join(cells) + f" | {s['primary']['strongest']} |")
+        lines.append(f"| {_k(k)} | " + " | ".join(cells) + f" | {best} |")
+    return lines
+
+
+def _headline_table(result) -> list:
+    primary = result.config["primary"]
     family = next((h["family"] for s in result.summary.values() for h in s["primary"]["headline"].values()), 0)
-    lines += ["", f"The headline comparisons, Holm-corrected as one family of {family} (the primary arm against each "
-                  "opponent, every regime; Bonferroni intervals, simultaneous 95%), and the smallest gain in points "
-                  "these seeds would detect at 80% power given the spread they showed (paired t, uncorrected):", "",
-              "| real / class | comparison | gain (points) [simultaneous CI] | p | p (Holm) | detectable at 80% power |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["", f"The headline: {primary} against each opponent, one Holm family of {family} comparisons (every "
+                 "regime). Gains in points; per seed, the test images only the primary arm got right / only the "
+                 "opponent got right:", "",
+             "| real / class | comparison | verdict | gain [two-level 95% CI] | sign-flip p | p (Holm) | "
+             "t-interval given this test split | bootstrap (seeds x images) | detectable at 80% power | "
+             "discordant images per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for k, s in result.summary.items():
         for o, h in s["primary"]["headline"].items():
-            lines.append(f"| {_k(k)} | {_versus(primary, o)} | {fmt(h['holm'])} | {h['holm']['p_value']:.3g} | "
-                         f"{h['holm']['p_holm']:.3g} | {100 * h['detectable_80']:.2f} |")
-    lines += ["", f"Every diffusion arm against {baseline}, corrected for the number of arms (Holm-adjusted p-values; "
-                  "Bonferroni intervals, simultaneous 95%):", "",
-              "| real / class | arm | gain (points) [simultaneous CI] | p | p (Holm) |", "| --- | --- | --- | --- | --- |"]
+            boot = h.get("bootstrap")
+            lines.append(f"| {_k(k)} | {_versus(primary, o)} | **{h['verdict']}** | {_interval(h)} | "
+                         f"{_p(h['sign_flip_p'])} | {_p(h['p_holm'])} | {_interval(h['t_given_split'])} | "
+                         f"{_interval(boot) if boot else 'n/a'} | {_pct(h['detectable_80'])} | {_discordant(h)} |")
+    return lines
+
+
+def _arm_tables(result) -> list:
+    cfg = result.config
+    primary, baseline = cfg["primary"], cfg["baseline"]
+    lines = ["", f"Every diffusion arm against {baseline} (Holm over these arms; sign-flip p):", "",
+             "| real / class | arm | verdict | gain [two-level 95% CI] | p | p (Holm) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for k, s in result.summary.items():
-        for arm, h in s["holm"].items():
-            lines.append(f"| {_k(k)} | {arm} | {fmt(h)} | {h['p_value']:.3g} | {h['p_holm']:.3g} |")
-    controlled = [(k, arm, ci) for k, s in result.summary.items() for arm, ci in s["vs_control"].items()]
+        lines += [f"| {_k(k)} | {arm} | {h['verdict']} | {_interval(h)} | {_p(h['sign_flip_p'])} | "
+                  f"{_p(h['p_holm'])} |" for arm, h in s["holm"].items()]
+    controlled = [(k, arm, c) for k, s in result.summary.items() for arm, c in s["vs_control"].items()]
     if any(arm != primary for _, arm, _ in controlled):   # the primary's is a headline comparison, above
-        lines += ["", "Every mixing arm against its own dose control (95% t-interval over seeds, uncorrected: for "
+        lines += ["", "Every mixing arm against its own dose control (two-level 95% interval, uncorrected: for "
                       "reading, not a claim unless it is the primary arm's):", "",
-                  "| real / class | comparison | gain (points) [95% CI] |", "| --- | --- | --- |"]
-        lines += [f"| {_k(k)} | {_versus(arm, arm + '-control')} | {fmt(ci)} |" for k, arm, ci in controlled]
-    if imbalance:
-        lines += ["", "Accuracy (%) of the many-, medium- and few-shot classes (the first, middle and last third of "
-                      "each run's classes by training images), mean over seeds:", "",
-                  "| real / class | " + " | ".join(arms) + " |", "| --- | " + " | ".join("---" for _ in arms) + " |"]
-        for k, s in result.summary.items():
-            cells = ("/".join(_pct(s["arms"][a]["groups"][g]) for g in ("many", "medium", "few")) for a in arms)
-            lines.append(f"| {_k(k)} | " + " | ".join(cells) + " |")
-        lines += ["", f"The few-shot classes' accuracy, {primary} against each opponent (points, paired 95% "
-                      "t-interval over seeds, uncorrected):", "",
-                  "| real / class | " + " | ".join(_versus(primary, o) for o in opponents) + " |",
-                  "| --- | " + " | ".join("---" for _ in opponents) + " |"]
-        for k, s in result.summary.items():
-            h = s["primary"]["headline"]
-            lines.append(f"| {_k(k)} | " + " | ".join(fmt(h[o]["few"]) if o in h else "n/a" for o in opponents) + " |")
+                  "| real / class | comparison | gain [two-level 95% CI] | sign-flip p |", "| --- | --- | --- | --- |"]
+        lines += [f"| {_k(k)} | {_versus(arm, arm + '-control')} | {_interval(c)} | {_p(c['sign_flip_p'])} |"
+                  for k, arm, c in controlled]
+    return lines
+
+
+def _longtail_tables(result) -> list:
+    cfg = result.config
+    if not cfg.get("imbalance"):
+        return []
+    arms, primary = list(cfg["arms"]), cfg["primary"]
+    opponents = list(dict.fromkeys(o for s in result.summary.values() for o in s["primary"]["headline"]))
+    lines = ["", "Accuracy (%) of the many-, medium- and few-shot classes (the first, middle and last third of "
+                 "each run's classes by training images), mean over seeds:", "",
+             "| real / class | " + " | ".join(arms) + " |", "| --- | " + " | ".join("---" for _ in arms) + " |"]
+    for k, s in result.summary.items():
+        cells = ("/".join(_pct(s["arms"][a]["groups"][g]) for g in ("many", "medium", "few")) for a in arms)
+        lines.append(f"| {_k(k)} | " + " | ".join(cells) + " |")
+    lines += ["", f"The few-shot classes' accuracy, {primary} against each opponent (points, 95% t-interval over "
+                  "seeds given this test split, uncorrected):", "",
+              "| real / class | " + " | ".join(_versus(primary, o) for o in opponents) + " |",
+              "| --- | " + " | ".join("---" for _ in opponents) + " |"]
+    for k, s in result.summary.items():
+        h = s["primary"]["headline"]
+        lines.append(f"| {_k(k)} | " + " | ".join(_interval(h[o]["few"]) if o in h else "n/a" for o in opponents)
+                     + " |")
+    return lines
+
+
+def _choices(result) -> list:
+    """Short classes, the classical baseline's choice and the downstream network's, per regime."""
+    cfg, lines = result.config, []
     for k, classes in (cfg.get("short_classes") or {}).items():
         lines += ["", f"Short classes at {_k(k)} per class: " + "; ".join(
             f"`{c}` holds {held} training images, fewer than the {asked} asked: its subsets took all {held}"
@@ -99,35 +162,36 @@ def markdown_table(result) -> str:
     if selection:
         menu, folds = (next(iter(selection.values()))[key] for key in ("menu", "folds"))
         scored = ("validation balanced accuracy %, the folds' training subsets long-tailed as the runs'"
-                  if imbalance else "validation accuracy %")
+                  if cfg.get("imbalance") else "validation accuracy %")
         lines += ["", f"The classical baseline's choice ({scored}, {folds}-fold cross-validation inside "
                       "the training pool; the test split is not used):", "",
                   "| real / class | " + " | ".join(f"`{m}`" for m in menu) + " | chosen |",
                   "| --- | " + " | ".join("---" for _ in menu) + " | --- |"]
-        for k, sel in selection.items():
-            lines.append(f"| {_k(str(k))} | " + " | ".join(_pct(sel["mean"][m]) for m in menu) +
-                         f" | `{sel['winner']}` |")
+        lines += [f"| {_k(str(k))} | " + " | ".join(_pct(sel["mean"][m]) for m in menu) + f" | `{sel['winner']}` |"
+                  for k, sel in selection.items()]
     networks = cfg.get("classifier_selection") or {}
     if networks:
         first = next(iter(networks.values()))
         menu = first["menu"]
         lines += ["", "The downstream network every arm trains, chosen per regime by the same cross-validation: "
-                      f"{first['rule']} (validation accuracy %):",
-                  "", "| real / class | policy | " + " | ".join(f"`{m}`" for m in menu) + " | one standard error | chosen |",
+                      f"{first['rule']} (validation accuracy %):", "",
+                  "| real / class | policy | " + " | ".join(f"`{m}`" for m in menu) + " | one standard error | chosen |",
                   "| --- | --- | " + " | ".join("---" for _ in menu) + " | --- | --- |"]
-        for k, choice in networks.items():
-            lines.append(f"| {_k(str(k))} | `{choice['policy']}` | " +
-                         " | ".join(_pct(choice["mean"][m]) for m in menu) +
-                         f" | {_pct(choice['standard_error'])} | `{choice['winner']}` |")
+        lines += [f"| {_k(str(k))} | `{c['policy']}` | " + " | ".join(_pct(c["mean"][m]) for m in menu) +
+                  f" | {_pct(c['standard_error'])} | `{c['winner']}` |" for k, c in networks.items()]
+    return lines
+
+
+def _quality_tables(result) -> list:
+    lines = []
     quality = {k: s["quality"] for k, s in result.summary.items() if "quality" in s}
     if quality:
         lines += ["", "Generator quality (mean over seeds; own-feature FID/KID and precision/recall use the features "
                       "of one reference classifier trained once on the whole training pool, not Inception):", "",
                   "| real / class | CAS | FID (own) | KID (own) | precision | recall | memorization rate |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        for k, q in quality.items():
-            lines.append(f"| {_k(k)} | {_pct(q['cas'])} | {q['fid_own']:.2f} | {q['kid_own']:.4f} | "
-                         f"{q['precision']:.2f} | {q['recall']:.2f} | {_pct(q['memorization_rate'])}% |")
+        lines += [f"| {_k(k)} | {_pct(q['cas'])} | {q['fid_own']:.2f} | {q['kid_own']:.4f} | {q['precision']:.2f} | "
+                  f"{q['recall']:.2f} | {_pct(q['memorization_rate'])}% |" for k, q in quality.items()]
     kept = {k: s["perturb_label_kept"] for k, s in result.summary.items() if "perturb_label_kept" in s}
     if kept:
         strengths = list(next(iter(kept.values())))
@@ -135,7 +199,7 @@ def markdown_table(result) -> str:
                       "per strength:", "", "| real / class | " + " | ".join(strengths) + " |",
                   "| --- | " + " | ".join("---" for _ in strengths) + " |"]
         lines += [f"| {_k(k)} | " + " | ".join(_pct(v[st]) for st in strengths) + " |" for k, v in kept.items()]
-    return "\n".join(lines)
+    return lines
 
 
 def write_report(result, train, gen=None) -> Path:
@@ -163,34 +227,31 @@ def write_report(result, train, gen=None) -> Path:
 
 
 def _plot_gains(result, path: Path) -> None:
-    """A forest plot: per regime, every arm's paired difference against the baseline, each mixing arm's against its
-    dose control, and the primary arm's against every other headline opponent (the semi-supervised learners), with
-    95% t-intervals over seeds: the quantities the report claims."""
+    """A forest plot of the headline comparisons (the primary arm against each opponent, every regime) with the
+    two-level 95% interval that decides them, coloured by verdict: green a gain, red a loss, grey no claim (and
+    no interval at all where there is no estimate)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:   # the report still has the table and the JSON
         return
-    baseline, primary = result.config["baseline"], result.config["primary"]
-    rows = [(k, f"{arm} vs {baseline}", d) for k, s in result.summary.items() for arm, d in s[f"vs_{baseline}"].items()]
-    rows += [(k, f"{arm} vs its control", d) for k, s in result.summary.items() for arm, d in s["vs_control"].items()]
-    rows += [(k, f"headline: {_versus(primary, o)}", h["ci"]) for k, s in result.summary.items()
-             for o, h in s["primary"]["headline"].items() if o != baseline and o != primary + "-control"]
-    rows.sort(key=lambda r: (int(r[0]), r[1]))
-    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
-    for i, (k, label, d) in enumerate(rows):
-        lo, hi = 100 * d["ci_low"], 100 * d["ci_high"]
-        colour = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
-        if not math.isnan(lo):
-            ax.plot([lo, hi], [i, i], color=colour, lw=2)
-        ax.plot(100 * d["mean"], i, "o", color=colour)
+    primary = result.config["primary"]
+    rows = [(k, _versus(primary, o), h) for k, s in result.summary.items() for o, h in s["primary"]["headline"].items()]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.6))
+    colours = {"gain": "tab:green", "loss": "tab:red"}
+    for i, (k, label, h) in enumerate(rows):
+        d = h["two_level"]
+        colour = colours.get(h["verdict"], "tab:gray")
+        if math.isfinite(d["ci_low"]):
+            ax.plot([100 * d["ci_low"], 100 * d["ci_high"]], [i, i], color=colour, lw=2)
+        ax.plot(100 * d["mean"], i, "o", color=colour, mfc=colour if h["verdict"] in colours else "white")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(rows)), [f"{_k(k)}/class: {label}" for k, label, _ in rows], fontsize=7)
     ax.invert_yaxis()
     metric = "balanced accuracy" if result.config.get("imbalance") else "accuracy"
-    ax.set_xlabel(f"paired difference in test {metric} (points), 95% CI over seeds")
-    ax.set_title("Gains (green: interval above 0)", fontsize=9)
+    ax.set_xlabel(f"paired difference in test {metric} (points), two-level 95% interval")
+    ax.set_title("Headline comparisons (green: gain, red: loss, grey: no claim)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:

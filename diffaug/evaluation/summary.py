@@ -1,6 +1,7 @@
-"""The statistics of an evaluation: per regime, every arm's mean and spread, paired differences against the
-baseline and the dose controls, and the headline (the declared primary arm against each opponent, Holm-corrected
-over the whole family), on the metric the regime is judged by."""
+"""The statistics of an evaluation: per regime, every arm's mean and spread, each comparison (an arm against the
+baseline, a mixing arm against its dose control, the declared primary arm against each opponent) with its verdict
+from verdict.py, on the metric the regime is judged by. The headline family is the plan's: every configured regime
+x every opponent, Holm-corrected together."""
 
 from __future__ import annotations
 
@@ -8,67 +9,81 @@ import math
 
 import numpy as np
 
+from ..errors import DataError
 from .config import BASELINE, CONTROL, LEARNERS, LONGTAIL_LEARNERS, EvalConfig
-from .metrics import detectable, holm, paired_bootstrap, paired_ci, unpack_bits
+from .metrics import unpack_bits
+from .verdict import ALPHA, compare, decide, seeds_needed, strongest, t_given_split
 
 
 def opponents(cfg: EvalConfig) -> list[str]:
     """The arms the primary arm is compared with in the headline: the tuned classical arm, the primary's dose
-    control and, with unlabelled images, every semi-supervised learner run (each tuned for itself)."""
+    control and, with unlabelled images or long-tailed classes, every learner of that regime run (each tuned for
+    itself)."""
     found = [BASELINE, cfg.primary + CONTROL, *LEARNERS, *LONGTAIL_LEARNERS]
     return [a for a in found if a in cfg.arms and a != cfg.primary]
 
 
+def claims(cfg: EvalConfig) -> dict:
+    """What this run's seeds can say, known before it runs: the headline family's size (regimes x opponents), the
+    fewest seeds whose sign-flip test could clear Holm in it, and whether the run has them."""
+    family = len(cfg.per_class) * len(opponents(cfg))
+    needed = seeds_needed(family)
+    return {"family": family, "seeds": cfg.seeds, "seeds_needed": needed, "possible": cfg.seeds >= needed,
+            "alpha": ALPHA}
+
+
 def _balanced_weights(labels) -> np.ndarray:
     """Per test image, 1 / (its class's share of the test split): a weighted mean of `correct` is then the mean
-    per-class recall, so the bootstrap resamples balanced accuracy."""
+    per-class recall, so every comparison is on balanced accuracy."""
     labels = np.asarray(labels)
     counts = np.bincount(labels)
     return len(labels) / (np.count_nonzero(counts) * counts[labels])
 
 
 def summarize(units: list, cfg: EvalConfig, n_test: int, test_labels=None) -> dict:
-    """Per regime: mean/std of every arm's accuracy, the paired difference of every arm against the baseline and
-    of each mixing arm against its dose control; the declared primary arm against each of its opponents (t-interval
-    over seeds, a paired bootstrap over seeds and test images, and Holm's correction over every headline
-    comparison of the evaluation, all regimes together), the strongest non-diffusion opponent named; and
-    Holm-corrected comparisons of every diffusion arm with the baseline."""
-    summary = {}
+    """Per regime: mean/std of every arm's metric; every arm against the baseline and each mixing arm against its
+    dose control (compare, Holm over the diffusion arms against the baseline); the declared primary arm against each
+    opponent, Holm-corrected over every regime's headline comparisons as one family; the strongest opponent, with
+    the opponents tied with it within noise. Every number is on cfg.metric (balanced accuracy under imbalance)."""
+    weights = _balanced_weights(test_labels) if cfg.imbalance is not None else None
+    summary, family = {}, {}
     for k in cfg.per_class:
         rows = sorted((u for u in units if u["k"] == k), key=lambda u: u["seed"])
         if not rows:
-            continue
-        acc = {arm: np.array([u["arms"][arm][cfg.metric] for u in rows]) for arm in cfg.arms}
+            raise DataError(f"no finished unit of regime {k} per class: the headline family is every configured "
+                            "regime x opponent, so a summary needs them all")
+        missing = sorted({a for u in rows for a in cfg.arms if a not in u["arms"]})
+        if missing:
+            raise DataError(f"regime {k}: units without the arm(s) {missing} the configuration names")
+        correct = {arm: _correct(rows, arm, n_test) for arm in cfg.arms}
+        versus = lambda a, b, boot=False: compare(correct[a], correct[b], weights, with_bootstrap=boot)  # noqa: E731
+        metric = {arm: np.array([u["arms"][arm][cfg.metric] for u in rows], dtype=np.float64) for arm in cfg.arms}
         s = {"metric": cfg.metric, "arms": {}, "vs_" + BASELINE: {}, "vs_control": {}}
         for arm in cfg.arms:
-            s["arms"][arm] = {"mean": float(acc[arm].mean()),
-                              "std": float(acc[arm].std(ddof=1)) if len(rows) > 1 else math.nan,
-                              "ci": paired_ci(acc[arm]), "n": len(rows),
+            s["arms"][arm] = {"mean": float(metric[arm].mean()),
+                              "std": float(metric[arm].std(ddof=1)) if len(rows) > 1 else math.nan,
+                              "ci": t_given_split(metric[arm]), "n": len(rows),
                               "per_class": np.mean([u["arms"][arm]["per_class"] for u in rows], 0).tolist()}
             if cfg.imbalance is not None:   # by the class's rank in its unit's draw: the tail's own accuracy
                 s["arms"][arm]["groups"] = {g: float(np.mean([u["arms"][arm]["groups"][g] for u in rows]))
                                             for g in ("many", "medium", "few")}
             if arm != BASELINE:
-                s["vs_" + BASELINE][arm] = paired_ci(acc[arm] - acc[BASELINE])
+                s["vs_" + BASELINE][arm] = versus(arm, BASELINE)
             if arm + CONTROL in cfg.arms:
-                s["vs_control"][arm] = paired_ci(acc[arm] - acc[arm + CONTROL])
+                s["vs_control"][arm] = versus(arm, arm + CONTROL)
+        decide({arm: s["vs_" + BASELINE][arm] for arm in cfg.diffusion_arms}, len(rows))
+        s["holm"] = {arm: s["vs_" + BASELINE][arm] for arm in cfg.diffusion_arms}
         primary = cfg.primary
-        weights = _balanced_weights(test_labels) if cfg.imbalance is not None else None
-        headline = {opp: {"ci": paired_ci(acc[primary] - acc[opp]),
-                          "bootstrap": paired_bootstrap(_correct(rows, primary, n_test), _correct(rows, opp, n_test),
-                                                        weights=weights)}
-                    for opp in opponents(cfg)}
+        headline = {opp: versus(primary, opp, boot=True) for opp in opponents(cfg)}
         if cfg.imbalance is not None:
             for opp, h in headline.items():
-                h["few"] = paired_ci([u["arms"][primary]["groups"]["few"] - u["arms"][opp]["groups"]["few"]
-                                      for u in rows])
+                h["few"] = t_given_split([u["arms"][primary]["groups"]["few"] - u["arms"][opp]["groups"]["few"]
+                                          for u in rows])
+        family.update({(str(k), opp): h for opp, h in headline.items()})
         standing = [a for a in (BASELINE, *LEARNERS, *LONGTAIL_LEARNERS) if a in cfg.arms]
-        s["primary"] = {"arm": primary, "gain": headline[BASELINE]["ci"], "bootstrap": headline[BASELINE]["bootstrap"],
-                        "headline": headline, "strongest": max(standing, key=lambda a: s["arms"][a]["mean"])}
-        if primary + CONTROL in headline:
-            s["primary"].update(control=primary + CONTROL, vs_control=headline[primary + CONTROL]["ci"],
-                                bootstrap_vs_control=headline[primary + CONTROL]["bootstrap"])
-        s["holm"] = holm({arm: acc[arm] - acc[BASELINE] for arm in cfg.diffusion_arms})
+        best = strongest({a: s["arms"][a]["mean"] for a in standing}, lambda a, b: versus(a, b))
+        s["primary"] = {"arm": primary, "headline": headline, "strongest": best["arm"],
+                        "strongest_tied_with": best["tied_with"]}
         if any("quality" in u for u in rows):
             q = [u["quality"] for u in rows if "quality" in u]
             s["quality"] = {m: float(np.mean([x[m] for x in q]))
@@ -77,22 +92,22 @@ def summarize(units: list, cfg: EvalConfig, n_test: int, test_labels=None) -> di
         if kept:
             s["perturb_label_kept"] = {st: float(np.mean([x[st] for x in kept])) for st in kept[0]}
         summary[str(k)] = s
-    _correct_headlines(summary, units, cfg)
+    decide(family, cfg.seeds)
+    for s in summary.values():   # the flat view of the two headline comparisons every reader asks for first
+        h = s["primary"]["headline"]
+        s["primary"]["gain"] = claim_of(h[BASELINE])
+        control = s["primary"]["arm"] + CONTROL
+        if control in h:
+            s["primary"].update(control=control, vs_control=claim_of(h[control]))
     return summary
 
 
-def _correct_headlines(summary: dict, units: list, cfg: EvalConfig) -> None:
-    """Holm over every headline comparison of the evaluation (the primary arm against each opponent, in every
-    regime): each gets its adjusted p-value and a Bonferroni interval, the family's size, and the smallest gain
-    these seeds detect at 80% power from the spread they showed (plain paired t: the power to tell)."""
-    diffs = {}
-    for k, s in summary.items():
-        rows = sorted((u for u in units if str(u["k"]) == k), key=lambda u: u["seed"])
-        for opp in s["primary"]["headline"]:
-            diffs[k, opp] = [u["arms"][cfg.primary]["accuracy"] - u["arms"][opp]["accuracy"] for u in rows]
-    for (k, opp), h in holm(diffs).items():
-        summary[k]["primary"]["headline"][opp].update(holm=h, family=len(diffs),
-                                                      detectable_80=detectable(h["std"], h["n"]))
+def claim_of(c: dict) -> dict:
+    """A decided comparison as the numbers a reader quotes: the mean, the two-level interval that decides, the
+    sign-flip p (plain and Holm-adjusted) and the verdict."""
+    return {"mean": c["mean"], "ci_low": c["two_level"]["ci_low"], "ci_high": c["two_level"]["ci_high"],
+            "levels": c["two_level"]["levels"], "p_value": c["sign_flip_p"], "p_holm": c["p_holm"],
+            "verdict": c["verdict"]}
 
 
 def _correct(rows: list, arm: str, n_test: int) -> np.ndarray:

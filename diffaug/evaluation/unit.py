@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -17,11 +18,14 @@ from ..diffusion.step import resolve_device
 from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
-from ..io import digest
+from ..io import atomic_path, digest
 from ..classify.policies import AUTO, Policy, select
 from ..classify.semi import self_train, with_rows
-from ..classify.training import confident, embed, fit_classifier, predict_proba, random_batches, train_classifier
-from .config import BASELINE, LOGIT_ADJUST, PLAN, REBALANCE, RESAMPLE, SELF_TRAINING, EvalConfig, unit_streams
+from ..classify.training import (confident, embed, fit_classifier, new_classifier, predict_proba, random_batches,
+                                 train_classifier)
+from .config import BASELINE, LOGIT_ADJUST, PLAN, REBALANCE, RESAMPLE, SELF_TRAINING, EvalConfig
+from .cache import machine
+from .unitplan import unit_plan
 from .metrics import (cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall,
                       shot_groups)
 
@@ -58,7 +62,8 @@ def train_arm(arm: str, subset: ImageData, pool, aug, cfg: EvalConfig, replicate
         correct = predict_proba(model, test_images, device).argmax(1) == test_labels.cpu()
         recall = per_class_accuracy(correct, test_labels.cpu(), subset.num_classes)
         models.append(model)
-        records.append({"accuracy": correct.float().mean().item(), "balanced_accuracy": float(np.nanmean(recall)),
+        # float64 from the count of images: equal counts give equal accuracies, bit for bit
+        records.append({"accuracy": int(correct.sum()) / len(correct), "balanced_accuracy": float(np.nanmean(recall)),
                         "correct": correct, "optimizer_steps": model.optimizer_steps, **extra})
     return models, records
 
@@ -186,15 +191,32 @@ class Reference:
         return Reference(self.test_images.to(device), self.test_labels.to(device), net, self.test_features, self.info)
 
 
-def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device) -> Reference:
+def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device, path=None) -> Reference:
+    """The shared test split and, with cfg.metrics, the reference feature network: read from `path` (a
+    .safetensors file in the run's cache) when a run made it before, else trained (seed 0) and stored there, so a
+    resumed run scores its generators with the same network an uninterrupted one did."""
     device = resolve_device(device)
     ref = Reference(test.images.to(device), test.labels.to(device))
     if not cfg.metrics:
         return ref
-    ref.network = train_classifier(random_batches(train.images, train.labels, cfg.batch_size, seed=0), train.channels,
-                                   train.num_classes, steps=cfg.reference_steps, seed=0, device=device)
+    info = {"trained_on": train.fingerprint(), "steps": cfg.reference_steps}
+    if path is not None and Path(path).exists():
+        from safetensors.torch import load_file
+
+        ref.network = new_classifier(None, train.channels, train.num_classes, 0, device)
+        ref.network.load_state_dict(load_file(str(path), device=str(device)))
+        ref.network.eval()
+    else:
+        ref.network = train_classifier(random_batches(train.images, train.labels, cfg.batch_size, seed=0),
+                                       train.channels, train.num_classes, steps=cfg.reference_steps, seed=0,
+                                       device=device)
+        if path is not None:
+            from safetensors.torch import save_file
+
+            with atomic_path(path) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in ref.network.state_dict().items()}, str(tmp))
     ref.test_features = embed(ref.network, ref.test_images, device)
-    ref.info = {"trained_on": train.fingerprint(), "steps": cfg.reference_steps, "network": type(ref.network).__name__}
+    ref.info = {**info, "network": type(ref.network).__name__}
     ref.info["fingerprint"] = digest({"info": ref.info, "weights": ref.network.state_dict()})[:16]
     return ref
 
@@ -212,9 +234,8 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
         torch.set_num_threads(threads)
     device = resolve_device(device)
     reference = reference.to(device) if reference is not None else reference_for(train, test, cfg, device)
-    streams = unit_streams(k, seed, cfg.classifier_repeats)
-    subset = train.subset(per_class=cfg.counts_for(k, train.num_classes, streams["subset"]),
-                          seed=streams["subset"]) if k else train
+    plan = unit_plan(cfg, k, seed, train.num_classes)
+    streams, subset = plan.streams, plan.subset(train)
     counts = subset.class_counts()
     groups = shot_groups(counts) if cfg.imbalance is not None else {}
     t0 = time.perf_counter()
@@ -295,6 +316,7 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
             "arms": {arm: arms[arm] for arm in cfg.arms}, "kept_after_filter": kept, "subset_size": len(subset),
             "class_counts": counts, "groups": groups, **({"rebalance": rebalance} if rebalance else {}),
             "subset_fingerprint": subset.fingerprint(), "test_fingerprint": test.fingerprint(), "device": str(device),
+            "machine": machine(device),
             "generator": {"given": given, "fingerprint": gen.fingerprint,
                           "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
                           "steps": gen.config["train"]["steps"], "init": gen.config.get("init", {}).get("fingerprint")},
