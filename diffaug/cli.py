@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from .cli_args import data_args as _data_args, load as _load
+from .cli_args import HelpFormatter, data_args as _data_args, load as _load
 from .cli_evaluate import add_evaluate
 from .errors import DiffaugError
+
+
+class _Deprecated(argparse.Action):
+    """An old option name that still works and says which name replaced it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"diffaug: warning: {option_string} is deprecated here (it means optimizer steps in `fit`); use "
+              f"{self.metavar}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _gen_args(p: argparse.ArgumentParser) -> None:
     from .diffusion.sampling import GUIDANCE, SAMPLE_STEPS, SAMPLER, SAMPLER_CHOICES
     from .generator import BATCH, CUDA_BATCH_PIXELS
-    p.add_argument("--steps", type=int, default=SAMPLE_STEPS, help="sampler steps (default: %(default)s)")
-    p.add_argument("--sampler", default=SAMPLER, choices=SAMPLER_CHOICES)
-    p.add_argument("--guidance", type=float, default=GUIDANCE,
-                   help="classifier-free guidance scale (1 = none; default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", dest="steps", type=int, action=_Deprecated, metavar="--sample-steps",
+                   default=argparse.SUPPRESS, help="deprecated alias of --sample-steps")
+    p.add_argument("--sample-steps", dest="steps", type=int, default=SAMPLE_STEPS, help="sampler steps")
+    p.add_argument("--sampler", default=SAMPLER, choices=SAMPLER_CHOICES, help="the sampler")
+    p.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="the seed every image's noise derives from")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, help=f"images per network call (default: {BATCH} on the CPU; on CUDA "
                    f"a power of two of about {CUDA_BATCH_PIXELS:,} pixels, 1024 images at 32x32)")
@@ -32,6 +43,16 @@ def cmd_fit(args) -> None:
 
     out = check_writable(args.out, args.overwrite)   # fail now, not after an hour of training
     data = _load(args)
+    if args.epochs is not None:
+        from .diffusion.step import resolve_device
+        from .diffusion.trainer import DEFAULT_BATCH
+
+        if args.steps is not None:
+            raise DiffaugError("give the fit's length as --steps or --epochs, not both")
+        if not args.epochs > 0:
+            raise DiffaugError(f"--epochs must be a positive number, got {args.epochs}")
+        batch = args.batch_size or DEFAULT_BATCH.get(resolve_device(args.device).type, DEFAULT_BATCH["cpu"])
+        args.steps = max(1, math.ceil(args.epochs * len(data) / batch))
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
     main_rank = from_env().main   # under torchrun every rank runs this; rank 0 speaks and writes
     if main_rank:
@@ -40,9 +61,13 @@ def cmd_fit(args) -> None:
                                      compile=args.compile, hflip=args.hflip, fast=args.fast,
                                      unlabeled_share=args.unlabeled_share, augment=args.augment).items()
                if v is not None}
+    unlabeled = args.unlabeled
+    if unlabeled and args.image_size:   # the unlabelled images at the labelled ones' size
+        from .loading import load_unlabeled
+        unlabeled = load_unlabeled(unlabeled, image_size=args.image_size, background=args.background)
     gen = fit(data, args.preset, args.steps, minutes=args.minutes, device=args.device, seed=args.seed,
               out_dir=ckpt, resume=args.resume, progress=not args.quiet,
-              distributed=True if args.distributed else None, timeout_s=args.timeout, unlabeled=args.unlabeled,
+              distributed=True if args.distributed else None, timeout_s=args.timeout, unlabeled=unlabeled,
               init=args.init, pseudo_labels=args.pseudo_labels, pseudo_label_policy=args.pseudo_label_policy,
               **options)
     train = gen.config["train"]
@@ -164,20 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .diffusion.trainer import DEFAULT_BATCH, TrainConfig
     from .diffusion.unet import PRESETS
-    p = sub.add_parser("fit", help="fit a class-conditional diffusion generator to labelled images")
+    p = sub.add_parser("fit", help="fit a class-conditional diffusion generator to labelled images",
+                       description="Fit a class-conditional diffusion generator to labelled images; writes one "
+                       ".safetensors file (weights + JSON config).", formatter_class=HelpFormatter,
+                       epilog="example: diffaug fit my_folder --image-size 32 --minutes 10 --out mine.safetensors")
     _data_args(p)
     p.add_argument("--out", required=True, help="generator file to write (.safetensors)")
-    p.add_argument("--preset", default="tiny", choices=list(PRESETS))
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="the network's size")
     p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's: " +
                    ", ".join(f"{name} {preset.steps}" for name, preset in PRESETS.items()) + ")")
+    p.add_argument("--epochs", type=float, help="or the fit's length in passes over DATA at --batch-size "
+                   "(not with --steps)")
     p.add_argument("--minutes", type=float, help="wall-clock budget; stops at whichever budget ends first")
     p.add_argument("--batch-size", type=int, help="the global batch (default: "
                    f"{DEFAULT_BATCH['cpu']} on CPU, {DEFAULT_BATCH['cuda']} on CUDA)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, help=f"AdamW's peak learning rate (default: {TrainConfig.lr})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0, help="the fit's seed (weights, batches, noise)")
     p.add_argument("--checkpoint-dir", help="where checkpoints go (default: OUT with suffix .ckpt)")
-    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="optimizer steps between checkpoints (default: "
+                   f"{TrainConfig.checkpoint_every})")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the network (default: on CUDA for fits long enough to repay the ~100 s "
@@ -204,23 +235,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "when torchrun launches more than one process; this flag insists)")
     p.add_argument("--timeout", type=float, default=300, help="seconds a rank waits for a lost rank before the run "
                    "fails (distributed fitting)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("sample", help="generate images per class: a PNG grid or an .npz")
+    p = sub.add_parser("sample", help="generate images per class: a PNG grid or an .npz", formatter_class=HelpFormatter,
+                       description="Generate images of every class with a fitted generator.",
+                       epilog="example: diffaug sample mine.safetensors --per-class 8 --out grid.png")
     p.add_argument("gen", help="generator file")
-    p.add_argument("--per-class", type=int, required=True)
+    p.add_argument("--per-class", type=int, required=True, help="images per class")
     p.add_argument("--out", required=True, help="grid.png (one row per class) or samples.npz")
     _gen_args(p)
     from .diffusion.sampling import SPACING_CHOICES
     p.add_argument("--spacing", choices=SPACING_CHOICES,
                    help="where the sampler's steps sit in time (default: the library's, from benchmarks/sampler_steps.py)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("expand", help="expand a dataset with synthetic (or perturbed) rows; writes an HF dataset")
+    p = sub.add_parser("expand", help="expand a dataset with synthetic (or perturbed) rows; writes an HF dataset",
+                       description="Expand DATA with synthetic rows (or perturbed copies of its rows) and write a "
+                       "Hugging Face dataset with a provenance column per row.", formatter_class=HelpFormatter,
+                       epilog="example: diffaug expand my_folder --image-size 32 --gen mine.safetensors --per-class 200 "
+                              "--out my-expanded")
     _data_args(p)
     p.add_argument("--gen", required=True, help="generator file")
     p.add_argument("--out", required=True, help="folder for datasets.Dataset.save_to_disk")
@@ -233,23 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copies", type=int, default=1, help="perturb: copies per real image")
     from .diffusion.sampling import STRENGTH
     p.add_argument("--strength", type=float, default=STRENGTH, help="perturb: noise level in (0, 1]")
-    p.add_argument("--num-shards", type=int, default=1)
-    p.add_argument("--shard-index", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1, help="split the generation over this many machines")
+    p.add_argument("--shard-index", type=int, default=0, help="which shard this run makes (shard 0 keeps the real "
+                   "rows)")
     _gen_args(p)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_expand)
 
     add_evaluate(sub)
 
-    p = sub.add_parser("demo", help="the whole story on the built-in digits, in minutes: fit, sample, expand, evaluate")
+    p = sub.add_parser("demo", help="the whole story on the built-in digits, in minutes: fit, sample, expand, evaluate",
+                       formatter_class=HelpFormatter, epilog="example: diffaug demo --out diffaug-demo")
     p.add_argument("--out", default="diffaug-demo", help="folder for everything the demo writes")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("info", help="describe a generator file")
-    p.add_argument("gen")
+    p = sub.add_parser("info", help="describe a generator file", formatter_class=HelpFormatter,
+                       epilog="example: diffaug info mine.safetensors")
+    p.add_argument("gen", help="generator file")
     p.add_argument("--json", action="store_true", help="print the whole config as JSON")
     p.set_defaults(func=cmd_info)
     return parser

@@ -169,32 +169,38 @@ class ImageData:
                                     labels=self.labels.numpy(), class_names=np.array(self.class_names))
 
     @classmethod
-    def from_folder(cls, path) -> "ImageData":
-        """From an ImageFolder layout: one sub-folder per class (sorted names), images inside."""
-        from PIL import Image, UnidentifiedImageError
+    def from_folder(cls, path, image_size: int | None = None, background=None, progress: bool = False) -> "ImageData":
+        """From an ImageFolder layout: one sub-folder per class (sorted names), images inside, read as they come
+        (images.to_array: EXIF orientation, transparency on `background`, any mode; grayscale beside colour read as
+        RGB). `image_size=N`: each image's shorter side resized to N and its centre cropped to N x N; without it,
+        images of mixed sizes are refused."""
+        from .images import check_image_size, parse_background, read_images, stack
 
+        size, background = check_image_size(image_size), parse_background(background)
         root = Path(path)
         if not root.is_dir():
             raise DataError(f"no such folder: {root}")
         classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not classes:
             raise DataError(f"{root} has no class sub-folders (expected one folder per class)")
-        images, labels = [], []
+        files, labels = [], []
         for label, name in enumerate(classes):
-            files = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
+            found = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
                 raise DataError(f"class folder {root / name} has no images")
-            for f in files:
-                try:
-                    with Image.open(f) as im:
-                        images.append(np.asarray(_pil_mode(im)))
-                except (UnidentifiedImageError, OSError) as e:
-                    raise DataError(f"cannot read image {f}: {e}") from None
-                labels.append(label)
-        shapes = {im.shape for im in images}
-        if len(shapes) > 1:
-            raise DataError(f"images in {root} have mixed sizes {sorted(shapes)[:4]}; resize them to one size first")
-        return cls.from_arrays(np.stack(images), np.array(labels), classes)
+            files += found
+            labels += [label] * len(found)
+        images = stack(read_images(files, size, background, progress, desc=f"reading {root.name}"), str(root), size)
+        return cls.from_arrays(images, np.array(labels), classes)
+
+    def resized(self, image_size: int) -> "ImageData":
+        """The same images at image_size x image_size (shorter side resized, antialiased, centre cropped)."""
+        from .images import check_image_size, resize_tensor
+
+        size = check_image_size(image_size)
+        if self.size == (size, size):
+            return self
+        return ImageData(resize_tensor(self.images, size), self.labels, list(self.class_names))
 
     def to_folder(self, path, overwrite: bool = False) -> None:
         """Write an ImageFolder layout (one sub-folder per class, lossless PNGs) atomically; `from_folder` and
@@ -216,30 +222,39 @@ class ImageData:
                     tmp / names[y] / f"{i:0{width}d}.png")
 
     @classmethod
-    def from_hf(cls, ds, image_column: str = "image", label_column: str = "label") -> "ImageData":
-        """From a Hugging Face `datasets.Dataset` (an `Image` or array column and an int/ClassLabel column)."""
+    def from_hf(cls, ds, image_column: str = "image", label_column: str = "label", image_size: int | None = None,
+                background=None) -> "ImageData":
+        """From a Hugging Face `datasets.Dataset` (an `Image` or array column and an int/ClassLabel column); images
+        as `from_folder` reads them (`image_size`, `background`)."""
+        from .images import check_image_size, parse_background, stack
+
+        size, background = check_image_size(image_size), parse_background(background)
         for col in (image_column, label_column):
             if col not in ds.column_names:
                 raise DataError(f"the dataset has no column {col!r}; its columns are {ds.column_names} "
                                 "(pass image_column=/label_column=)")
         feature = ds.features[label_column]
         names = list(getattr(feature, "names", None) or [])
-        images = [_pil_or_array(x) for x in _column(ds, image_column)]
-        shapes = {im.shape for im in images}
-        if len(shapes) > 1:
-            raise DataError(f"column {image_column!r} holds images of mixed sizes {sorted(shapes)[:4]}")
-        return cls.from_arrays(np.stack(images), hf_column(ds, label_column), names or None)
+        images = [_pil_or_array(x, size, background) for x in _column(ds, image_column)]
+        return cls.from_arrays(stack(images, f"column {image_column!r}", size), hf_column(ds, label_column),
+                               names or None)
 
     @classmethod
-    def from_torchvision(cls, dataset, class_names: Sequence[str] | None = None) -> "ImageData":
-        """From a torchvision-style dataset yielding (PIL image or array, int label), e.g. `MNIST(...)`."""
+    def from_torchvision(cls, dataset, class_names: Sequence[str] | None = None, image_size: int | None = None,
+                         background=None) -> "ImageData":
+        """From a torchvision-style dataset yielding (PIL image or array, int label), e.g. `MNIST(...)` or
+        `ImageFolder(...)`; images as `from_folder` reads them (`image_size`, `background`)."""
+        from .images import check_image_size, parse_background, stack
+
+        size, background = check_image_size(image_size), parse_background(background)
         data = getattr(dataset, "data", None)
         targets = getattr(dataset, "targets", None)
         names = class_names or getattr(dataset, "classes", None)
         if data is not None and targets is not None and getattr(dataset, "transform", None) is None:
-            return cls.from_arrays(np.asarray(data), np.asarray(targets), names)
+            whole = cls.from_arrays(np.asarray(data), np.asarray(targets), names)
+            return whole.resized(size) if size else whole
         pairs = [dataset[i] for i in range(len(dataset))]
-        return cls.from_arrays(np.stack([_pil_or_array(x) for x, _ in pairs]),
+        return cls.from_arrays(stack([_pil_or_array(x, size, background) for x, _ in pairs], "the dataset", size),
                                np.array([int(y) for _, y in pairs]), names)
 
 
@@ -301,16 +316,18 @@ def _column(ds, name):
         yield row[name]
 
 
-def _pil_mode(im):
-    return im.convert("RGB") if im.mode not in ("L", "RGB") else im
+def _pil_or_array(x, size: int | None = None, background=(255, 255, 255)) -> np.ndarray:
+    """A PIL image as images.to_array reads it; an array or tensor (H, W[, C]) as it is, resized when `size`."""
+    from .images import to_array
 
-
-def _pil_or_array(x) -> np.ndarray:
     if hasattr(x, "convert"):
-        return np.asarray(_pil_mode(x))
-    if isinstance(x, torch.Tensor):
-        return x.numpy()
-    return np.asarray(x)
+        return to_array(x, size, background)
+    arr = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if size is None:
+        return arr
+    from PIL import Image
+
+    return to_array(Image.fromarray(arr.astype(np.uint8) if arr.dtype != np.uint8 else arr), size, background)
 
 
 def _to_labels(labels, n: int | None) -> torch.Tensor:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import IMAGE_SUFFIXES, ImageData, _column, _pil_mode, _pil_or_array, _to_uint8_nchw, hf_column
+from .data import IMAGE_SUFFIXES, ImageData, _column, _pil_or_array, _to_uint8_nchw, hf_column
+from .images import check_image_size, parse_background, read_images, resize_tensor, stack
 from .errors import DataError, require_extra
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -28,17 +29,24 @@ def is_builtin(source) -> bool:
 
 
 def load_data(source="digits", split: str = "train", *, image_column: str = "image",
-              label_column: str = "label", root=None) -> ImageData:
+              label_column: str = "label", root=None, image_size: int | None = None, background=None,
+              progress: bool = False) -> ImageData:
     """Load a built-in dataset by name, or a path: `.npz`, image folder, or a `save_to_disk` HF dataset.
 
     Built-ins have a train and a test split: `digits` is scikit-learn's 8x8 digits split 50/50
     (stratified, seed 0); `fashion-mnist` is the official 60k/10k split. `split="all"` joins them.
+    `image_size=N`: every image's shorter side resized to N (antialiased) and its centre cropped to N x N, as
+    torchvision's Resize + CenterCrop (a folder of mixed sizes needs it); `background`: the colour transparent
+    pixels are composited on (default white). `progress`: a bar while a large folder is read.
     """
+    size, background = check_image_size(image_size), parse_background(background)
     if isinstance(source, ImageData):
-        return source
+        return source.resized(size) if size else source
     if split not in ("train", "test", "all"):
         raise DataError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    data = _load(str(source), split, image_column, label_column, root)
+    data = _load(str(source), split, image_column, label_column, root, size, background, progress)
+    if size and data.size != (size, size):
+        data = data.resized(size)
     if is_builtin(source):
         described = f"{source} (built-in), {split} split"
     else:   # only a saved DatasetDict has splits; an .npz, a folder or a saved Dataset is what it is
@@ -47,7 +55,8 @@ def load_data(source="digits", split: str = "train", *, image_column: str = "ima
     return data
 
 
-def _load(name: str, split: str, image_column: str, label_column: str, root) -> ImageData:
+def _load(name: str, split: str, image_column: str, label_column: str, root, size=None, background=None,
+          progress: bool = False) -> ImageData:
     if name == "digits":
         return _digits(split)
     if name in FASHION_MNIST_NAMES:
@@ -60,8 +69,9 @@ def _load(name: str, split: str, image_column: str, label_column: str, root) -> 
             raise DataError(f"{path} is a file but not an .npz; give an .npz, an image folder or a saved HF dataset")
         return ImageData.from_npz(path)
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-        return _hf_from_disk(path, split, image_column, label_column)
-    return ImageData.from_folder(path)
+        return ImageData.from_hf(_hf_split(path, split), image_column=image_column, label_column=label_column,
+                                 image_size=size, background=background)
+    return ImageData.from_folder(path, image_size=size, background=background, progress=progress)
 
 
 def _digits(split: str) -> ImageData:
@@ -139,14 +149,18 @@ def _hf_split(path: Path, split: str):
     return ds
 
 
-def _hf_from_disk(path: Path, split: str, image_column: str, label_column: str) -> ImageData:
-    return ImageData.from_hf(_hf_split(path, split), image_column=image_column, label_column=label_column)
-
-
-def load_unlabeled(source, *, image_column: str = "image", label_column: str = "label") -> torch.Tensor:
+def load_unlabeled(source, *, image_column: str = "image", label_column: str = "label", image_size: int | None = None,
+                   background=None) -> torch.Tensor:
     """Unlabelled images as uint8 (N,C,H,W): an image folder WITHOUT class sub-folders (images directly in it, or
     in any nesting below it if it has no sub-folders at its top), an `.npz` with `images` only, a saved HF dataset
-    without a label column (or whose labels are all -1), an ImageData (its labels are dropped), or an array."""
+    without a label column (or whose labels are all -1), an ImageData (its labels are dropped), or an array.
+    `image_size`, `background`: as load_data."""
+    size = check_image_size(image_size)
+    images = _unlabeled(source, image_column, label_column, size, parse_background(background))
+    return resize_tensor(images, size) if size and tuple(images.shape[-2:]) != (size, size) else images
+
+
+def _unlabeled(source, image_column: str, label_column: str, size, background) -> torch.Tensor:
     if isinstance(source, ImageData):
         return source.images
     if not isinstance(source, (str, Path)):
@@ -170,13 +184,11 @@ def load_unlabeled(source, *, image_column: str = "image", label_column: str = "
                             "as an .npz with `images` only")
         return _to_uint8_nchw(arrays["images"])
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-        return _hf_unlabeled(path, image_column, label_column)
-    return _folder_unlabeled(path)
+        return _hf_unlabeled(path, image_column, label_column, size, background)
+    return _folder_unlabeled(path, size, background)
 
 
-def _folder_unlabeled(root: Path) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
+def _folder_unlabeled(root: Path, size=None, background=None) -> torch.Tensor:
     classes = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     top = [f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
     if classes and not top:
@@ -184,20 +196,10 @@ def _folder_unlabeled(root: Path) -> torch.Tensor:
                         "(pass it as DATA); unlabelled images lie directly in the folder")
     if not top:
         raise DataError(f"{root} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    images = []
-    for f in sorted(top):
-        try:
-            with Image.open(f) as im:
-                images.append(np.asarray(_pil_mode(im)))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"cannot read image {f}: {e}") from None
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise DataError(f"images in {root} have mixed sizes {sorted(shapes)[:4]}; resize them to one size first")
-    return _to_uint8_nchw(np.stack(images))
+    return _to_uint8_nchw(stack(read_images(sorted(top), size, background), str(root), size))
 
 
-def _hf_unlabeled(path: Path, image_column: str, label_column: str) -> torch.Tensor:
+def _hf_unlabeled(path: Path, image_column: str, label_column: str, size=None, background=None) -> torch.Tensor:
     ds = _hf_split(path, "all")
     if image_column not in ds.column_names:
         raise DataError(f"the dataset at {path} has no image column {image_column!r}; its columns are "
@@ -205,7 +207,5 @@ def _hf_unlabeled(path: Path, image_column: str, label_column: str) -> torch.Ten
     if label_column in ds.column_names and (hf_column(ds, label_column) != -1).any():
         raise DataError(f"the dataset at {path} has labels in {label_column!r}: that is labelled data (pass it as "
                         "DATA); unlabelled rows have no label column, or -1 labels")
-    images = [_pil_or_array(x) for x in _column(ds, image_column)]
-    if len({im.shape for im in images}) > 1:
-        raise DataError(f"column {image_column!r} at {path} holds images of mixed sizes")
-    return _to_uint8_nchw(np.stack(images))
+    images = [_pil_or_array(x, size, background) for x in _column(ds, image_column)]
+    return _to_uint8_nchw(stack(images, f"column {image_column!r} at {path}", size))

@@ -38,6 +38,7 @@ class Digits(Dataset):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--gen", help="a generator file (default: fit one on the 100 training images)")
+    parser.add_argument("--epochs", type=int, default=30, help="classifier epochs")
     args = parser.parse_args()
     train = diffaug.load_data("digits", "train").subset(per_class=10, seed=0)
     test = diffaug.load_data("digits", "test")
@@ -48,7 +49,7 @@ def main():
         pipeline = A.Compose([AlbumentationsDiffusionAugment(bank, mode="mix", p=0.5),
                               A.Affine(translate_px=(-1, 1), p=0.5)], seed=0)
         loader = DataLoader(Digits(train, pipeline), batch_size=32, shuffle=True, num_workers=2)
-        acc = train_and_test(loader, test)
+        acc = train_and_test(loader, test, args.epochs)
     print(f"test accuracy, 10 real images per class, albumentations + AlbumentationsDiffusionAugment: {acc:.3f}")
 
 

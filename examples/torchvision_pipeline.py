@@ -41,6 +41,7 @@ def train_and_test(loader, test, epochs=30, seed=0) -> float:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--gen", help="a generator file (default: fit one on the 100 training images)")
+    parser.add_argument("--epochs", type=int, default=30, help="classifier epochs")
     args = parser.parse_args()
     train = diffaug.load_data("digits", "train").subset(per_class=10, seed=0)
     test = diffaug.load_data("digits", "test")
@@ -55,8 +56,8 @@ def main():
                                     DiffusionAugment(bank, p=0.5, mode="mix"), transform=to_float)
         loader = lambda ds: DataLoader(ds, batch_size=32, shuffle=True, num_workers=2,
                                        generator=torch.Generator().manual_seed(0))
-        base = train_and_test(loader(plain), test)
-        ours = train_and_test(loader(augmented), test)
+        base = train_and_test(loader(plain), test, args.epochs)
+        ours = train_and_test(loader(augmented), test, args.epochs)
     print(f"test accuracy, 10 real images per class: plain {base:.3f}, with DiffusionAugment {ours:.3f}")
 
 

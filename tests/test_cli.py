@@ -21,10 +21,12 @@ def run_cli(*args):
 
 def test_fit_sample_info(tmp_path, capsys):
     gen = tmp_path / "g.safetensors"
-    assert main(["fit", "digits", "--out", str(gen), "--steps", "30", "--batch-size", "16", "--quiet"]) == 0
-    assert Generator.load(gen).config["train"]["steps"] == 30
+    # --epochs: passes over the 898 training digits at the batch: 0.5 x 898 / 16 -> 29 steps (rounded up)
+    assert main(["fit", "digits", "--out", str(gen), "--epochs", "0.5", "--batch-size", "16", "--quiet"]) == 0
+    assert Generator.load(gen).config["train"]["steps"] == 29
     assert (tmp_path / "g.ckpt" / "checkpoint.pt").exists()
-    assert main(["sample", str(gen), "--per-class", "3", "--out", str(tmp_path / "grid.png"), "--steps", "4"]) == 0
+    assert main(["sample", str(gen), "--per-class", "3", "--out", str(tmp_path / "grid.png"), "--sample-steps",
+                 "4"]) == 0
     from PIL import Image
     with Image.open(tmp_path / "grid.png") as im:
         assert im.size == (3 * 34 + 2, 10 * 34 + 2)   # 3 columns, one row per class, 32px cells + 2px gaps
@@ -172,3 +174,54 @@ def test_evaluate_takes_one_strength_or_a_range(tmp_path):
         assert json.loads(plan.read_text())["config"]["strength"] == expected
     assert main(["evaluate", "digits", "--strength", "0.1,0.2,0.3", "--out", str(tmp_path / "r"),
                  "--preregister", str(tmp_path / "bad.json")]) == 2
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default(capsys):
+    import argparse
+
+    from diffaug.cli import build_parser
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"fit", "sample", "expand", "evaluate", "demo", "info"}
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "example: diffaug " + name in " ".join(text.split()), name
+        for action in sub._actions:
+            assert action.help, f"diffaug {name} {action.option_strings or action.dest}: no help"
+        if name != "info":   # info's only option is a flag
+            assert "(default:" in text, name
+    evaluate = commands["evaluate"].format_help()
+    for group in ("data:", "generator", "classifier and arms:", "statistics", "unlabelled images", "long-tailed",
+                  "output and execution:"):
+        assert group in evaluate
+    assert "--seeds SEEDS" in evaluate and "(default: 10)" in " ".join(evaluate.split())
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    version = capsys.readouterr().out
+    assert version.startswith("diffaug ") and "0.1.0" not in version
+
+
+def test_the_sampler_steps_option_has_its_own_name_and_the_old_one_still_works(tmp_path, digits_gen_file, capsys):
+    assert main(["sample", str(digits_gen_file), "--per-class", "1", "--out", str(tmp_path / "a.npz"), "--steps",
+                 "3"]) == 0
+    assert "--steps is deprecated here" in capsys.readouterr().err
+    assert main(["sample", str(digits_gen_file), "--per-class", "1", "--out", str(tmp_path / "b.npz"),
+                 "--sample-steps", "3"]) == 0
+    assert np.array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])
+    assert main(["fit", "digits", "--out", str(tmp_path / "g.safetensors"), "--steps", "3", "--epochs", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_removed_import_paths_warn_instead_of_failing():
+    import importlib
+    import sys as system
+
+    for old, name in (("diffaug.pseudo", "pseudo_label"), ("diffaug.evaluation.policies", "select"),
+                      ("diffaug.evaluation.classifier", "train_classifier")):
+        system.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match="moved to diffaug.classify"):
+            module = importlib.import_module(old)
+        assert callable(getattr(module, name))
+    with pytest.warns(DeprecationWarning, match="t_given_split"):
+        from diffaug.evaluation import paired_ci
+    assert paired_ci([0.01, 0.03])["mean"] == pytest.approx(0.02)
