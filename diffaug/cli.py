@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the network (default: on CUDA for fits long enough to repay the ~100 s "
-                        "compile, 7,000 steps or more; off on CPU)")
+                   "compile, 7,000 steps or more; off on CPU)")
     p.add_argument("--no-fast-path", dest="fast", action="store_false", default=None,
                    help="run the eager reference training step instead of the graph-safe one (CUDA graphs on CUDA)")
     p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips (not for digits/text)")
@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_args(p)
     from .diffusion.sampling import SPACING_CHOICES
     p.add_argument("--spacing", choices=SPACING_CHOICES,
-                   help="where the sampler's steps sit in time (default: the library's, from benchmarks/sampler_steps.py)")
+                   help="where the sampler's steps sit in time (default: the library's, from "
+                        "benchmarks/sampler_steps.py)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
@@ -256,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("expand", help="expand a dataset with synthetic (or perturbed) rows; writes an HF dataset",
                        description="Expand DATA with synthetic rows (or perturbed copies of its rows) and write a "
                        "Hugging Face dataset with a provenance column per row.", formatter_class=HelpFormatter,
-                       epilog="example: diffaug expand my_folder --image-size 32 --gen mine.safetensors --per-class 200 "
-                              "--out my-expanded")
+                       epilog="example: diffaug expand my_folder --image-size 32 --gen mine.safetensors "
+                              "--per-class 200 --out my-expanded")
     _data_args(p)
     p.add_argument("--gen", required=True, help="generator file")
     p.add_argument("--out", required=True, help="folder for datasets.Dataset.save_to_disk")

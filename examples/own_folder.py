@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 
 import diffaug
 from diffaug import DiffusionAugment, SampleBank, augment_dataset
+from torchvision_pipeline import train_and_test
 
 SHAPES = ("disc", "square", "ring", "cross", "bars")
 
@@ -58,21 +59,6 @@ def small_cnn(classes: int) -> nn.Module:
                          nn.Flatten(), nn.Linear(64, classes))
 
 
-def train_and_test(loader, test, classes: int, epochs: int = 15, seed: int = 0) -> float:
-    torch.manual_seed(seed)
-    model = small_cnn(classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        for x, y in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        pred = model(test.images.float() / 255).argmax(1)
-    return (pred == test.labels).float().mean().item()
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=1500, help="generator fit steps")
@@ -95,8 +81,9 @@ def main():
                                transform=to_float)
         loader = lambda ds: DataLoader(ds, batch_size=32, shuffle=True, num_workers=2,  # noqa: E731
                                        generator=torch.Generator().manual_seed(0))
-        base = train_and_test(loader(plain), test, data.num_classes, args.epochs)
-        mixed = train_and_test(loader(ours), test, data.num_classes, args.epochs)
+        network = lambda: small_cnn(data.num_classes)  # noqa: E731
+        base = train_and_test(loader(plain), test, args.epochs, make_model=network)
+        mixed = train_and_test(loader(ours), test, args.epochs, make_model=network)
     print(f"test accuracy, {len(train)} real 32x32 RGB images: classical {base:.3f}, classical + synthesize "
           f"{mixed:.3f} (one seed: a demonstration, not a measurement; `diffaug evaluate` measures)")
 

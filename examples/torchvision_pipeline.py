@@ -23,9 +23,9 @@ def small_cnn() -> nn.Module:
                          nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
 
 
-def train_and_test(loader, test, epochs=30, seed=0) -> float:
+def train_and_test(loader, test, epochs=30, seed=0, make_model=small_cnn) -> float:
     torch.manual_seed(seed)
-    model = small_cnn()
+    model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(epochs):
         for x, y in loader:

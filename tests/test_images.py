@@ -60,7 +60,8 @@ def test_each_conversion_on_real_files(tmp_path):
     Image.fromarray(np.full((5, 5, 3), 90, np.uint8)).convert("CMYK").save(tmp_path / "c.jpg")
     Image.fromarray(np.full((5, 5), 65535, np.uint16)).save(tmp_path / "i16.png")
     Image.fromarray(np.eye(5, dtype=bool)).save(tmp_path / "b.png")
-    with Image.open(tmp_path / "c.jpg") as c, Image.open(tmp_path / "i16.png") as i16, Image.open(tmp_path / "b.png") as b:
+    with Image.open(tmp_path / "c.jpg") as c, Image.open(tmp_path / "i16.png") as i16, \
+            Image.open(tmp_path / "b.png") as b:
         assert to_array(c).shape == (5, 5, 3) and abs(int(to_array(c)[2, 2, 0]) - 90) < 6
         assert to_array(i16).dtype == np.uint8 and to_array(i16).max() == 255
         assert to_array(b).tolist() == (np.eye(5) * 255).astype(np.uint8).tolist()

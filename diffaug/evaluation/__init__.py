@@ -18,7 +18,7 @@ def __getattr__(name: str):
     if name == "paired_ci":   # the t-interval over seeds, renamed for what it is in 0.6.0
         import warnings
 
-        warnings.warn("diffaug.evaluation.paired_ci is diffaug.evaluation.t_given_split since 0.6.0 (a claim is decided "
-                      "by verdict.compare); the old name is removed in 0.7.0", DeprecationWarning, stacklevel=2)
+        warnings.warn("diffaug.evaluation.paired_ci is diffaug.evaluation.t_given_split since 0.6.0 (a claim is "
+                      "decided by verdict.compare); the old name is removed in 0.7.0", DeprecationWarning, stacklevel=2)
         return t_given_split
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,6 +29,7 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..loading import is_builtin, load_data
+from .export import check_exportable, export_recipe
 from .cache import cached, gather_units, load_json, machine, mixed_machines, store, store_json
 from .config import BASELINE, EvalConfig
 from .summary import claims, opponents, summarize
@@ -67,7 +68,8 @@ def short_classes(train: ImageData, cfg: EvalConfig) -> dict:
 
 def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=None, n_jobs: int | str = 1,
              device="auto", classifier: Callable | None = None, progress: bool = True, resume: bool = True,
-             preregistered=None, looks=None, allow_mixed_machines: bool = False, **options) -> EvalResult:
+             preregistered=None, looks=None, allow_mixed_machines: bool = False, export=None,
+             **options) -> EvalResult:
     """Measure downstream gains of diffusion augmentation against the tuned classical augmentation.
 
     data: the training pool (ImageData, a built-in name or a path); test: the test split (default: the
@@ -80,15 +82,20 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     `n_jobs`: units run at once in separate processes, or "auto" (see `jobs_for`).
     `preregistered`: a file `plan_of` wrote before the run; the run must be the one it describes.
     `looks`: a ledger file of the runs that scored on this test split; this run is added and counted.
+    `export`: a folder to write the primary arm's recipe to (export.py: the first unit's generator, pool and a
+    SampleBank, recipe.py and pipeline.json), with its verdict; refused before any work if it exists.
     `allow_mixed_machines`: resume from cached units made on another machine (torch version, device, CPU or
     threads); refused by default, since the result would not be the one an uninterrupted run on either makes.
     `options` are `EvalConfig` fields. With `out_dir`, finished units are cached there and a report is written.
     """
+    named = classifier if isinstance(classifier, str) or classifier is None else None   # a recipe can name it
     cfg, train, test, split_note, context, classifier = _prepare(data, test, gen, classifier, options)
     if not (n_jobs == "auto" or (isinstance(n_jobs, (int, np.integer)) and not isinstance(n_jobs, bool)
                                  and n_jobs >= 1)):
         raise DataError(f"n_jobs must be a whole number >= 1 or 'auto', got {n_jobs!r}")
     prereg = check_preregistered(preregistered, asdict(cfg), context) if preregistered is not None else None
+    if export is not None:
+        check_exportable(cfg, export)
     if gen is not None:
         check_leakage(gen, train, test)
     short = short_classes(train, cfg)
@@ -175,6 +182,10 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     if out_dir is not None and ranks.main:
         from .report import write_report
         write_report(result, train, gen)
+    if export is not None and ranks.main:
+        network = (networks[str(cfg.per_class[0])]["winner"] if networks else
+                   cfg.classifier_menu[0] if named is None and not context["menu"] else named)
+        export_recipe(export, result, cfg, train, gen, device, network)
     return result
 
 

@@ -175,7 +175,8 @@ def _choices(result) -> list:
         menu = first["menu"]
         lines += ["", "The downstream network every arm trains, chosen per regime by the same cross-validation: "
                       f"{first['rule']} (validation accuracy %):", "",
-                  "| real / class | policy | " + " | ".join(f"`{m}`" for m in menu) + " | one standard error | chosen |",
+                  "| real / class | policy | " + " | ".join(f"`{m}`" for m in menu) +
+                  " | one standard error | chosen |",
                   "| --- | --- | " + " | ".join("---" for _ in menu) + " | --- | --- |"]
         lines += [f"| {_k(str(k))} | `{c['policy']}` | " + " | ".join(_pct(c["mean"][m]) for m in menu) +
                   f" | {_pct(c['standard_error'])} | `{c['winner']}` |" for k, c in networks.items()]

@@ -298,11 +298,8 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
                                                          subset.num_classes, device)
             kept["pseudo_labels"]["labeller"] = cfg.labeller if cfg.labeller in models else BASELINE
             labelled = with_rows(subset, *rows)
-        gen = fit(labelled, cfg.preset, cfg.gen_steps_for(len(labelled)), seed=streams["generator"], device=device,
-                  progress=False, batch_size=cfg.gen_batch_size, augment=cfg.gen_augment,
-                  distributed=False,   # one process, even under torchrun
-                  unlabeled=train.images if cfg.unlabeled else None, init=pool_gen,   # "rest": labels withheld
-                  unlabeled_share=cfg.unlabeled_share)
+        gen = unit_generator(labelled, cfg, streams, device, unlabeled=train.images if cfg.unlabeled else None,
+                             init=pool_gen)   # "rest": labels withheld
     fit_s = time.perf_counter() - t_fit
     pools.update(_pools(gen, subset, cfg, streams["pools"], device))
     rebalance.update(pools.pop("_rebalance", {}))
@@ -338,6 +335,16 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
         unit["perturb_label_kept"] = _label_kept(pools["perturb"], reference, cfg)
     unit["seconds"] = round(time.perf_counter() - t0, 1)
     return unit
+
+
+def unit_generator(labelled: ImageData, cfg: EvalConfig, streams: dict, device, unlabeled=None,
+                   init: Generator | None = None) -> Generator:
+    """A unit's generator: fitted on its labelled images (and, with unlabelled images, fine-tuned from `init` on
+    them too) with the unit's generator stream; the same call for the run and for an exported recipe."""
+    return fit(labelled, cfg.preset, cfg.gen_steps_for(len(labelled)), seed=streams["generator"], device=device,
+               progress=False, batch_size=cfg.gen_batch_size, augment=cfg.gen_augment,
+               distributed=False,   # one process, even under torchrun
+               unlabeled=unlabeled, init=init, unlabeled_share=cfg.unlabeled_share)
 
 
 def _label_kept(pool, ref: Reference, cfg: EvalConfig) -> dict:
