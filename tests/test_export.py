@@ -5,6 +5,7 @@ import json
 import runpy
 
 import pytest
+import torch
 
 import diffaug
 from diffaug.classify import predict_proba
@@ -28,7 +29,9 @@ def test_the_exported_recipe_trains_the_evaluated_arms_classifier(tmp_path, digi
     header = (folder / "recipe.py").read_text().splitlines()[0]
     assert "classical+synthesize" in header and result["summary"]["3"]["primary"]["gain"]["verdict"] in header
     code = runpy.run_path(str(folder / "recipe.py"))   # as a module: its functions, not its command line
+    threads = torch.get_num_threads()
     model = code["train"]()
+    assert torch.get_num_threads() == threads   # the unit's thread count is set for the fit only
     right = predict_proba(model, digits_test.images).argmax(1) == digits_test.labels
     assert pack_bits(right) == unit["arms"]["classical+synthesize"]["correct"][0]   # the same test images right
     image, label = code["transform"]()(digits_test.images[0], int(digits_test.labels[0]))

@@ -144,15 +144,18 @@ def train(device="cpu", factory=None):
     """The evaluated arm's classifier: the same subset, generated rows, policy, share, steps, batch and seeds as the
     evaluation's first unit (on its machine and thread count, the same weights). `factory`: the network, where the
     evaluation was given one in Python (recipe.json's classifier is then null)."""
-    if RECIPE["threads"]:
-        torch.set_num_threads(RECIPE["threads"])
     subset = diffaug.ImageData.from_npz(HERE / "subset.npz")
     with np.load(HERE / "pool.npz") as z:
         pool = (torch.from_numpy(z["images"]).to(device), torch.from_numpy(z["labels"]).to(device))
     aug = Policy.parse(RECIPE["policy"]).build(subset.size, RECIPE["hflip"])
-    return fit_classifier(subset, aug, tuple(RECIPE["seeds"]), RECIPE["steps"], RECIPE["batch_size"], device,
-                          pool=pool, share=RECIPE["share"], augment_synthetic=RECIPE["augment_synthetic"],
-                          factory=resolve_classifier(RECIPE["classifier"]) if RECIPE["classifier"] else factory)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(RECIPE["threads"] or threads)   # the unit's thread count: its arithmetic, bit for bit
+    try:
+        return fit_classifier(subset, aug, tuple(RECIPE["seeds"]), RECIPE["steps"], RECIPE["batch_size"], device,
+                              pool=pool, share=RECIPE["share"], augment_synthetic=RECIPE["augment_synthetic"],
+                              factory=resolve_classifier(RECIPE["classifier"]) if RECIPE["classifier"] else factory)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def transform():

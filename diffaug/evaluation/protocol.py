@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..loading import is_builtin, load_data
+from .cost import describe as describe_cost, estimate as estimate_cost
 from .export import check_exportable, export_recipe
 from .cache import cached, gather_units, load_json, machine, mixed_machines, store, store_json
 from .config import BASELINE, EvalConfig
@@ -134,6 +136,12 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                         "CLI --allow-mixed-machines)")
     if mixed:
         warnings.warn(f"mixing machines, as allowed: {'; '.join(mixed[:3])}", stacklevel=2)
+    if progress and todo and ranks.main:   # what the run will cost, before it starts (the user may stop it here)
+        choices = [k for k in cfg.per_class if cfg.classical == AUTO and not cfg.unlabeled and
+                   load_json(runs / f"classical-k{k}-{tag}.json" if runs is not None else None) is None]
+        menu = cfg.classifier_menu if context["menu"] else (classifier,)
+        print(f"diffaug: {describe_cost(estimate_cost(train, cfg, todo, menu, choices, n_jobs, threads))}",
+              file=sys.stderr, flush=True)
     plan = claims(cfg)
     if not plan["possible"] and progress:
         warnings.warn(f"{cfg.seeds} seeds cannot support a claim in a headline family of {plan['family']} "
@@ -375,12 +383,14 @@ def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, p
     bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
     if n_jobs == 1 or len(todo) <= 1:
         own = torch.get_num_threads()
-        for k, seed in todo:   # in this process, with the threads a worker would have had
-            bar.set_postfix(k=k, seed=seed)
-            yield run_unit(train, test, k, seed, cfg, gen, device, factories.get(k, classifier), threads,
-                           reference=reference, classical=policies.get(k), pool_gen=pool_gens.get(seed))
-            bar.update(1)
-        torch.set_num_threads(own)
+        try:
+            for k, seed in todo:   # in this process, with the threads a worker would have had
+                bar.set_postfix(k=k, seed=seed)
+                yield run_unit(train, test, k, seed, cfg, gen, device, factories.get(k, classifier), threads,
+                               reference=reference, classical=policies.get(k), pool_gen=pool_gens.get(seed))
+                bar.update(1)
+        finally:
+            torch.set_num_threads(own)
     else:
         from joblib import Parallel, delayed
         pool_gens = {seed: g.to("cpu") for seed, g in pool_gens.items()}

@@ -1,0 +1,164 @@
+"""What an evaluation will cost, said before it starts: each part's work (classifier steps, generator steps, sampled
+network rows) times a few steps of each, timed on this machine at the threads each process will have.
+
+An estimate, not a promise: it counts the work the defaults schedule and times it on random images of the data's
+size; the scoring of validation folds, the pools' perturbed copies and process start-up are counted roughly.
+benchmarks/results/estimate_check.md holds it beside measured wall times.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..classify.networks import resolve_classifier
+from ..classify.policies import AUTO, FOLDS, MENU
+from ..classify.training import as_input, new_classifier
+from ..data import ImageData
+from ..diffusion.unet import PRESETS
+from .config import CONTROL, FIXMATCH, PLAN, SELF_TRAINING, EvalConfig
+from .unitplan import selection_rows, unit_plan
+
+TIMED_STEPS = 4   # after one warm-up step
+
+
+def _threads(threads: int | None):
+    class Scope:
+        def __enter__(self):
+            self.before = torch.get_num_threads()
+            if threads:
+                torch.set_num_threads(threads)
+
+        def __exit__(self, *exc):
+            torch.set_num_threads(self.before)
+    return Scope()
+
+
+def classifier_step(spec, train: ImageData, batch: int, threads: int | None) -> float:
+    """Seconds of one SGD step (forward, backward, update) of network `spec` on a batch of the data's size."""
+    with _threads(threads):
+        model = new_classifier(resolve_classifier(spec), train.channels, train.num_classes, 0, "cpu")
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x = as_input(torch.randint(0, 256, (batch, train.channels, *train.size), dtype=torch.uint8), "cpu")
+        y = torch.randint(train.num_classes, (batch,))
+        model.train()
+        for i in range(TIMED_STEPS + 1):
+            if i == 1:
+                t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return (time.perf_counter() - t0) / TIMED_STEPS
+
+
+def augment_step(train: ImageData, batch: int, threads: int | None) -> float:
+    """Seconds of the classical policy on one batch, the mean over the policy menu (the choice tries them all; a
+    regime then runs the one it chose)."""
+    with _threads(threads):
+        x = torch.randint(0, 256, (batch, train.channels, *train.size), dtype=torch.uint8)
+        g = torch.Generator().manual_seed(0)
+        seconds = []
+        for policy in MENU:
+            aug = policy.build(train.size)
+            aug(x, g)   # warm-up
+            t0 = time.perf_counter()
+            for _ in range(2):
+                aug(x, g)
+            seconds.append((time.perf_counter() - t0) / 2)
+        return sum(seconds) / len(seconds)
+
+
+def generator_step(cfg: EvalConfig, train: ImageData, threads: int | None) -> float:
+    """Seconds of one training step of the evaluation's generator (its preset, at gen_batch_size)."""
+    from ..fitting import fit
+
+    with _threads(threads):
+        few = train.subset(per_class=2, seed=0)
+        seconds = []
+        for steps in (1, 1 + TIMED_STEPS):
+            t0 = time.perf_counter()
+            fit(few, cfg.preset, steps, progress=False, batch_size=cfg.gen_batch_size, distributed=False)
+            seconds.append(time.perf_counter() - t0)
+        return max(seconds[1] - seconds[0], 1e-4) / TIMED_STEPS
+
+
+def estimate(train: ImageData, cfg: EvalConfig, todo: list, menu: tuple, choices: list, n_jobs: int,
+             threads: int | None, timings: dict | None = None) -> dict:
+    """Seconds per part of this run: the classical choice and the network choice of the regimes in `choices` (those
+    not cached), the units in `todo` ((k, seed) pairs) with the networks of `menu` (names or factories, cheapest
+    first), and the total wall time over `n_jobs` processes. `timings` ({"classifier": {network: seconds per step},
+    "generator": seconds per step, "augment": seconds of the classical policy per batch}) skips the timing, for tests
+    and for a caller that has them."""
+    timings = dict(timings or {})
+    menu = tuple(menu)
+    if "classifier" not in timings:
+        timings["classifier"] = {spec: classifier_step(spec, train, cfg.batch_size, threads) for spec in menu}
+    if "generator" not in timings:
+        timings["generator"] = generator_step(cfg, train, threads)
+    if "augment" not in timings:
+        timings["augment"] = augment_step(train, cfg.batch_size, threads)
+    t_aug = timings["augment"]
+    t_cls = {spec: t + t_aug for spec, t in timings["classifier"].items()}   # a step of an augmented arm
+    t_gen = timings["generator"]
+    first, widest = menu[0], menu[-1]
+    parts = {"classical choice": 0.0, "network choice": 0.0}
+    held_out = len(train) / FOLDS   # each fit of a choice scores one fold: forward passes only
+    score = lambda spec: held_out / cfg.batch_size * t_cls[spec] / 3   # noqa: E731 (a forward ~ 1/3 of a step)
+    for k in choices:
+        steps = cfg.steps_for(selection_rows(cfg, k, train))
+        parts["classical choice"] += len(MENU) * FOLDS * (steps * t_cls[first] + score(first))
+        parts["network choice"] += sum(FOLDS * (steps * t_cls[spec] + score(spec)) for spec in menu[1:])
+    unit_low = unit_high = 0.0
+    for k, seed in todo:
+        low, high = _unit(train, cfg, k, seed, t_cls[first], t_cls[widest], t_gen)
+        unit_low, unit_high = unit_low + low, unit_high + high
+    if cfg.unlabeled:   # one pool generator per seed, on the whole pool
+        unit_low += len({seed for _, seed in todo}) * cfg.gen_steps_for(len(train)) * t_gen
+        unit_high = max(unit_high, unit_low)
+    jobs = max(1, n_jobs)
+    choices = (parts["classical choice"] + parts["network choice"]) / jobs
+    waves = math.ceil(len(todo) / jobs) / max(1, len(todo))   # units run in waves of n_jobs
+    return {"seconds": {"classical choice": parts["classical choice"] / jobs,
+                        "network choice": parts["network choice"] / jobs,
+                        "units": unit_low * waves, "units (widest network)": unit_high * waves},
+            "total": choices + unit_low * waves, "total_widest": choices + unit_high * waves,
+            "units": len(todo), "n_jobs": jobs, "threads": threads, "step_seconds": timings,
+            "networks": [getattr(spec, "__name__", str(spec)) for spec in (first, widest)]}
+
+
+def _unit(train: ImageData, cfg: EvalConfig, k: int, seed: int, t_first: float, t_widest: float,
+          t_gen: float) -> tuple[float, float]:
+    """Seconds of one unit, with the menu's first and its widest network."""
+    plan = unit_plan(cfg, k, seed, train.num_classes)
+    n = len(train) if not k else (sum(plan.counts) if isinstance(plan.counts, list) else k * train.num_classes)
+    rows = n + (len(train) - n if cfg.unlabeled else 0)
+    steps = cfg.steps_for(rows)
+    trained = [a for a in cfg.arms if not (a.endswith(CONTROL) and a != cfg.primary + CONTROL
+                                           and PLAN[a][0] == "real" and PLAN[a][2] is None)]
+    passes = 0.0
+    for arm in trained:   # forward-backward passes of a supervised step's batch, per arm
+        learner = PLAN[arm][2]
+        passes += (1 + cfg.fixmatch_ratio * 2 / 3 if learner == FIXMATCH else   # + weak (no grad) and strong views
+                   1.0 + cfg.self_training_rounds * 0.05 if learner == SELF_TRAINING else 1.0)
+    if cfg.unlabeled and cfg.classical == AUTO:   # the unit's own choice, by successive halving in its subset
+        fits = len(MENU) + (cfg.selection_survivors or len(MENU)) * (FOLDS - 1)
+        passes += fits * cfg.steps_for(rows) / max(1, steps)
+    gen_steps = cfg.gen_steps_for(n)
+    pool = cfg.synthetic_per_class * train.num_classes + cfg.perturb_copies * n * sum(cfg.strength) / 2
+    sampling = pool * cfg.sample_steps * t_gen / (3 * cfg.gen_batch_size)   # a forward row ~ 1/3 of a training row
+    quality = (cfg.cas_steps if cfg.metrics else 0) * t_first
+    common = gen_steps * t_gen + sampling + quality
+    return common + passes * steps * t_first, common + passes * steps * t_widest
+
+
+def describe(est: dict) -> str:
+    """One line for the terminal: the total and its parts, in minutes."""
+    m = lambda s: f"{s / 60:.1f} min"   # noqa: E731
+    parts = ", ".join(f"{name} {m(s)}" for name, s in est["seconds"].items() if s and "widest" not in name)
+    wide = (f"; up to {m(est['total_widest'])} if every regime chooses {est['networks'][1]}"
+            if est["total_widest"] > 1.05 * est["total"] else "")
+    return (f"estimated cost on this machine: {m(est['total'])} ({est['units']} units over {est['n_jobs']} "
+            f"process(es); {parts}{wide}), from {TIMED_STEPS} timed steps of each network and of the generator")
