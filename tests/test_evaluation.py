@@ -146,7 +146,7 @@ def test_the_t_interval_given_the_test_split_matches_the_textbook():
 
 TINY = dict(per_class=(3,), seeds=1, gen_steps=20, gen_batch_size=16, classifier_steps=20, batch_size=16,
             synthetic_per_class=4, perturb_copies=1, sample_steps=2, cas_steps=10, reference_steps=20, progress=False,
-            classifier_menu=("smallcnn",))   # the network menu's choice has its own test (test_opponents.py)
+            classifier_menu=("smallcnn",), classical="crop")   # the choices have their own tests (below; test_opponents)
 
 
 def test_precision_recall_subsample_every_class_not_the_first_ones():
@@ -299,7 +299,7 @@ def test_the_dose_control_is_the_primary_arms_batches_with_clean_real_rows_for_t
 
 def test_the_tuned_baseline_never_reads_the_test_split(digits_train, digits_test):
     """Poisoned test labels change the test accuracies, not the classical choice or its scores."""
-    options = {**TINY, "arms": ("classical", "synthesize"), "metrics": False, "seeds": 1}
+    options = {**TINY, "arms": ("classical", "synthesize"), "metrics": False, "seeds": 1, "classical": "auto"}
     clean = evaluate(digits_train, digits_test, **options)
     poisoned_test = diffaug.ImageData(digits_test.images, (digits_test.labels + 1) % 10, digits_test.class_names)
     poisoned = evaluate(digits_train, poisoned_test, **options)

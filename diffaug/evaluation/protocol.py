@@ -35,7 +35,7 @@ from .export import check_exportable, export_recipe
 from .cache import cached, gather_units, load_json, machine, mixed_machines, store, store_json
 from .config import BASELINE, EvalConfig
 from .summary import claims, opponents, summarize
-from .unitplan import pool_seed, selection_rows, unit_plan
+from .unitplan import pool_seed, selection_rows, short_classes
 from ..classify.networks import check_factory, factory_key, resolve_classifier
 from ..classify.policies import AUTO, MENU, Policy, rule, select, select_classifier
 from .registry import check_preregistered, preregister, record_look
@@ -51,21 +51,6 @@ class EvalResult:
     def table(self) -> str:
         from .report import markdown_table
         return markdown_table(self)
-
-
-def short_classes(train: ImageData, cfg: EvalConfig) -> dict:
-    """{regime: {class: [most images any of its subsets asks of it, images the pool holds]}} for every class
-    the pool cannot fill: such a subset takes all the class holds, and the report says so."""
-    out = {}
-    for k in (k for k in cfg.per_class if k):
-        found = {}
-        for seed in cfg.seed_list:
-            wanted = unit_plan(cfg, k, seed, train.num_classes).counts
-            for name, (asked, held) in train.short_classes(wanted).items():
-                found[name] = [max(asked, found.get(name, [0])[0]), held]
-        if found:
-            out[str(k)] = found
-    return out
 
 
 def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=None, n_jobs: int | str = 1,
@@ -139,9 +124,9 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     if progress and todo and ranks.main:   # what the run will cost, before it starts (the user may stop it here)
         choices = [k for k in cfg.per_class if cfg.classical == AUTO and not cfg.unlabeled and
                    load_json(runs / f"classical-k{k}-{tag}.json" if runs is not None else None) is None]
-        menu = cfg.classifier_menu if context["menu"] else (classifier,)
-        print(f"diffaug: {describe_cost(estimate_cost(train, cfg, todo, menu, choices, n_jobs, threads))}",
-              file=sys.stderr, flush=True)
+        est = estimate_cost(train, cfg, todo, cfg.classifier_menu if context["menu"] else (classifier,), choices,
+                            n_jobs, threads)
+        print(f"diffaug: {describe_cost(est)}", file=sys.stderr, flush=True)
     plan = claims(cfg)
     if not plan["possible"] and progress:
         warnings.warn(f"{cfg.seeds} seeds cannot support a claim in a headline family of {plan['family']} "

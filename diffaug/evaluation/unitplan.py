@@ -1,6 +1,6 @@
-"""A unit's plan, in one place: its random streams, its subset of the training pool, and the rows its classifiers
-learn from. The run, the cache and the report all draw a unit's subset here, so a resumed run finds exactly the
-units an uninterrupted one made (a long-tailed subset included)."""
+"""A unit's plan, in one place: its random streams, its subset of the training pool (and the classes the pool cannot
+fill), and the rows its classifiers learn from. The run, the cache and the report all draw a unit's subset here, so a
+resumed run finds exactly the units an uninterrupted one made (a long-tailed subset included)."""
 
 from __future__ import annotations
 
@@ -58,3 +58,18 @@ def selection_rows(cfg: EvalConfig, k: int, train: ImageData) -> int:
     """The rows a regime's classifiers learn from, which set their steps in the classical and network choices."""
     return (sum(counts_for(cfg, k, train.num_classes, 0)) if cfg.imbalance is not None else
             k * train.num_classes if k else len(train))
+
+
+def short_classes(train: ImageData, cfg: EvalConfig) -> dict:
+    """{regime: {class: [most images any of its subsets asks of it, images the pool holds]}} for every class
+    the pool cannot fill: such a subset takes all the class holds, and the report says so."""
+    out = {}
+    for k in (k for k in cfg.per_class if k):
+        found = {}
+        for seed in cfg.seed_list:
+            wanted = unit_plan(cfg, k, seed, train.num_classes).counts
+            for name, (asked, held) in train.short_classes(wanted).items():
+                found[name] = [max(asked, found.get(name, [0])[0]), held]
+        if found:
+            out[str(k)] = found
+    return out
