@@ -15,7 +15,7 @@ from diffaug.evaluation.config import REBALANCE, EvalConfig
 from diffaug.evaluation.unitplan import unit_streams
 from diffaug.evaluation.unit import _rebalance
 
-FAST = dict(gen_steps=60, classifier_steps=60, classical="crop", metrics=False, synthetic_per_class=40,
+FAST = dict(gen_steps=20, classifier_steps=25, classical="crop", metrics=False, synthetic_per_class=20,
             classifier_repeats=1, progress=False)
 
 
