@@ -112,19 +112,13 @@ def read_images(paths: list, size: int | None = None, background=WHITE, progress
     from tqdm.auto import tqdm
 
     workers = min(8, os.cpu_count() or 1, max(1, len(paths) // 64))
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress or len(paths) < 500) as bar:
-        if workers == 1:
-            out = []
-            for p in paths:
-                out.append(read_image(p, size, background))
-                bar.update(1)
-            return out
-        with ThreadPoolExecutor(workers) as pool:
-            out = []
-            for arr in pool.map(lambda p: read_image(p, size, background), paths, chunksize=32):
-                out.append(arr)
-                bar.update(1)
-            return out
+    out = []
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress or len(paths) < 500) as bar, \
+            ThreadPoolExecutor(workers) as pool:
+        for arr in pool.map(lambda p: read_image(p, size, background), paths):
+            out.append(arr)
+            bar.update(1)
+    return out
 
 
 def stack(arrays: list[np.ndarray], where: str, size: int | None) -> np.ndarray:

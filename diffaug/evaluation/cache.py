@@ -4,6 +4,7 @@ torchrun's ranks share units through it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -35,6 +36,19 @@ def machine(device) -> dict:
     device = torch.device(device)
     return {"torch": torch.__version__, "device": device.type, "cpu": cpu_model(), "threads": torch.get_num_threads(),
             **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})}
+
+
+@contextlib.contextmanager
+def using_threads(threads: int | None):
+    """torch's intra-op threads set to `threads` (None: as they are) for a block, then restored: a unit's arithmetic
+    repeated in this process without changing its thread count for whatever runs next."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def mixed_machines(units: list, current: dict) -> list[str]:

@@ -18,28 +18,16 @@ from ..classify.networks import resolve_classifier
 from ..classify.policies import AUTO, FOLDS, MENU
 from ..classify.training import as_input, new_classifier
 from ..data import ImageData
-from ..diffusion.unet import PRESETS
+from .cache import using_threads
 from .config import CONTROL, FIXMATCH, PLAN, SELF_TRAINING, EvalConfig
 from .unitplan import selection_rows, unit_plan
 
 TIMED_STEPS = 4   # after one warm-up step
 
 
-def _threads(threads: int | None):
-    class Scope:
-        def __enter__(self):
-            self.before = torch.get_num_threads()
-            if threads:
-                torch.set_num_threads(threads)
-
-        def __exit__(self, *exc):
-            torch.set_num_threads(self.before)
-    return Scope()
-
-
 def classifier_step(spec, train: ImageData, batch: int, threads: int | None) -> float:
     """Seconds of one SGD step (forward, backward, update) of network `spec` on a batch of the data's size."""
-    with _threads(threads):
+    with using_threads(threads):
         model = new_classifier(resolve_classifier(spec), train.channels, train.num_classes, 0, "cpu")
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         x = as_input(torch.randint(0, 256, (batch, train.channels, *train.size), dtype=torch.uint8), "cpu")
@@ -57,7 +45,7 @@ def classifier_step(spec, train: ImageData, batch: int, threads: int | None) -> 
 def augment_step(train: ImageData, batch: int, threads: int | None) -> float:
     """Seconds of the classical policy on one batch, the mean over the policy menu (the choice tries them all; a
     regime then runs the one it chose)."""
-    with _threads(threads):
+    with using_threads(threads):
         x = torch.randint(0, 256, (batch, train.channels, *train.size), dtype=torch.uint8)
         g = torch.Generator().manual_seed(0)
         seconds = []
@@ -75,7 +63,7 @@ def generator_step(cfg: EvalConfig, train: ImageData, threads: int | None) -> fl
     """Seconds of one training step of the evaluation's generator (its preset, at gen_batch_size)."""
     from ..fitting import fit
 
-    with _threads(threads):
+    with using_threads(threads):
         few = train.subset(per_class=2, seed=0)
         seconds = []
         for steps in (1, 1 + TIMED_STEPS):

@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DataError
 from ..generator import Generator
 from ..io import atomic_path, check_writable
+from .cache import using_threads
 from .config import BASELINE, PLAN, EvalConfig
 from .unit import _pools, unit_generator
 from .unitplan import unit_plan
@@ -49,21 +49,18 @@ def export_recipe(out, result, cfg: EvalConfig, train, gen: Generator | None, de
     arm = unit["arms"][cfg.primary]
     plan = unit_plan(cfg, k, seed, train.num_classes)
     subset = plan.subset(train)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(unit.get("machine", {}).get("threads", threads))   # the unit's arithmetic, bit for bit
-    try:
+    threads = unit.get("machine", {}).get("threads")
+    pool_name = PLAN[cfg.primary][0]
+    with using_threads(threads):   # the unit's arithmetic, bit for bit
         if gen is None:
             gen = unit_generator(subset, cfg, plan.streams, device)
-        pool_name = PLAN[cfg.primary][0]
         images, labels = (t.cpu() for t in _pools(gen, subset, cfg, plan.streams["pools"], device)[pool_name])
-    finally:
-        torch.set_num_threads(threads)
     verdict = result.summary[str(k)]["primary"]["gain"]
     recipe = {"arm": cfg.primary, "mode": pool_name, "regime": k, "seed": seed, "policy": arm["classical"],
               "hflip": cfg.hflip, "share": arm["synthetic_share"], "augment_synthetic": cfg.augment_synthetic,
               "steps": arm["optimizer_steps"][0], "batch_size": cfg.batch_size,
               "seeds": unit["replicate_seeds"][0], "classifier": network,
-              "threads": unit.get("machine", {}).get("threads"), "strength": list(cfg.strength),
+              "threads": threads, "strength": list(cfg.strength),
               "sample_steps": cfg.sample_steps, "guidance": cfg.guidance,
               "generator_fingerprint": gen.fingerprint, "evaluated_generator": unit["generator"]["fingerprint"],
               "verdict": {"against": BASELINE, **verdict},
@@ -80,7 +77,7 @@ def export_recipe(out, result, cfg: EvalConfig, train, gen: Generator | None, de
                          progress=False)
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
         (tmp / "recipe.py").write_text(RECIPE_PY.replace("HEADER", _header(recipe)))
-        _albumentations(tmp, Path(out).resolve(), recipe)
+        _albumentations(tmp, Path(out).resolve(), subset.size, recipe)
     return Path(out)
 
 
@@ -93,7 +90,7 @@ def _header(recipe: dict) -> str:
             f"(two-level 95% interval; Holm-adjusted sign-flip p {v['p_holm']:.3g}).")
 
 
-def _albumentations(folder: Path, final: Path, recipe: dict) -> None:
+def _albumentations(folder: Path, final: Path, size: tuple[int, int], recipe: dict) -> None:
     """pipeline.json: the classical policy's base in albumentations (the padded random crop's shift), then the bank at the
     evaluated share, named by its path in `final` (where `folder` is moved). Skipped without the albumentations
     extra."""
@@ -103,8 +100,7 @@ def _albumentations(folder: Path, final: Path, recipe: dict) -> None:
         from ..adapters.albumentations import AlbumentationsDiffusionAugment
     except ImportError:
         return
-    h, w = np.load(folder / "subset.npz")["images"].shape[1:3]
-    pad = max(1, min(h, w) // 8)
+    pad = max(1, min(size) // 8)   # classify/classical.py's padded crop
     pipe = A.Compose([A.Affine(translate_px=(-pad, pad), p=1.0),   # the padded random crop's shift
                       AlbumentationsDiffusionAugment(str(folder / "bank"), mode=recipe["mode"],
                                                      p=recipe["share"])],
@@ -135,6 +131,7 @@ import torch
 import diffaug
 from diffaug.classify import fit_classifier, predict_proba, resolve_classifier
 from diffaug.classify.policies import Policy
+from diffaug.evaluation.cache import using_threads
 
 HERE = Path(__file__).resolve().parent
 RECIPE = json.loads((HERE / "recipe.json").read_text())
@@ -148,14 +145,10 @@ def train(device="cpu", factory=None):
     with np.load(HERE / "pool.npz") as z:
         pool = (torch.from_numpy(z["images"]).to(device), torch.from_numpy(z["labels"]).to(device))
     aug = Policy.parse(RECIPE["policy"]).build(subset.size, RECIPE["hflip"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(RECIPE["threads"] or threads)   # the unit's thread count: its arithmetic, bit for bit
-    try:
+    with using_threads(RECIPE["threads"]):   # the unit's thread count: its arithmetic, bit for bit
         return fit_classifier(subset, aug, tuple(RECIPE["seeds"]), RECIPE["steps"], RECIPE["batch_size"], device,
                               pool=pool, share=RECIPE["share"], augment_synthetic=RECIPE["augment_synthetic"],
                               factory=resolve_classifier(RECIPE["classifier"]) if RECIPE["classifier"] else factory)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def transform():

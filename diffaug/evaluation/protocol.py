@@ -32,7 +32,7 @@ from ..generator import Generator
 from ..loading import is_builtin, load_data
 from .cost import describe as describe_cost, estimate as estimate_cost
 from .export import check_exportable, export_recipe
-from .cache import cached, gather_units, load_json, machine, mixed_machines, store, store_json
+from .cache import cached, gather_units, load_json, machine, mixed_machines, store, store_json, using_threads
 from .config import BASELINE, EvalConfig
 from .summary import claims, opponents, summarize
 from .unitplan import pool_seed, selection_rows, short_classes
@@ -123,7 +123,7 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
         warnings.warn(f"mixing machines, as allowed: {'; '.join(mixed[:3])}", stacklevel=2)
     if progress and todo and ranks.main:   # what the run will cost, before it starts (the user may stop it here)
         choices = [k for k in cfg.per_class if cfg.classical == AUTO and not cfg.unlabeled and
-                   load_json(runs / f"classical-k{k}-{tag}.json" if runs is not None else None) is None]
+                   load_json(_choice_path(runs, "classical", k, tag)) is None]
         est = estimate_cost(train, cfg, todo, cfg.classifier_menu if context["menu"] else (classifier,), choices,
                             n_jobs, threads)
         print(f"diffaug: {describe_cost(est)}", file=sys.stderr, flush=True)
@@ -270,7 +270,7 @@ def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ra
         return select(train, k, cfg.steps_for(selection_rows(cfg, k, train)), cfg.batch_size, cfg.hflip,
                       resolve_device(device), classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
                       progress=progress and ranks.main)
-    return _cached_choice(runs / f"classical-k{k}-{tag}.json" if runs is not None else None, ranks, choose)
+    return _cached_choice(_choice_path(runs, "classical", k, tag), ranks, choose)
 
 
 def _network_for(k: int, train: ImageData, cfg: EvalConfig, selection: dict, tag: str, runs, ranks, device,
@@ -284,7 +284,12 @@ def _network_for(k: int, train: ImageData, cfg: EvalConfig, selection: dict, tag
                                  cfg.steps_for(selection_rows(cfg, k, train)), cfg.batch_size, cfg.hflip,
                                  resolve_device(device), n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
                                  known=known, progress=progress and ranks.main)
-    return _cached_choice(runs / f"classifier-k{k}-{tag}.json" if runs is not None else None, ranks, choose)
+    return _cached_choice(_choice_path(runs, "classifier", k, tag), ranks, choose)
+
+
+def _choice_path(runs, kind: str, k: int, tag: str) -> Path | None:
+    """Where regime k's `kind` choice ("classical" or "classifier") is cached, or None without a cache."""
+    return runs / f"{kind}-k{k}-{tag}.json" if runs is not None else None
 
 
 def _cached_choice(path: Path | None, ranks, choose: Callable[[], dict]) -> dict:
@@ -367,15 +372,12 @@ def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, p
 
     bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
     if n_jobs == 1 or len(todo) <= 1:
-        own = torch.get_num_threads()
-        try:
-            for k, seed in todo:   # in this process, with the threads a worker would have had
+        with using_threads(threads):   # in this process, with the threads a worker would have had
+            for k, seed in todo:
                 bar.set_postfix(k=k, seed=seed)
-                yield run_unit(train, test, k, seed, cfg, gen, device, factories.get(k, classifier), threads,
+                yield run_unit(train, test, k, seed, cfg, gen, device, factories.get(k, classifier),
                                reference=reference, classical=policies.get(k), pool_gen=pool_gens.get(seed))
                 bar.update(1)
-        finally:
-            torch.set_num_threads(own)
     else:
         from joblib import Parallel, delayed
         pool_gens = {seed: g.to("cpu") for seed, g in pool_gens.items()}
