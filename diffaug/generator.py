@@ -377,7 +377,8 @@ def _image_indices(indices, n: int) -> list[int]:
     return indices
 
 
-WALL_CLOCK = ("seconds", "images_per_second")   # differ between any two runs: not part of a generator's identity
+# differ between any two runs: not part of a generator's identity
+WALL_CLOCK = ("seconds", "seconds_all_runs", "images_per_second")
 
 
 def weights_fingerprint(model: torch.nn.Module, config: dict, wall_clock: bool = False) -> str:

@@ -74,3 +74,52 @@ def test_compile_by_default_only_where_it_pays(digits_train):
     assert asked.compiled and asked.forward is not asked.model
     with pytest.raises(DiffaugError, match="compile must be True, False or None"):
         TrainConfig(compile="yes")
+
+
+class TickingClock:
+    """time.perf_counter for the trainer: each reading is `tick` seconds after the previous one, so a wall-clock
+    budget ends after the same steps on any machine."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 1000.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_a_minutes_budget_decays_the_rate_as_a_steps_budget_does(digits_train, monkeypatch):
+    """The cosine decay runs on whichever budget is further along: a fit given only minutes used to train at the
+    peak rate to its last step (lr_at was flat without a step total)."""
+    import diffaug
+    import diffaug.diffusion.trainer as trainer_module
+    from diffaug.diffusion.step import lr_at
+
+    cfg = TrainConfig(lr=1e-3, warmup=10)
+    step = torch.tensor(500.0, dtype=torch.float64)
+    assert float(lr_at(step, cfg, None)) == pytest.approx(1e-3)   # no budget at all: flat after warm-up
+    assert float(lr_at(step, cfg, None, torch.tensor(0.5, dtype=torch.float64))) == pytest.approx(0.55e-3)
+    assert float(lr_at(step, cfg, 1000, torch.tensor(1.0, dtype=torch.float64))) == pytest.approx(0.1e-3)
+    assert float(lr_at(step, cfg, 500, torch.tensor(0.0, dtype=torch.float64))) == pytest.approx(0.1e-3)
+    few = digits_train.subset(per_class=5, seed=0)
+    # a 60-second budget read by a clock that moves one second a reading (one reading a step): ~60 steps
+    for budget in ({"minutes": 1.0}, {"minutes": 1.0, "steps": 10**6}):   # minutes alone; minutes ending first
+        monkeypatch.setattr(trainer_module, "time", TickingClock(1.0))
+        train = diffaug.fit(few, progress=False, batch_size=16, lr=1e-3, warmup=5, **budget).config["train"]
+        assert 40 < train["steps"] < 70, train["steps"]
+        assert train["lr_end"] == pytest.approx(0.1e-3, rel=0.01)   # the last step ran at the decayed rate
+
+
+def test_a_resumed_minutes_budget_continues_the_same_clock(digits_train, tmp_path, monkeypatch):
+    import diffaug.diffusion.trainer as trainer_module
+
+    data = digits_train.subset(per_class=5, seed=0)
+    cfg = TrainConfig(minutes=0.5, batch_size=8, warmup=5, checkpoint_every=10**6)
+    monkeypatch.setattr(trainer_module, "time", TickingClock(1.0))
+    first = Trainer(data, cfg, device="cpu", out_dir=tmp_path, progress=False)
+    done = first.run()
+    assert 20 < done["steps"] < 35 and done["seconds_all_runs"] >= 30
+    again = Trainer(data, cfg, device="cpu", out_dir=tmp_path, progress=False)
+    assert again.load_checkpoint() and again.elapsed == pytest.approx(done["seconds_all_runs"], abs=2)
+    more = again.run()   # the budget is spent: one step (the loop reads the clock after a step), at the low rate
+    assert more["steps_this_run"] == 1 and more["lr_end"] == pytest.approx(0.1 * cfg.lr, rel=0.01)

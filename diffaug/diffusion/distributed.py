@@ -111,13 +111,13 @@ def mean(x: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return x / ranks.world
 
 
-def any_rank(flag: bool, ranks: Ranks, device: torch.device) -> bool:
-    """True on every rank when `flag` is True on any rank (e.g. one rank's clock ran out)."""
+def max_value(x: float, ranks: Ranks, device: torch.device) -> float:
+    """The largest of the ranks' `x` on every rank (e.g. the slowest rank's clock)."""
     if not ranks.active:
-        return flag
-    t = torch.tensor(float(flag), device=device)
+        return x
+    t = torch.tensor(float(x), dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return float(t.item())
 
 
 def broadcast_module(module: torch.nn.Module, ranks: Ranks) -> None:

@@ -46,7 +46,7 @@ class FastStep:
 
     def body(self) -> None:
         tr, cfg = self.tr, self.tr.cfg
-        self.lr.copy_(lr_at(self.step, cfg, tr.steps))
+        self.lr.copy_(lr_at(self.step, cfg, tr.steps, tr.spent if cfg.minutes else None))
         x, y, cond = tr.batch()
         with autocast(tr.device):
             loss = tr.loss_fn(tr.forward, x, y, tr.rng, tr.part, cond)

@@ -101,14 +101,19 @@ def step_counter(step: int, device) -> torch.Tensor:
     return torch.tensor(float(step), dtype=torch.float64, device=device)
 
 
-def lr_at(step: torch.Tensor, cfg, total: int | None) -> torch.Tensor:
-    """Linear warm-up over `cfg.warmup` steps, then cosine decay to 10% of `cfg.lr` by `total` (flat without one).
+def lr_at(step: torch.Tensor, cfg, total: int | None, spent: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear warm-up over `cfg.warmup` steps, then cosine decay to 10% of `cfg.lr` as the budget runs out: by
+    `total` steps, or by `spent` (the share of a wall-clock budget used, a 0-d tensor), whichever is further along;
+    flat with neither. A fit budgeted in minutes thus ends at the decayed rate as a fit budgeted in steps does.
 
     Torch ops only, so the fast path evaluates it on the device from its step counter without a host sync."""
     warm = (step + 1) / cfg.warmup
-    if total is None:
+    if total is None and spent is None:
         return cfg.lr * warm.clamp(max=1.0)
-    frac = ((step - cfg.warmup) / max(1, total - cfg.warmup)).clamp(0.0, 1.0)
+    frac = (((step - cfg.warmup) / max(1, total - cfg.warmup)).clamp(0.0, 1.0) if total is not None
+            else torch.zeros_like(step))
+    if spent is not None:
+        frac = torch.maximum(frac, spent.to(frac.dtype).clamp(0.0, 1.0))
     return cfg.lr * torch.where(step < cfg.warmup, warm, 0.1 + 0.45 * (1 + torch.cos(math.pi * frac)))
 
 

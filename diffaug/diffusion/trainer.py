@@ -42,7 +42,7 @@ class TrainConfig:
     minutes: float | None = None      # wall-clock budget; training stops at whichever budget ends first
     batch_size: int | None = None     # the global batch (split over ranks); None: DEFAULT_BATCH by device
     lr: float = 2e-3
-    warmup: int = 200                 # linear LR warm-up steps; then cosine decay to 10% when `steps` is known
+    warmup: int = 200                 # linear LR warm-up steps; then cosine decay to 10% by the end of the budget
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -145,6 +145,10 @@ class Trainer:
         self.step = 0
         self.loss_sum = torch.zeros((), device=self.device)   # summed on the device, read every 25 steps
         self.loss_curve: list[tuple[int, float]] = []   # (step, mean loss since the previous entry)
+        # a wall-clock budget: the training seconds of earlier runs of this fit (a resumed fit continues its budget)
+        # and the share of the budget used, the device tensor the learning rate decays by (set from the host clock)
+        self.elapsed, self._t0 = 0.0, None
+        self.spent = torch.zeros((), dtype=torch.float64, device=self.device)
         self.steps = config.steps if config.steps is not None or config.minutes else get_preset(config.preset).steps
         self.part = self.ranks.part(config.batch_size)   # this rank's slice of every global batch
         net = self.model
@@ -176,7 +180,8 @@ class Trainer:
             return
         state = {"format_version": CHECKPOINT_VERSION,
                  "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                 "step": self.step, "rng": self.rng.get_state(), "global_rng": _global_rng_state(self.device),
+                 "step": self.step, "elapsed": self.clock(), "rng": self.rng.get_state(),
+                 "global_rng": _global_rng_state(self.device),
                  "config": asdict(self.cfg),
                  "fingerprint": self.data_fingerprint, "loss_curve": self.loss_curve}
         state["digest"] = digest(state)   # a flipped bit or a torn copy shows on resume
@@ -215,6 +220,7 @@ class Trainer:
         self.rng.set_state(state["rng"].cpu())   # generator states are CPU byte tensors, whatever the device
         _set_global_rng_state(self.device, state.get("global_rng"))   # dropout draws from it (rank 0's)
         self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))   # 0 in a checkpoint from before budgets were continued
         self._seed_dropout(self.step)
         self.loss_curve = [tuple(p) for p in state["loss_curve"]]
         return True
@@ -244,7 +250,7 @@ class Trainer:
 
     def train_step(self) -> None:
         """The eager reference step: one kernel launch at a time, the host's step count."""
-        lr = lr_at(step_counter(self.step, self.device), self.cfg, self.steps)
+        lr = lr_at(step_counter(self.step, self.device), self.cfg, self.steps, self.spent if self.cfg.minutes else None)
         for group in self.opt.param_groups:
             if torch.is_tensor(group["lr"]):
                 group["lr"].copy_(lr)
@@ -279,10 +285,22 @@ class Trainer:
             where = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path else ""
             raise TrainingError(f"the loss became {mean} by step {self.step} (try a lower lr){where}")
 
+    def clock(self) -> float:
+        """Training seconds of this fit so far, over every run of it (a resumed fit continues its budget)."""
+        return self.elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+    def _tick(self, clock: float, budget: float) -> bool:
+        """Record the share of the wall-clock budget `clock` has used; True when it is spent."""
+        if budget < math.inf:
+            self.spent.fill_(min(1.0, clock / budget))
+        return clock >= budget
+
     def _run(self) -> dict:
         cfg, ranks = self.cfg, self.ranks
         start_step, t0 = self.step, time.perf_counter()
-        deadline = t0 + 60 * cfg.minutes if cfg.minutes else math.inf
+        self._t0 = t0
+        budget = 60 * cfg.minutes if cfg.minutes else math.inf
+        self._tick(self.elapsed, budget)
         total = self.steps if self.steps is not None else None
         self.model.train()
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc="fit", unit="step",
@@ -305,10 +323,11 @@ class Trainer:
                     self.loss_curve.append((self.step, round(mean, 5)))
                     self.loss_sum.zero_()
                     seen, last_step, last_time = 0, self.step, now
-                    # the ranks stop together: a rank leaving alone would leave the others waiting in a collective
-                    stop = ddp.any_rank(now >= deadline, ranks, self.device)
+                    # the ranks read one clock (the slowest's), so they decay the rate alike and stop together: a
+                    # rank leaving alone would leave the others waiting in a collective
+                    stop = self._tick(ddp.max_value(self.clock(), ranks, self.device), budget)
                 elif not ranks.active:
-                    stop = time.perf_counter() >= deadline
+                    stop = self._tick(self.clock(), budget)
                 if self.out_dir is not None and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         if seen:   # the steps since the last read: a diverged short run must not pass as a generator
@@ -317,9 +336,11 @@ class Trainer:
             self.save_checkpoint()
         ddp.broadcast_module(self.ema, ranks)   # every rank returns rank 0's EMA
         seconds = time.perf_counter() - t0
+        self.elapsed, self._t0 = self.elapsed + seconds, None
         return {"steps": self.step, "steps_this_run": self.step - start_step, "seconds": round(seconds, 2),
                 "images_per_second": round((self.step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
-                "world_size": ranks.world, "loss_curve": self.loss_curve}
+                "world_size": ranks.world, "seconds_all_runs": round(self.elapsed, 2),
+                "lr_end": float(self.opt.param_groups[0]["lr"]), "loss_curve": self.loss_curve}
 
 
 def _global_rng_state(device: torch.device) -> dict:
