@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,3 +119,30 @@ def test_successive_halving_keeps_the_full_choices_scores_for_its_finalists(digi
         assert scores == (full["per_fold"][label] if label in halved["finalists"] else full["per_fold"][label][:1])
     assert halved["winner"] == max(halved["finalists"], key=lambda m: (full["mean"][m], -full["menu"].index(m)))
     assert "the best 3 on the other two" in halved["rule"] and "halving" not in full["rule"]   # says what ran
+
+
+def test_a_wider_network_must_win_by_more_than_the_validation_images_can_tell():
+    """Three fold means can agree by chance to a tenth of a point (digits, 10 per class: 0.11 points, one image in
+    898); the one-standard-error rule then bought width 64, 10x the fits of width 16, for two images."""
+    from diffaug.classify.policies import network_winner
+
+    per_fold = {"smallcnn": [0.9521, 0.9510, 0.9532], "smallcnn(width=64)": [0.9543, 0.9535, 0.9551]}
+    assert network_winner(per_fold)["winner"] == "smallcnn(width=64)"   # the fold means' spread alone
+    floored = network_winner(per_fold, n_val=898)
+    assert floored["winner"] == "smallcnn" and floored["best"] == "smallcnn(width=64)"
+    assert floored["se"] == pytest.approx(np.sqrt(0.9543 * 0.0457 / 898)) and floored["fold_se"] < floored["se"]
+    clear = {"smallcnn": [0.90, 0.91, 0.905], "smallcnn(width=64)": [0.95, 0.955, 0.945]}   # a real difference
+    assert network_winner(clear, n_val=898)["winner"] == "smallcnn(width=64)"
+    assert network_winner(clear, n_val=60000)["winner"] == "smallcnn(width=64)"
+
+
+def test_the_network_walk_stops_at_the_first_entry_that_does_not_beat_the_ones_before(digits_train):
+    """The menu is walked cheapest first; an entry no better than the earlier ones by more than the error ends the
+    walk, and the wider entries (the costliest fits) are not scored."""
+    from diffaug.classify.policies import Policy, select_classifier
+
+    pool = digits_train.subset(per_class=20, seed=0)
+    menu = ("smallcnn(width=8)", "smallcnn(width=1)", "smallcnn(width=16)")   # one channel: near chance
+    choice = select_classifier(pool, 5, Policy.parse("crop"), menu, 40, 32, False, "cpu")
+    assert list(choice["per_fold"]) == list(menu[:2]) and choice["not_scored"] == [menu[2]]
+    assert choice["winner"] == menu[0] and choice["mean"][menu[1]] < choice["mean"][menu[0]]

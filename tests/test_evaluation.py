@@ -310,6 +310,9 @@ def test_the_tuned_baseline_never_reads_the_test_split(digits_train, digits_test
     selection = clean.config["classical_selection"]["3"]
     assert selection["winner"] in selection["menu"] and len(selection["per_fold"][selection["winner"]]) == 3
     assert clean.units[0]["classical"] == selection["winner"]
+    # by successive halving: every entry on the first fold, the 4 best of it on the other two (16 fits, not 24)
+    assert selection["survivors"] == 4 and selection["winner"] in selection["finalists"]
+    assert sorted(len(v) for v in selection["per_fold"].values()) == [1] * 4 + [3] * 4
 
 
 def test_the_seed_streams_of_two_units_never_overlap():
@@ -337,14 +340,16 @@ def test_seed_start_gives_fresh_seeds_and_a_cached_unit_of_other_code_is_not_reu
 
 def test_the_report_says_how_each_regime_chose_its_classical_policy(digits_train, digits_test, tmp_path):
     """The baseline's rule is the selection that ran: within the pool per regime, within each unit's labelled subset
-    (by successive halving) with unlabelled images, on long-tailed folds by balanced accuracy under imbalance."""
+    with unlabelled images, on long-tailed folds by balanced accuracy under imbalance; by successive halving unless
+    selection_survivors is None."""
     from diffaug.evaluation.protocol import plan_of
     regimes = {"labelled": {}, "unlabeled": {"unlabeled": "rest"}, "longtail": {"imbalance": 10},
-               "full": {"unlabeled": "rest", "selection_survivors": None}}
+               "full": {"unlabeled": "rest", "selection_survivors": None}, "labelled-full": {"selection_survivors": None}}
     rule = {name: plan_of(tmp_path / f"{name}.json", digits_train, digits_test, per_class=(10,),
                           **options)["baseline_rule"] for name, options in regimes.items()}
     assert "per regime" in rule["labelled"] and "k per class from the other folds" in rule["labelled"]
-    assert "halving" not in rule["labelled"] and "balanced" not in rule["labelled"]
+    assert "the best 4 on the other two" in rule["labelled"] and "balanced" not in rule["labelled"]
+    assert "halving" not in rule["labelled-full"] and "one classifier per entry and fold" in rule["labelled-full"]
     assert "each unit's labelled subset" in rule["unlabeled"] and "training pool" not in rule["unlabeled"]
     assert "the best 4 on the other two" in rule["unlabeled"] and "halving" not in rule["full"]
     assert "long-tailed" in rule["longtail"] and "balanced accuracy" in rule["longtail"]

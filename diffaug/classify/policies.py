@@ -125,6 +125,44 @@ def score(policy: Policy, fold: int, train: ImageData, val: ImageData, steps: in
     return float(np.mean(class_recalls(model, val.images, val.labels, val.num_classes, device)))
 
 
+def finalists(first_fold: dict, survivors: int) -> list[str]:
+    """Successive halving's second stage: the `survivors` entries with the best first-fold scores (ties: the
+    earlier entry), in menu order (the dict's)."""
+    order = list(first_fold)
+    best = sorted(order, key=lambda label: (-first_fold[label], order.index(label)))[:survivors]
+    return [label for label in order if label in best]
+
+
+def halving_winner(per_fold: dict, survivors: int | None) -> str:
+    """The classical choice's winner from its per-fold scores ({label: [score per fold]}, in menu order): the best
+    mean (ties: the earlier entry), among the first fold's best `survivors` when halving (None: every entry)."""
+    labels = list(per_fold) if survivors is None else finalists({k: v[0] for k, v in per_fold.items()}, survivors)
+    return max(labels, key=lambda label: (float(np.mean(per_fold[label])), -labels.index(label)))
+
+
+def network_winner(per_fold: dict, n_val: int | None = None) -> dict:
+    """The one-standard-error rule over a menu ordered by cost ({spec: [score per fold]}): the cheapest entry whose
+    mean is within one standard error of the best mean. The error is the best entry's over its fold means; with
+    `n_val` (the validation images all folds hold together) it is floored at the binomial error of an accuracy
+    over that many images, sqrt(p (1 - p) / n_val): three fold means (two degrees of freedom) can agree by chance
+    to a tenth of a point, and a wider network must then beat the cheaper one by more than a few images."""
+    menu = list(per_fold)
+    means = {spec: float(np.mean(v)) for spec, v in per_fold.items()}
+    best = max(menu, key=lambda spec: (means[spec], -menu.index(spec)))
+    fold_se = float(np.std(per_fold[best], ddof=1) / np.sqrt(len(per_fold[best])))
+    se = fold_se if n_val is None else max(fold_se, float(np.sqrt(means[best] * (1 - means[best]) / n_val)))
+    winner = next(spec for spec in menu if means[spec] >= means[best] - se)
+    return {"winner": winner, "best": best, "se": se, "fold_se": fold_se}
+
+
+def widens(per_fold: dict, n_val: int | None = None) -> bool:
+    """Whether the last entry of `per_fold` (the menu so far, cheapest first) beats the best of the entries before
+    it by more than their standard error (`network_winner`'s): the network choice's walk goes on only then."""
+    *before, last = per_fold
+    earlier = network_winner({spec: per_fold[spec] for spec in before}, n_val)
+    return float(np.mean(per_fold[last])) > float(np.mean(per_fold[earlier["best"]])) + earlier["se"]
+
+
 def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, device, factory=None,
            n_jobs: int = 1, threads: int | None = None, imbalance: float | None = None,
            survivors: int | None = None, progress: bool = False) -> dict:
@@ -146,24 +184,25 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
     bar = tqdm(total=fits, desc=f"classical choice, {k or 'all'} per class", unit="fit", disable=not progress)
     for chosen, fold_tasks in stages:
         if chosen is None:   # the second stage of halving: the best of the first fold go on
-            entries = sorted(entries, key=lambda p: (-per_fold[p.label][0], MENU.index(p)))[:survivors]
-            entries.sort(key=MENU.index)
+            keep = finalists({label: v[0] for label, v in per_fold.items()}, survivors)
+            entries = [p for p in MENU if p.label in keep]
         jobs = [(policy, *task, factory) for policy in entries for task in fold_tasks]
         for (policy, *_), acc in zip(jobs, _scores(jobs, args, n_jobs)):
             per_fold[policy.label].append(acc)
             bar.update(1)
     bar.close()
     means = {label: float(np.mean(v)) for label, v in per_fold.items()}
-    finalists = [p.label for p in entries]
-    winner = max(finalists, key=lambda label: (means[label], -list(means).index(label)))
     return {"k": k, "imbalance": imbalance, "menu": list(means), "per_fold": per_fold, "mean": means,
-            "winner": winner, "rule": rule("the images given", k, imbalance, survivors), "folds": FOLDS,
-            "survivors": survivors, "finalists": finalists,
+            "winner": halving_winner(per_fold, survivors), "rule": rule("the images given", k, imbalance, survivors),
+            "folds": FOLDS, "survivors": survivors, "finalists": [p.label for p in entries],
             "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 NETWORK_RULE = ("the cheapest network (the menu is ordered by cost) whose mean validation score is within one "
-                "standard error over folds of the best network's mean, with the regime's classical policy")
+                "standard error of the best network's mean (the error over folds, at least the binomial error of an "
+                "accuracy over all the validation images), with the regime's classical policy; the menu is walked "
+                "cheapest first and stops at the first network no better than the ones before it by more than "
+                "that error")
 
 
 def select_classifier(pool: ImageData, k: int, policy: Policy, menu: tuple, steps: int, batch_size: int,
@@ -173,9 +212,11 @@ def select_classifier(pool: ImageData, k: int, policy: Policy, menu: tuple, step
     'smallcnn(width=32)') by the cross-validation `select` runs, on the same folds, with the regime's classical
     `policy`: the network the tuned classical arm does best with is the one every arm trains (a gain over an
     under-sized classifier is not one a user with a real network sees). The winner is the cheapest entry whose mean
-    is within one standard error (over folds) of the best mean: the one-standard-error rule of cross-validation
-    (Hastie, Tibshirani & Friedman, ESL 7.10), since a wider network that scores the same costs several times the
-    fits of every arm (on digits, 10 per class, widths 32 and 64 got the same images right: 95.77% each).
+    is within one standard error of the best mean (`network_winner`): the one-standard-error rule of
+    cross-validation (Hastie, Tibshirani & Friedman, ESL 7.10), since a wider network that scores the same costs
+    several times the fits of every arm. The menu is walked cheapest first and stops at the first entry that does
+    not beat the best before it by more than that error: the wider entries, the costliest fits of the choice, are
+    then not scored (they could only win by beating every cheaper one by more than the error).
     `known`: the first entry's per-fold scores with this policy, from the policy's own choice (the same fits, not
     run twice)."""
     from tqdm.auto import tqdm
@@ -185,26 +226,30 @@ def select_classifier(pool: ImageData, k: int, policy: Policy, menu: tuple, step
     t0 = time.perf_counter()
     menu = tuple(menu)
     tasks = selection_tasks(pool, k, imbalance)
-    per_fold = {spec: [] for spec in menu}
+    n_val = sum(len(val) for _, _, val in tasks)
+    per_fold = {}
     if known is not None:
         if len(known) != len(tasks):
             raise DataError(f"known scores cover {len(known)} folds, the choice has {len(tasks)}")
         per_fold[menu[0]] = [float(x) for x in known]
-    pending = [(spec, task) for spec in menu if not per_fold[spec] for task in tasks]
-    jobs = [(policy, *task, resolve_classifier(spec)) for spec, task in pending]
-    bar = tqdm(total=len(jobs), desc=f"classifier choice, {k or 'all'} per class", unit="fit", disable=not progress)
-    for (spec, _), acc in zip(pending, _scores(jobs, (steps, batch_size, hflip, device, threads,
-                                                      imbalance is not None), n_jobs)):
-        per_fold[spec].append(acc)
-        bar.update(1)
+    args = (steps, batch_size, hflip, device, threads, imbalance is not None)
+    bar = tqdm(total=len(tasks) * (len(menu) - len(per_fold)), desc=f"classifier choice, {k or 'all'} per class",
+               unit="fit", disable=not progress)
+    for spec in menu:
+        if spec not in per_fold:
+            per_fold[spec] = []
+            for acc in _scores([(policy, *task, resolve_classifier(spec)) for task in tasks], args, n_jobs):
+                per_fold[spec].append(acc)
+                bar.update(1)
+        if len(per_fold) > 1 and not widens(per_fold, n_val):
+            break   # no better than the cheaper ones by more than the error: the wider ones are not scored
     bar.close()
-    means = {spec: float(np.mean(v)) for spec, v in per_fold.items()}
-    best = max(menu, key=lambda spec: (means[spec], -menu.index(spec)))
-    se = float(np.std(per_fold[best], ddof=1) / np.sqrt(len(per_fold[best])))
-    winner = next(spec for spec in menu if means[spec] >= means[best] - se)
-    return {"k": k, "policy": policy.label, "menu": list(menu), "per_fold": per_fold, "mean": means, "best": best,
-            "standard_error": se, "winner": winner, "rule": NETWORK_RULE, "folds": FOLDS, "steps": steps,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    choice = network_winner(per_fold, n_val)
+    return {"k": k, "policy": policy.label, "menu": list(menu), "per_fold": per_fold,
+            "mean": {spec: float(np.mean(v)) for spec, v in per_fold.items()}, "best": choice["best"],
+            "standard_error": choice["se"], "fold_standard_error": choice["fold_se"], "winner": choice["winner"],
+            "not_scored": [spec for spec in menu if spec not in per_fold], "rule": NETWORK_RULE, "folds": FOLDS,
+            "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _scores(jobs: list, args: tuple, n_jobs: int):

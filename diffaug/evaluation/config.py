@@ -164,10 +164,11 @@ class EvalConfig:
                                            # (DPT); the arms become UNLABELED_ARMS, with self-training and FixMatch,
                                            # the opponents, and every choice that needs labels (the classical
                                            # policy) is made within the unit's labelled subset
-    selection_survivors: int | None = 4    # with unlabelled images, each unit's classical choice by successive
-                                           # halving: every menu entry on one fold, these best on the other two (16
-                                           # fits, not 24). On the 10 units of the 2026-12-01 digits run the full
-                                           # choice's CV score was matched in all 10 (3 survivors: 9); None: full
+    selection_survivors: int | None = 4    # the classical choice by successive halving (each regime's, or with
+                                           # unlabelled images each unit's): every menu entry on one fold, these
+                                           # best on the other two (16 fits, not 24). The full choice's winner was
+                                           # kept in 10 of 10 units of the 2026-12-01 digits run (3 survivors: 9)
+                                           # and in 4 of 4 regimes of benchmarks/results/choice_cuts_*.md; None: full
     unlabeled_share: float = TrainConfig.unlabeled_share   # with unlabelled images: their share of each batch of
                                            # the fine-tuning in a unit (the pool generator's batches are all unlabelled)
     pseudo_label_threshold: float = THRESHOLD   # with unlabelled images: the generator's labelled rows are the

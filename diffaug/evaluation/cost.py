@@ -97,7 +97,9 @@ def estimate(train: ImageData, cfg: EvalConfig, todo: list, menu: tuple, choices
     score = lambda spec: held_out / cfg.batch_size * t_cls[spec] / 3   # noqa: E731 (a forward ~ 1/3 of a step)
     for k in choices:
         steps = cfg.steps_for(selection_rows(cfg, k, train))
-        parts["classical choice"] += len(MENU) * FOLDS * (steps * t_cls[first] + score(first))
+        fits = len(MENU) * FOLDS if cfg.selection_survivors is None else \
+            len(MENU) + min(cfg.selection_survivors, len(MENU)) * (FOLDS - 1)
+        parts["classical choice"] += fits * (steps * t_cls[first] + score(first))
         parts["network choice"] += sum(FOLDS * (steps * t_cls[spec] + score(spec)) for spec in menu[1:])
     unit_low = unit_high = 0.0
     for k, seed in todo:

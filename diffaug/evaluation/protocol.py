@@ -224,7 +224,7 @@ def _baseline_rule(cfg: EvalConfig) -> str:
         return f"fixed: {Policy.parse(cfg.classical).label}"
     if cfg.unlabeled:
         return "per unit, " + rule("each unit's labelled subset", 0, survivors=cfg.selection_survivors)
-    return "per regime, " + rule("the training pool", imbalance=cfg.imbalance)
+    return "per regime, " + rule("the training pool", imbalance=cfg.imbalance, survivors=cfg.selection_survivors)
 
 
 def _pool_generators(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, progress, seeds: list,
@@ -269,7 +269,7 @@ def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ra
     def choose() -> dict:
         return select(train, k, cfg.steps_for(selection_rows(cfg, k, train)), cfg.batch_size, cfg.hflip,
                       resolve_device(device), classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
-                      progress=progress and ranks.main)
+                      survivors=cfg.selection_survivors, progress=progress and ranks.main)
     return _cached_choice(_choice_path(runs, "classical", k, tag), ranks, choose)
 
 
@@ -279,7 +279,7 @@ def _network_for(k: int, train: ImageData, cfg: EvalConfig, selection: dict, tag
     classical `selection` chose), cached in runs/ and computed by one rank. The first entry's scores are the
     policy choice's own (the same fits, not run twice)."""
     def choose() -> dict:
-        known = selection["per_fold"][selection["winner"]] if selection["survivors"] is None else None
+        known = selection["per_fold"][selection["winner"]]   # a winner is scored on every fold, halving or not
         return select_classifier(train, k, Policy.parse(selection["winner"]), cfg.classifier_menu,
                                  cfg.steps_for(selection_rows(cfg, k, train)), cfg.batch_size, cfg.hflip,
                                  resolve_device(device), n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,

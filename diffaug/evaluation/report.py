@@ -178,7 +178,8 @@ def _choices(result) -> list:
                   "| real / class | policy | " + " | ".join(f"`{m}`" for m in menu) +
                   " | one standard error | chosen |",
                   "| --- | --- | " + " | ".join("---" for _ in menu) + " | --- | --- |"]
-        lines += [f"| {_k(str(k))} | `{c['policy']}` | " + " | ".join(_pct(c["mean"][m]) for m in menu) +
+        lines += [f"| {_k(str(k))} | `{c['policy']}` | " +
+                  " | ".join(_pct(c["mean"][m]) if m in c["mean"] else "not scored" for m in menu) +
                   f" | {_pct(c['standard_error'])} | `{c['winner']}` |" for k, c in networks.items()]
     return lines
 
