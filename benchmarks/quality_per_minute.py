@@ -1,0 +1,178 @@
+"""What a generator is worth per CPU-minute: fits at a fixed wall-clock budget, variants side by side, scored on a
+VALIDATION split of the training pool (never the test split).
+
+    python benchmarks/quality_per_minute.py --data fashion-mnist --minutes 3 --seeds 2 --variants flat-lr,default
+
+Each (variant, seed) fits `diffaug.fit(pool, minutes=M)` with everything else at its default, samples
+`--per-class` images of every class, and scores them against the same number of real pool images per class:
+
+- CAS relative to real, twice: a logistic regression (scikit-learn, on pixels) and the reference small CNN
+  (metrics.cas), each trained on the synthetic images and on as many real ones, both scored on the validation split;
+- own-feature FID, precision and recall against the validation images, in the features of one reference network
+  trained on the pool (as `evaluate` does), and the share of samples nearer a training image than 1/3 of their
+  second-nearest (memorization).
+
+Variants: `default` is the library as it is; `flat-lr` is the learning rate before budget-aware decay (a minutes
+budget trained at the peak rate to its last step; issue 37), made by patching `lr_at` to ignore the budget's clock.
+Intervals: mean over seeds +- t(0.975, seeds-1) sd / sqrt(seeds), and the paired difference to the first variant.
+Writes results/quality_per_minute_<data>.{json,md}, after every fit (a killed run keeps what it finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import diffaug  # noqa: E402
+from _common import write_results  # noqa: E402
+from diffaug.evaluation.cache import cpu_model  # noqa: E402
+
+VALIDATION_SHARE = 0.1   # of the training pool, stratified, seed 1: 6,000 Fashion-MNIST images
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    """The library as `name` describes it, for the duration of one fit."""
+    if name == "default":
+        yield
+        return
+    if name != "flat-lr":
+        raise SystemExit(f"unknown variant {name!r} (default, flat-lr)")
+    import diffaug.diffusion.fastpath as fastpath
+    import diffaug.diffusion.trainer as trainer
+    from diffaug.diffusion.step import lr_at
+
+    def flat(step, cfg, total, spent=None):   # before issue 37: the budget's clock was not read
+        return lr_at(step, cfg, total)
+    saved = trainer.lr_at, fastpath.lr_at
+    trainer.lr_at = fastpath.lr_at = flat
+    try:
+        yield
+    finally:
+        trainer.lr_at, fastpath.lr_at = saved
+
+
+def flat_pixels(x: torch.Tensor) -> np.ndarray:
+    return x.reshape(len(x), -1).float().numpy() / 255.0
+
+
+def logistic_accuracy(train_x, train_y, val_x, val_y) -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(max_iter=500).fit(flat_pixels(train_x), train_y.numpy())
+    return float((model.predict(flat_pixels(val_x)) == val_y.numpy()).mean())
+
+
+class Scorer:
+    """Everything fixed across fits: the real images per class, the validation split, the reference network."""
+
+    def __init__(self, pool: diffaug.ImageData, validation: diffaug.ImageData, per_class: int):
+        from diffaug.classify.training import random_batches, train_classifier
+        from diffaug.evaluation.metrics import cas
+
+        self.pool, self.val, self.per_class = pool, validation, per_class
+        real = pool.subset(per_class=per_class, seed=0)
+        self.real_logistic = logistic_accuracy(real.images, real.labels, validation.images, validation.labels)
+        self.real_cnn = cas(real.images, real.labels, validation.images, validation.labels,
+                            num_classes=pool.num_classes, steps=400)
+        self.reference = train_classifier(random_batches(pool.images, pool.labels, 128, seed=0), pool.channels,
+                                          pool.num_classes, steps=1000, seed=0)
+        self.val_features = self.embed(validation.images)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        from diffaug.classify.training import embed
+
+        return embed(self.reference, images, "cpu")
+
+    def score(self, gen: diffaug.Generator, seed: int) -> dict:
+        from diffaug.evaluation.metrics import cas, fid_own, memorization, precision_recall
+
+        labels = torch.arange(self.pool.num_classes).repeat_interleave(self.per_class)
+        t0 = time.perf_counter()
+        images = gen.sample(labels.tolist(), seed=seed)
+        sample_seconds = time.perf_counter() - t0
+        logistic = logistic_accuracy(images, labels, self.val.images, self.val.labels)
+        cnn = cas(images, labels, self.val.images, self.val.labels, num_classes=self.pool.num_classes, steps=400)
+        features = self.embed(images)
+        precision, recall = precision_recall(self.val_features, features, real_labels=self.val.labels,
+                                             fake_labels=labels, max_samples=2000)
+        return {"cas_logistic": logistic / self.real_logistic, "cas_cnn": cnn / self.real_cnn,
+                "fid_own": fid_own(self.val_features, features), "precision": precision, "recall": recall, "memorization": memorization(images, self.pool.images)["rate"],
+                "sample_seconds": round(sample_seconds, 1)}
+
+
+def interval(values) -> str:
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return f"{v.mean():.3f}"
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return f"{v.mean():.3f} [{v.mean() - half:.3f}, {v.mean() + half:.3f}]"
+
+
+METRICS = ("cas_logistic", "cas_cnn", "fid_own", "precision", "recall", "memorization")
+
+
+def table(payload: dict) -> str:
+    rows = payload["fits"]
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    minutes = sorted({r["minutes"] for r in rows})
+    lines = [f"# Quality per CPU-minute: {payload['data']}", "",
+             f"`{payload['command']}` on {payload['cpu']}. Validation: {payload['validation']}. {payload['per_class']} "
+             "samples per class against as many real images per class. Mean over seeds [95% t-interval]; the "
+             "difference column pairs each seed with the first variant's.", "",
+             "| minutes | variant | seeds | steps | " + " | ".join(METRICS) + " | CAS logistic - first | "
+             "CAS CNN - first | FID - first |", "|" + "---|" * (7 + len(METRICS))]
+    for m in minutes:
+        first = {r["seed"]: r for r in rows if r["minutes"] == m and r["variant"] == variants[0]}
+        for name in variants:
+            mine = [r for r in rows if r["minutes"] == m and r["variant"] == name]
+            if not mine:
+                continue
+            paired = [(r, first[r["seed"]]) for r in mine if r["seed"] in first]
+            diffs = [interval([r[key] - f[key] for r, f in paired]) if paired and name != variants[0] else ""
+                     for key in ("cas_logistic", "cas_cnn", "fid_own")]
+            lines.append(f"| {m:g} | {name} | {len(mine)} | {np.mean([r['steps'] for r in mine]):.0f} | "
+                         + " | ".join(interval([r[key] for r in mine]) for key in METRICS)
+                         + " | " + " | ".join(diffs) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--minutes", default="3", help="comma-separated wall-clock budgets")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--variants", default="flat-lr,default")
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--preset", default="tiny")
+    args = parser.parse_args()
+    pool, validation = diffaug.load_data(args.data, "train").split(1 - VALIDATION_SHARE, seed=1)
+    scorer = Scorer(pool, validation, args.per_class)
+    payload = {"data": args.data, "cpu": cpu_model(), "command": "python benchmarks/" + " ".join(
+        [Path(sys.argv[0]).name, *sys.argv[1:]]), "per_class": args.per_class,
+               "validation": f"{VALIDATION_SHARE:.0%} of the training pool, stratified, seed 1",
+               "real": {"logistic": scorer.real_logistic, "cnn": scorer.real_cnn}, "fits": []}
+    for minutes in (float(m) for m in args.minutes.split(",")):
+        for seed in range(args.seeds):
+            for name in args.variants.split(","):   # variants interleaved per seed: drift hits them alike
+                with variant(name):
+                    gen = diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False)
+                train = gen.config["train"]
+                row = {"variant": name, "minutes": minutes, "seed": seed, "steps": train["steps"],
+                       "fit_seconds": train["seconds"], "lr_end": train.get("lr_end"), **scorer.score(gen, seed)}
+                payload["fits"].append(row)
+                print(row, flush=True)
+                write_results(f"quality_per_minute_{args.data}", payload, table(payload))
+
+
+if __name__ == "__main__":
+    main()
