@@ -21,6 +21,12 @@ def test_the_estimate_counts_the_work_the_run_schedules(digits_train):
     one = estimate(digits_train, cfg, [(10, 0), (10, 1)], menu, [10], 1, 2, timings=STEPS)
     assert one["total"] == pytest.approx(2 * two["total"])   # one process does the work of two, one after the other
     assert two["total_widest"] > two["total"]   # every unit at width 64 costs more
+    # the network choice's walk always scores the menu's second entry; a third only where the widest is chosen
+    three = estimate(digits_train, cfg, [(10, 0), (10, 1)], (*menu[:1], "smallcnn(width=32)", menu[1]), [10], 2, 1,
+                     timings={**STEPS, "classifier": {**STEPS["classifier"], "smallcnn(width=32)": 0.02}})
+    assert three["seconds"]["network choice"] < two["seconds"]["network choice"]   # width 32's fits, not 64's
+    assert three["total_widest"] - three["seconds"]["units (widest network)"] > \
+        two["total_widest"] - two["seconds"]["units (widest network)"]   # 32 and 64 both scored
     # a unit's arms: 5 trained (the second dose control shares the first's batches), 500 steps each
     arms = 5 * 500 * (0.01 + 0.002)
     assert two["seconds"]["units"] > arms and "up to" in describe(two) and "smallcnn(width=64)" in describe(two)
