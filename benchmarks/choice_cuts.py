@@ -12,7 +12,9 @@ folds with the chosen policy, so each cut is judged on the very scores the full 
 - successive halving of the classical menu: every entry on fold 0, the best `survivors` on folds 1 and 2;
 - the network's one-standard-error rule with the standard error over 3 fold means (2 degrees of freedom), against
   the same rule with that error floored at the binomial error of the best network's accuracy over all validation
-  images (`policies.network_se`): a wider network must beat the cheaper one by more than the images can tell.
+  images (`policies.network_winner`): a wider network must beat the cheaper one by more than the images can tell;
+- the network menu walked cheapest first under that rule (`policies.walk`), which stops scoring at the first network
+  no better than those before it.
 
 Writes OUT.json and OUT.md with the CPU model, each choice's seconds and the fits each rule needs.
 """
@@ -30,8 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import diffaug  # noqa: E402
-from diffaug.classify.policies import FOLDS, MENU, Policy, halving_winner, network_winner, select, \
-    select_classifier, widens  # noqa: E402
+from diffaug.classify.policies import Policy, halving_winner, network_winner, select, select_classifier, \
+    selection_fits, walk  # noqa: E402
 from diffaug.evaluation.cache import cpu_model  # noqa: E402
 from diffaug.evaluation.config import CLASSIFIER_MENU, EvalConfig  # noqa: E402
 from diffaug.evaluation.unitplan import selection_rows  # noqa: E402
@@ -45,17 +47,13 @@ def replay(classical: dict, network: dict, n_val: int, survivors: int) -> dict:
     full = {spec: network["per_fold"][spec] for spec in network["menu"]}
     old_net = network_winner(full, n_val=None)
     new_net = network_winner(full, n_val=n_val)
-    walked = {}
-    for spec, scores in full.items():   # the walk, cheapest first, on the full choice's scores
-        walked[spec] = scores
-        if len(walked) > 1 and not widens(walked, n_val):
-            break
-    walk = {**network_winner(walked, n_val), "scored": list(walked)}
+    walked = walk(tuple(full), full.__getitem__, n_val)   # the walk, cheapest first, on the full choice's scores
+    walked = {**network_winner(walked, n_val), "scored": list(walked)}
     return {"classical": {"full": classical["winner"], "halving": half, "same": half == classical["winner"],
                           "full_mean": means[classical["winner"]], "halving_mean": means[half],
-                          "fits_full": len(MENU) * FOLDS, "fits_halving": len(MENU) + survivors * (FOLDS - 1)},
-            "network": {"fold_se": old_net, "floored_se": new_net, "walk": walk,
-                        "same": old_net["winner"] == new_net["winner"] == walk["winner"], "means": network["mean"]}}
+                          "fits_full": selection_fits(None), "fits_halving": selection_fits(survivors)},
+            "network": {"fold_se": old_net, "floored_se": new_net, "walk": walked,
+                        "same": old_net["winner"] == new_net["winner"] == walked["winner"], "means": network["mean"]}}
 
 
 def replayed(record: dict) -> dict:

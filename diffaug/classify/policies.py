@@ -8,6 +8,7 @@ of the training pool, trained exactly as the evaluation's arms are (same classif
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,12 +156,25 @@ def network_winner(per_fold: dict, n_val: int | None = None) -> dict:
     return {"winner": winner, "best": best, "se": se, "fold_se": fold_se}
 
 
-def widens(per_fold: dict, n_val: int | None = None) -> bool:
-    """Whether the last entry of `per_fold` (the menu so far, cheapest first) beats the best of the entries before
-    it by more than their standard error (`network_winner`'s): the network choice's walk goes on only then."""
-    *before, last = per_fold
-    earlier = network_winner({spec: per_fold[spec] for spec in before}, n_val)
-    return float(np.mean(per_fold[last])) > float(np.mean(per_fold[earlier["best"]])) + earlier["se"]
+def walk(menu: tuple, scores_of: Callable[[str], list], n_val: int | None = None) -> dict:
+    """The network choice's walk over `menu` (cheapest first): {spec: per-fold scores} of the entries it scored.
+    `scores_of(spec)` scores one entry; the walk stops at the first entry that does not beat the best of those before
+    it by more than their standard error (`network_winner`'s), so the wider ones are not scored."""
+    per_fold = {}
+    for spec in menu:
+        per_fold[spec] = scores_of(spec)
+        if len(per_fold) > 1:
+            earlier = network_winner({s: v for s, v in per_fold.items() if s != spec}, n_val)
+            if float(np.mean(per_fold[spec])) <= float(np.mean(per_fold[earlier["best"]])) + earlier["se"]:
+                break
+    return per_fold
+
+
+def selection_fits(survivors: int | None) -> int:
+    """Classifier fits of one classical choice: every entry on every fold, or by successive halving every entry on
+    the first fold and `survivors` of them on the others."""
+    kept = len(MENU) if survivors is None else min(survivors, len(MENU))
+    return len(MENU) + kept * (FOLDS - 1)
 
 
 def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, device, factory=None,
@@ -180,8 +194,7 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
     per_fold = {p.label: [] for p in MENU}
     stages = [(MENU, tasks)] if survivors is None else [(MENU, tasks[:1]), (None, tasks[1:])]
     entries = list(MENU)
-    fits = len(MENU) * len(tasks) if survivors is None else len(MENU) + survivors * (len(tasks) - 1)
-    bar = tqdm(total=fits, desc=f"classical choice, {k or 'all'} per class", unit="fit", disable=not progress)
+    bar = tqdm(total=selection_fits(survivors), desc=f"classical choice, {k or 'all'} per class", unit="fit", disable=not progress)
     for chosen, fold_tasks in stages:
         if chosen is None:   # the second stage of halving: the best of the first fold go on
             keep = finalists({label: v[0] for label, v in per_fold.items()}, survivors)
@@ -227,22 +240,24 @@ def select_classifier(pool: ImageData, k: int, policy: Policy, menu: tuple, step
     menu = tuple(menu)
     tasks = selection_tasks(pool, k, imbalance)
     n_val = sum(len(val) for _, _, val in tasks)
-    per_fold = {}
+    given = {}
     if known is not None:
         if len(known) != len(tasks):
             raise DataError(f"known scores cover {len(known)} folds, the choice has {len(tasks)}")
-        per_fold[menu[0]] = [float(x) for x in known]
+        given[menu[0]] = [float(x) for x in known]
     args = (steps, batch_size, hflip, device, threads, imbalance is not None)
-    bar = tqdm(total=len(tasks) * (len(menu) - len(per_fold)), desc=f"classifier choice, {k or 'all'} per class",
+    bar = tqdm(total=len(tasks) * (len(menu) - len(given)), desc=f"classifier choice, {k or 'all'} per class",
                unit="fit", disable=not progress)
-    for spec in menu:
-        if spec not in per_fold:
-            per_fold[spec] = []
-            for acc in _scores([(policy, *task, resolve_classifier(spec)) for task in tasks], args, n_jobs):
-                per_fold[spec].append(acc)
-                bar.update(1)
-        if len(per_fold) > 1 and not widens(per_fold, n_val):
-            break   # no better than the cheaper ones by more than the error: the wider ones are not scored
+
+    def scores_of(spec) -> list:
+        if spec in given:   # the first entry's, from the policy's choice
+            return given[spec]
+        scores = []
+        for acc in _scores([(policy, *task, resolve_classifier(spec)) for task in tasks], args, n_jobs):
+            scores.append(acc)
+            bar.update(1)
+        return scores
+    per_fold = walk(menu, scores_of, n_val)
     bar.close()
     choice = network_winner(per_fold, n_val)
     return {"k": k, "policy": policy.label, "menu": list(menu), "per_fold": per_fold,

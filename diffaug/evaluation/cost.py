@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..classify.networks import resolve_classifier
-from ..classify.policies import AUTO, FOLDS, MENU
+from ..classify.policies import AUTO, FOLDS, MENU, selection_fits
 from ..classify.training import as_input, new_classifier
 from ..data import ImageData
 from .cache import using_threads
@@ -99,12 +99,10 @@ def estimate(train: ImageData, cfg: EvalConfig, todo: list, menu: tuple, choices
     score = lambda spec: held_out / cfg.batch_size * t_cls[spec] / 3   # noqa: E731 (a forward ~ 1/3 of a step)
     for k in choices:
         steps = cfg.steps_for(selection_rows(cfg, k, train))
-        fits = len(MENU) * FOLDS if cfg.selection_survivors is None else \
-            len(MENU) + min(cfg.selection_survivors, len(MENU)) * (FOLDS - 1)
-        parts["classical choice"] += fits * (steps * t_cls[first] + score(first))
-        fits = [FOLDS * (steps * t_cls[spec] + score(spec)) for spec in menu[1:]]
-        parts["network choice"] += sum(fits[:1])
-        wider += sum(fits[1:])
+        parts["classical choice"] += selection_fits(cfg.selection_survivors) * (steps * t_cls[first] + score(first))
+        networks = [FOLDS * (steps * t_cls[spec] + score(spec)) for spec in menu[1:]]
+        parts["network choice"] += sum(networks[:1])
+        wider += sum(networks[1:])
     unit_low = unit_high = 0.0
     for k, seed in todo:
         low, high = _unit(train, cfg, k, seed, t_cls[first], t_cls[widest], t_gen)
@@ -138,8 +136,7 @@ def _unit(train: ImageData, cfg: EvalConfig, k: int, seed: int, t_first: float, 
         passes += (1 + cfg.fixmatch_ratio * 2 / 3 if learner == FIXMATCH else   # + weak (no grad) and strong views
                    1.0 + cfg.self_training_rounds * 0.05 if learner == SELF_TRAINING else 1.0)
     if cfg.unlabeled and cfg.classical == AUTO:   # the unit's own choice, by successive halving in its subset
-        fits = len(MENU) + (cfg.selection_survivors or len(MENU)) * (FOLDS - 1)
-        passes += fits * cfg.steps_for(rows) / max(1, steps)
+        passes += selection_fits(cfg.selection_survivors) * cfg.steps_for(rows) / max(1, steps)
     gen_steps = cfg.gen_steps_for(n)
     pool = cfg.synthetic_per_class * train.num_classes + cfg.perturb_copies * n * sum(cfg.strength) / 2
     sampling = pool * cfg.sample_steps * t_gen / (3 * cfg.gen_batch_size)   # a forward row ~ 1/3 of a training row
