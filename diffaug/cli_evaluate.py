@@ -93,6 +93,9 @@ def _knobs(p, options: tuple, regime: str, defaults: dict) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name], help=f"{regime}: {text}")
 
 
+HELP = "measure the downstream gain over tuned classical augmentation"
+
+
 def add_evaluate(sub) -> None:
     """The `evaluate` sub-command, on the parser's sub-commands."""
     from .classify import training
@@ -101,7 +104,7 @@ def add_evaluate(sub) -> None:
     from .evaluation.config import ARMS
     from .evaluation import config as evaluation
     EVAL = {f.name: f.default for f in fields(evaluation.EvalConfig)}   # one source for the defaults: the Python API's
-    p = sub.add_parser("evaluate", help="measure the downstream gain over tuned classical augmentation",
+    p = sub.add_parser("evaluate", help=HELP,
                        description="Measure whether diffusion augmentation beats the classical augmentation you "
                        "would tune instead: per regime and seed, a generator fitted on the regime's subset, every arm "
                        "trained alike, verdicts by the sign-flip test over seeds and the two-level interval.",

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from ._version import __version__
-from .classify.pseudo import pseudo_label
 from .data import ImageData, image_hashes
 from .diffusion.step import resolve_device
 from .diffusion.trainer import TrainConfig, Trainer
@@ -57,6 +56,7 @@ def fit(data="digits", preset: str = "tiny", steps: int | None = None, *, minute
     if pseudo_labels is not None:
         if extra is None:
             raise DataError("pseudo_labels needs unlabelled images to label (unlabeled=...)")
+        from .classify.pseudo import pseudo_label   # the classifier stack (torchvision): only when asked
         kept, pseudo = pseudo_label(data, extra, pseudo_labels, pseudo_label_policy, seed=seed,
                                     device=resolve_device(device))
         data = ImageData(torch.cat([data.images, kept.images]), torch.cat([data.labels, kept.labels]),

@@ -149,3 +149,23 @@ def test_no_module_imports_a_room_above_its_own():
     assert all(_room(m) < len(ROOMS) for m in GRAPH if m != "diffaug"), "a module outside every room"
     upward = sorted((m, n) for m, targets in GRAPH.items() for n in targets if _room(n) > _room(m))
     assert not upward, f"imports into a room above: {upward}"
+
+
+def test_the_commands_that_never_augment_start_without_the_classifier_stack():
+    """`import diffaug` and the parsing of fit, sample, expand and info leave torchvision (and the classifier and
+    evaluation stack it comes with) unimported: every such command started 1.5-2.5 s later with it. In a fresh
+    interpreter, since this one imported them long ago; the torchvision names still resolve on first use."""
+    import subprocess
+    import sys
+    code = ("import sys, diffaug, diffaug.cli\n"
+            "for command in ('fit', 'sample', 'expand', 'info'):\n"
+            "    diffaug.cli.build_parser(command)\n"
+            "assert diffaug.cli.command_of(['--quiet', 'info', 'g.safetensors']) == 'info'\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('torchvision', 'diffaug.classify', "
+            "'diffaug.evaluation'))))\n"
+            "from diffaug import DiffusionAugment\n"
+            "from diffaug.adapters import augment_dataset\n"
+            "print('torchvision' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]
