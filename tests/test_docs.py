@@ -58,8 +58,9 @@ def capped(monkeypatch, tmp_path):
                     synthetic_per_class=4, perturb_copies=1, sample_steps=2, batch_size=16, cas_steps=10,
                     reference_steps=10,   # the network menu's choice has its own test (test_opponents.py)
                     classifier_menu=kw.get("classifier_menu", ("smallcnn",)))
-        jobs = kw.get("n_jobs", 1)
-        return evaluate(data, test, **{**kw, **tiny, "n_jobs": 2 if jobs == "auto" else min(jobs, 2)})
+        # one process: spawning workers costs seconds a command, and the process pool has its own tests
+        # (test_evaluation.py's n_jobs="auto", test_unlabeled.py's n_jobs=2)
+        return evaluate(data, test, **{**kw, **tiny, "n_jobs": 1})
 
     monkeypatch.setattr(diffaug, "fit", small_fit)
     monkeypatch.setattr(diffaug.fitting, "fit", small_fit)   # what the CLI calls
