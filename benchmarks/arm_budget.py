@@ -1,0 +1,181 @@
+"""The arms' classifier budget: do fewer optimizer steps change the accuracies and the gains an evaluation reports?
+Side by side on a validation split of the training pool (the test split is never read).
+
+    python benchmarks/arm_budget.py --out benchmarks/results/arm_budget_digits --data digits --per-class 10,50 \
+        --seeds 3100-3107 --budgets 500,250,125
+    python benchmarks/arm_budget.py --out benchmarks/results/arm_budget_fashion-mnist --data fashion-mnist \
+        --per-class 10 --seeds 3100-3103 --budgets 500,250 --validation 5000
+
+At 10 and 50 images per class every arm trains `classify.training.STEPS_MIN` steps (500 at batch 128: 640 and 128
+epochs of the subset); the floor, not the epochs, sets the cost of every arm. Each unit (k, seed) is an evaluation
+unit's labelled-only work on a validation split: the stratified subset of the training pool, a generator fitted on it
+with the evaluation's defaults (`EvalConfig.gen_steps_for`), its synthetic pool, and then, at every budget, the three
+arms a claim compares -- the tuned classical arm, `classical+synthesize` (the primary) and its dose control -- with the
+regime's policy and network (`--policy`/`--network`, default: what benchmarks/results/choice_cuts_DATA.json chose for
+the regime). Validation images: the training pool's images outside the subset (a labelled-only run never sees them),
+`--validation` of them drawn stratified when given. One replicate per arm and budget, the same seeds at every budget:
+the budgets are paired.
+
+Writes OUT.json and OUT.md after every unit (a killed run keeps what it finished): per budget, each arm's accuracy,
+the primary's gains over the classical arm and over its control, each budget's gains minus the full budget's (paired
+over units, t interval), and the seconds each arm took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import diffaug  # noqa: E402
+from diffaug.classify.networks import resolve_classifier  # noqa: E402
+from diffaug.classify.policies import Policy  # noqa: E402
+from diffaug.evaluation.cache import cpu_model  # noqa: E402
+from diffaug.evaluation.config import BASELINE, CONTROL, EvalConfig  # noqa: E402
+from diffaug.evaluation.unit import _pools, train_arm  # noqa: E402
+from diffaug.evaluation.verdict import t_given_split  # noqa: E402
+from diffaug.io import atomic_path  # noqa: E402
+
+PRIMARY = "classical+synthesize"
+ARMS = (BASELINE, PRIMARY, PRIMARY + CONTROL)
+
+
+def seeds_of(text: str) -> list[int]:
+    """'3100-3107' or '3100,3101' as a list of ints."""
+    if "-" in text:
+        first, last = map(int, text.split("-"))
+        return list(range(first, last + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def choices(data: str, k: int) -> tuple[str, str]:
+    """The regime's (policy, network) as the full choice of benchmarks/choice_cuts.py made them."""
+    path = Path(__file__).resolve().parent / "results" / f"choice_cuts_{data}.json"
+    row = next(r for r in json.loads(path.read_text())["rows"] if r["k"] == k)
+    return row["classical"]["full"], row["network"]["walk"]["winner"]
+
+
+def validation_of(train, subset, n: int | None, seed: int):
+    """The training pool's images outside `subset` (compared by content), `n` of them stratified if given."""
+    known = {bytes(x.numpy()) for x in subset.images}
+    rest = train.select(np.array([i for i, x in enumerate(train.images) if bytes(x.numpy()) not in known]))
+    if n is None or n >= len(rest):
+        return rest
+    return rest.subset(per_class=n // rest.num_classes, seed=seed + 1)
+
+
+def unit(train, k: int, seed: int, policy: str, network: str, budgets: list[int], n_val: int | None,
+         device: str) -> dict:
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    cfg = replace(EvalConfig(), arms=ARMS)
+    subset = train.subset(per_class=k, seed=seed)
+    validation = validation_of(train, subset, n_val, seed)
+    gen = diffaug.fit(subset, cfg.preset, cfg.gen_steps_for(len(subset)), seed=seed, device=device, progress=False,
+                      batch_size=cfg.gen_batch_size)
+    t_gen = time.perf_counter() - t0
+    pools = {**_pools(gen, subset, cfg, seed, device), "real": (subset.images, subset.labels)}
+    aug = Policy.parse(policy).build(train.size, cfg.hflip)
+    factory = resolve_classifier(network)
+    replicate = [(seed + 20_000, seed + 20_001)]
+    accuracy, seconds = {}, {}
+    for steps in budgets:
+        for arm in ARMS:
+            pool = {PRIMARY: pools["synthesize"], PRIMARY + CONTROL: pools["real"]}.get(arm)
+            t1 = time.perf_counter()
+            _, records = train_arm(arm, subset, pool, aug, cfg, replicate, steps, validation.images,
+                                   validation.labels, device, factory)
+            accuracy[f"{steps}/{arm}"] = records[0]["accuracy"]
+            seconds[f"{steps}/{arm}"] = round(time.perf_counter() - t1, 1)
+    return {"k": k, "seed": seed, "policy": policy, "network": network, "validation_images": len(validation),
+            "gen_steps": cfg.gen_steps_for(len(subset)), "gen_seconds": round(t_gen, 1), "accuracy": accuracy,
+            "seconds": seconds, "unit_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def interval(x) -> str:
+    ci = t_given_split(list(x))
+    return f"{100 * ci['mean']:+.2f} [{100 * ci['ci_low']:+.2f}, {100 * ci['ci_high']:+.2f}]"
+
+
+def table(record: dict) -> str:
+    budgets = record["budgets"]
+    full = budgets[0]
+    rows = []
+    for k in sorted({u["k"] for u in record["units"]}):
+        mine = [u for u in record["units"] if u["k"] == k]
+
+        def acc(u, steps, arm):
+            return u["accuracy"][f"{steps}/{arm}"]
+
+        def gains(steps, over):
+            return np.array([acc(u, steps, PRIMARY) - acc(u, steps, over) for u in mine])
+        for steps in budgets:
+            means = " | ".join(f"{100 * np.mean([acc(u, steps, a) for u in mine]):.2f}" for a in ARMS)
+            moved = ("—" if steps == full else
+                     f"{interval(gains(steps, BASELINE) - gains(full, BASELINE))} / "
+                     f"{interval(gains(steps, PRIMARY + CONTROL) - gains(full, PRIMARY + CONTROL))}")
+            moved_classical = ("—" if steps == full else
+                               interval([acc(u, steps, BASELINE) - acc(u, full, BASELINE) for u in mine]))
+            secs = np.mean([sum(u["seconds"][f"{steps}/{a}"] for a in ARMS) / len(ARMS) for u in mine])
+            rows.append(f"| {k} | {steps} | {len(mine)} | {means} | {interval(gains(steps, BASELINE))} | "
+                        f"{interval(gains(steps, PRIMARY + CONTROL))} | {moved_classical} | {moved} | {secs:.1f} |")
+    head = ("| real / class | steps | units | classical % | primary % | control % | gain vs classical | "
+            "gain vs control | classical minus at " + str(full) + " | gains minus at " + str(full) +
+            " (vs classical / vs control) | s per arm |")
+    policy = "; ".join(sorted({f"{u['k']}/class: {u['policy']}, {u['network']}" for u in record["units"]}))
+    return (f"Command: `{record['command']}`\n\nValidation split of the {record['data']} training pool (the images "
+            f"outside each unit's subset; the test split is never read). Each unit: the subset, a generator fitted "
+            f"with the evaluation's defaults, then at every budget the tuned classical arm, `{PRIMARY}` and its dose "
+            f"control, one classifier each, paired across budgets. Policy and network per regime: {policy}. "
+            "Points; 95% t intervals over units.\n\n" + head + "\n|" + " --- |" * (head.count("|") - 1) + "\n"
+            + "\n".join(rows) + f"\n\nMachine: {record['cpu']}, {record['cores']} cores, torch {torch.__version__}; "
+            f"one thread per unit, {record['n_jobs']} units at a time. Wall: {record['wall_seconds'] / 60:.1f} min.\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--per-class", default="10,50")
+    parser.add_argument("--seeds", default="3100-3107")
+    parser.add_argument("--budgets", default="500,250,125", help="optimizer steps, the current default first")
+    parser.add_argument("--validation", type=int, default=None, help="validation images (default: every other one)")
+    parser.add_argument("--policy", default=None)
+    parser.add_argument("--network", default=None)
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    from joblib import Parallel, delayed
+
+    import os
+    t0 = time.perf_counter()
+    train = diffaug.load_data(args.data, "train")
+    budgets = [int(b) for b in args.budgets.split(",")]
+    jobs = []
+    for k in (int(k) for k in args.per_class.split(",")):
+        policy, network = choices(args.data, k)
+        policy, network = args.policy or policy, args.network or network
+        jobs += [delayed(unit)(train, k, seed, policy, network, budgets, args.validation, args.device)
+                 for seed in seeds_of(args.seeds)]
+    record = {"command": "python benchmarks/arm_budget.py " + " ".join(sys.argv[1:]), "data": args.data,
+              "budgets": budgets, "cpu": cpu_model(), "cores": os.cpu_count(), "n_jobs": args.n_jobs, "units": []}
+    for u in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
+        record["units"].append(u)
+        record["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"k={u['k']} seed={u['seed']}: {u['unit_seconds']:.0f} s", flush=True)
+        for suffix, text in ((".json", json.dumps(record, indent=1) + "\n"), (".md", table(record))):
+            with atomic_path(args.out.with_suffix(suffix)) as tmp:
+                Path(tmp).write_text(text)
+    print(table(record))
+
+
+if __name__ == "__main__":
+    main()
