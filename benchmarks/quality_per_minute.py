@@ -13,7 +13,8 @@ Each (variant, seed) fits `diffaug.fit(pool, minutes=M)` with everything else at
   second-nearest (memorization).
 
 Variants: `default` is the library as it is; `flat-lr` is the learning rate before budget-aware decay (a minutes
-budget trained at the peak rate to its last step; issue 37), made by patching `lr_at` to ignore the budget's clock.
+budget trained at the peak rate to its last step; issue 37), made by patching `lr_at` to ignore the budget's clock;
+`importance` and `lognormal` are fits with that `noise_sampling` (diffusion/objectives.py).
 Intervals: mean over seeds +- t(0.975, seeds-1) sd / sqrt(seeds), and the paired difference to the first variant.
 Writes results/quality_per_minute_<data>.{json,md}, after every fit (a killed run keeps what it finished).
 """
@@ -41,12 +42,16 @@ VALIDATION_SHARE = 0.1   # of the training pool, stratified, seed 1: 6,000 Fashi
 
 @contextlib.contextmanager
 def variant(name: str):
-    """The library as `name` describes it, for the duration of one fit."""
+    """The library as `name` describes it, for the duration of one fit; yields the fit's options."""
+    from diffaug.diffusion.objectives import NOISE_SAMPLING
     if name == "default":
-        yield
+        yield {}
+        return
+    if name in NOISE_SAMPLING:
+        yield {"noise_sampling": name}
         return
     if name != "flat-lr":
-        raise SystemExit(f"unknown variant {name!r} (default, flat-lr)")
+        raise SystemExit(f"unknown variant {name!r} (default, flat-lr, {', '.join(NOISE_SAMPLING)})")
     import diffaug.diffusion.fastpath as fastpath
     import diffaug.diffusion.trainer as trainer
     from diffaug.diffusion.step import lr_at
@@ -56,7 +61,7 @@ def variant(name: str):
     saved = trainer.lr_at, fastpath.lr_at
     trainer.lr_at = fastpath.lr_at = flat
     try:
-        yield
+        yield {}
     finally:
         trainer.lr_at, fastpath.lr_at = saved
 
@@ -164,8 +169,8 @@ def main() -> None:
     for minutes in (float(m) for m in args.minutes.split(",")):
         for seed in range(args.seeds):
             for name in args.variants.split(","):   # variants interleaved per seed: drift hits them alike
-                with variant(name):
-                    gen = diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False)
+                with variant(name) as options:
+                    gen = diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False, **options)
                 train = gen.config["train"]
                 row = {"variant": name, "minutes": minutes, "seed": seed, "steps": train["steps"],
                        "fit_seconds": train["seconds"], "lr_end": train.get("lr_end"), **scorer.score(gen, seed)}

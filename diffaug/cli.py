@@ -59,7 +59,8 @@ def cmd_fit(args) -> None:
         print(f"fitting a {args.preset} generator on {data}; checkpoints in {ckpt}", file=sys.stderr)
     options = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
                                      compile=args.compile, hflip=args.hflip, fast=args.fast,
-                                     unlabeled_share=args.unlabeled_share, augment=args.augment).items()
+                                     unlabeled_share=args.unlabeled_share, augment=args.augment,
+                                     noise_sampling=args.noise_sampling).items()
                if v is not None}
     unlabeled = args.unlabeled
     if unlabeled and args.image_size:   # the unlabelled images at the labelled ones' size
@@ -222,6 +223,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--augment", type=float, metavar="P", help="non-leaking augmentation of the training images "
                    "(flips, quarter turns, shifts, scale, rotation; each with probability P, the network told which, "
                    "samples drawn as 'not augmented'); default: off")
+    from .diffusion.objectives import NOISE_SAMPLING
+    p.add_argument("--noise-sampling", choices=NOISE_SAMPLING, help="how each batch's noise levels are drawn: "
+                   "weighted (uniform, min-SNR loss weights), importance (from those weights' density, unweighted: "
+                   "the same objective), lognormal (EDM's, more low-noise levels); default: "
+                   f"{TrainConfig.noise_sampling}")
     p.add_argument("--unlabeled", metavar="PATH", help="unlabelled images from the same source: a folder of images "
                    "(no class sub-folders), an .npz with `images` only, or a saved HF dataset without labels; they "
                    "train the unconditional (null-class) model")

@@ -96,3 +96,49 @@ def test_unknown_names_are_refused():
         schedules.get_schedule("quadratic")
     with pytest.raises(ValueError, match="at least 1"):
         schedules.timesteps(0)
+
+
+# --- issue 37: how the noise levels are drawn ---------------------------------------------------------------------
+
+def _drawn(sampling, n=200_000):
+    loss = objectives.DiffusionLoss(schedules.logsnr_cosine, "v", 5.0, sampling)
+    u = (torch.rand(()) + torch.arange(n) / n) % 1.0   # stratified, as the loss draws them
+    return loss, loss.draw_t(u)
+
+
+def test_importance_sampling_is_the_weighted_objective_with_the_weight_moved_into_the_draw():
+    """E over the drawn t of scale x f(t) equals E over uniform t of min-SNR weight x f(t), for any error f: the
+    same objective. The drawn t follow the weight's density, bin by bin."""
+    loss, t = _drawn("importance")
+    uniform = torch.linspace(0, 1, 200_001, dtype=torch.float64)[:-1] + 0.5 / 200_000
+    w = objectives.min_snr_weight(schedules.logsnr_cosine(uniform), "v", 5.0)
+    for f in (lambda x: x, lambda x: (3 * x).sin() ** 2, lambda x: torch.ones_like(x)):
+        assert float(loss.scale * f(t.double()).mean()) == pytest.approx(float((w * f(uniform)).mean()), rel=2e-3)
+    expected = torch.stack([w[(uniform >= b / 10) & (uniform < (b + 1) / 10)].sum() for b in range(10)])
+    counts = torch.histc(t.double(), bins=10, min=0, max=1)
+    assert torch.allclose(counts / counts.sum(), expected / expected.sum(), atol=2e-3)
+    assert t.min() >= 0 and t.max() <= 1
+
+
+def test_lognormal_sampling_draws_edms_noise_levels():
+    loss, t = _drawn("lognormal")
+    logsnr = schedules.logsnr_cosine(t.double())
+    mean, sd = objectives.LOGNORMAL_LOGSNR
+    assert float(logsnr.mean()) == pytest.approx(mean, abs=0.05) and float(logsnr.std()) == pytest.approx(sd, abs=0.05)
+    # far more of the batch below EDM's sigma 0.2 (logSNR above 2 ln 5) than uniform t puts there
+    assert float((logsnr > 2 * math.log(5)).float().mean()) > 2 * float((schedules.logsnr_cosine(
+        torch.rand(100_000, dtype=torch.float64)) > 2 * math.log(5)).float().mean())
+    assert torch.equal(loss.weight(logsnr[:5]), torch.ones(5, dtype=logsnr.dtype))
+
+
+def test_the_default_draws_uniform_t_and_weights_by_min_snr_and_a_bad_name_is_refused():
+    from diffaug import TrainConfig
+    from diffaug.errors import DiffaugError
+    loss = objectives.DiffusionLoss(schedules.logsnr_cosine)
+    u = torch.rand(1000)
+    assert loss.draw_t(u) is u
+    logsnr = schedules.logsnr_cosine(torch.linspace(0.1, 0.9, 5))
+    assert torch.equal(loss.weight(logsnr), objectives.min_snr_weight(logsnr, "v", 5.0))
+    assert TrainConfig().noise_sampling == "weighted"
+    with pytest.raises(DiffaugError, match="noise sampling 'edm'"):
+        TrainConfig(noise_sampling="edm")

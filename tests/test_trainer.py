@@ -123,3 +123,25 @@ def test_a_resumed_minutes_budget_continues_the_same_clock(digits_train, tmp_pat
     assert again.load_checkpoint() and again.elapsed == pytest.approx(done["seconds_all_runs"], abs=2)
     more = again.run()   # the budget is spent: one step (the loop reads the clock after a step), at the low rate
     assert more["steps_this_run"] == 1 and more["lr_end"] == pytest.approx(0.1 * cfg.lr, rel=0.01)
+
+
+@pytest.mark.parametrize("sampling", ["importance"])   # lognormal: the same path (tests/test_diffusion.py)
+def test_a_fit_draws_its_noise_levels_as_asked_on_both_steps_and_records_it(digits_train, sampling, tmp_path):
+    """The drawn noise levels go through the loss both steps share: the graph-safe and the eager step stay equal
+    bit for bit; the choice is in the generator's record and survives a save."""
+    import diffaug
+    data = digits_train.subset(per_class=5, seed=0)
+    weights = {}
+    for fast in (False, True):
+        trainer = Trainer(data, TrainConfig(steps=10, batch_size=16, warmup=2, noise_sampling=sampling, fast=fast),
+                          device="cpu", progress=False)
+        trainer.run()
+        weights[fast] = trainer.ema.state_dict()
+    for name, w in weights[False].items():
+        assert torch.equal(weights[True][name], w), name
+    plain = Trainer(data, TrainConfig(steps=10, batch_size=16, warmup=2), device="cpu", progress=False)
+    plain.run()   # the same seed and batches, the default draw: other noise levels, other weights
+    assert any(not torch.equal(plain.ema.state_dict()[name], w) for name, w in weights[True].items())
+    gen = diffaug.fit(data, steps=3, batch_size=16, noise_sampling=sampling, progress=False)
+    gen.save(tmp_path / "g.safetensors")
+    assert diffaug.Generator.load(tmp_path / "g.safetensors").config["train"]["noise_sampling"] == sampling

@@ -19,7 +19,7 @@ from ..io import atomic_path, digest
 from . import distributed as ddp
 from .augment import AUGMENT_DIM, augment
 from .fastpath import FastStep
-from .objectives import DiffusionLoss, check_prediction, drop_labels
+from .objectives import DiffusionLoss, check_noise_sampling, check_prediction, drop_labels
 from .schedules import get_schedule
 from .step import autocast, compile_pays, ema_decay_at, ema_update, lr_at, make_optimizer, prepare_model, \
     resolve_device, step_counter, to_unit
@@ -52,6 +52,8 @@ class TrainConfig:
     schedule: str = "cosine"
     prediction: str = "v"
     min_snr_gamma: float | None = 5.0
+    noise_sampling: str = "weighted"  # how t is drawn: objectives.NOISE_SAMPLING ("weighted": uniform t, min-SNR
+                                      # weights; "importance": t from the weights' density; "lognormal": EDM's)
     hflip: bool = False               # off by default: a flipped digit is another symbol
     augment: float = 0.0              # non-leaking augmentation (diffusion/augment.py): the probability of each
                                       # transform; the network is told which, samples are drawn as "none"
@@ -64,6 +66,7 @@ class TrainConfig:
         get_preset(self.preset)
         get_schedule(self.schedule)
         check_prediction(self.prediction)
+        check_noise_sampling(self.noise_sampling)
         for name in ("steps", "batch_size", "checkpoint_every", "warmup"):
             if getattr(self, name) is not None or name not in ("steps", "batch_size"):
                 whole_number(getattr(self, name), name, low=1, high=MAX_BATCH if name == "batch_size" else MAX_COUNT)
@@ -134,7 +137,8 @@ class Trainer:
         self._seed_dropout(0)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = make_optimizer(self.model, config, self.device)
-        self.loss_fn = DiffusionLoss(get_schedule(config.schedule), config.prediction, config.min_snr_gamma)
+        self.loss_fn = DiffusionLoss(get_schedule(config.schedule), config.prediction, config.min_snr_gamma,
+                                     config.noise_sampling)
         self.rng = torch.Generator(self.device).manual_seed(config.seed)
         # uint8 on the device (4x smaller than float): the labelled rows, then any unlabelled ones (null class)
         self.images = data.images.to(self.device)
