@@ -4,7 +4,7 @@ import pytest
 
 import diffaug
 from diffaug.evaluation import EvalConfig
-from diffaug.evaluation.cost import describe, estimate
+from diffaug.evaluation.cost import after_choices, describe, describe_after_choices, estimate
 
 STEPS = {"classifier": {"smallcnn": 0.01, "smallcnn(width=64)": 0.05}, "generator": 0.1, "augment": 0.002}
 
@@ -27,15 +27,35 @@ def test_the_estimate_counts_the_work_the_run_schedules(digits_train):
     assert three["seconds"]["network choice"] < two["seconds"]["network choice"]   # width 32's fits, not 64's
     assert three["total_widest"] - three["seconds"]["units (widest network)"] > \
         two["total_widest"] - two["seconds"]["units (widest network)"]   # 32 and 64 both scored
-    # a unit's arms: 5 trained (the second dose control shares the first's batches), 500 steps each
-    arms = 5 * 500 * (0.01 + 0.002)
+    # a unit's arms: 5 trained (the second dose control shares the first's batches), the regime's steps each
+    arms = 5 * cfg.steps_for(100) * (0.01 + 0.002)
     assert two["seconds"]["units"] > arms and "up to" in describe(two) and "smallcnn(width=64)" in describe(two)
 
 
-def test_evaluate_says_what_it_will_cost_before_it_starts(digits_train, digits_test, capsys):
+def test_once_the_networks_are_chosen_each_regimes_units_are_forecast_at_its_own(digits_train):
+    """The first estimate can only bracket the units between the menu's first and widest networks; after the
+    choices each regime's units are counted at the network it chose."""
+    cfg = EvalConfig(per_class=(10, 50), seeds=2)
+    menu = ("smallcnn", "smallcnn(width=64)")
+    todo = [(k, seed) for k in (10, 50) for seed in range(2)]
+    forecast = after_choices(digits_train, cfg, todo, {10: menu[1], 50: menu[0]}, 2, 1, STEPS)
+    wide = estimate(digits_train, cfg, todo[:2], menu[1:], [], 2, 1, timings=STEPS)["seconds"]["units"]
+    narrow = estimate(digits_train, cfg, todo[2:], menu[:1], [], 2, 1, timings=STEPS)["seconds"]["units"]
+    assert forecast["per_regime"] == pytest.approx({10: wide, 50: narrow})
+    assert forecast["units"] == pytest.approx(wide + narrow)
+    first = estimate(digits_train, cfg, todo, menu, [], 2, 1, timings=STEPS)["seconds"]
+    assert first["units"] < forecast["units"] < first["units (widest network)"]
+    assert "10/class smallcnn(width=64), 50/class smallcnn" in describe_after_choices(forecast)
+    done = after_choices(digits_train, cfg, todo[2:], {10: menu[1], 50: menu[0]}, 2, 1, STEPS)   # 10's units cached
+    assert list(done["per_regime"]) == [50] and done["units"] == pytest.approx(narrow)
+
+
+def test_evaluate_says_what_it_will_cost_before_it_starts_and_again_once_it_has_chosen(digits_train, digits_test,
+                                                                                        capsys):
     diffaug.evaluate(digits_train, digits_test, per_class=(3,), seeds=1, gen_steps=5, gen_batch_size=16,
                      classifier_steps=5, batch_size=16, synthetic_per_class=2, perturb_copies=1, sample_steps=2,
-                     classical="crop", metrics=False, progress=True)
+                     classifier_menu=("smallcnn", "smallcnn(width=32)"), metrics=False, progress=True)
     err = capsys.readouterr().err
     assert "estimated cost on this machine" in err and "1 units over" in err
-    assert err.index("estimated cost") < err.rindex("evaluate")   # before the units' progress bar
+    assert err.index("estimated cost") < err.index("with the networks chosen (3/class smallcnn")
+    assert err.index("with the networks chosen") < err.rindex("evaluate")   # before the units' progress bar

@@ -145,6 +145,21 @@ def _unit(train: ImageData, cfg: EvalConfig, k: int, seed: int, t_first: float, 
     return common + passes * steps * t_first, common + passes * steps * t_widest
 
 
+def after_choices(train: ImageData, cfg: EvalConfig, todo: list, networks: dict, n_jobs: int, threads: int | None,
+                  timings: dict) -> dict:
+    """The units' seconds once every regime has chosen its network (`networks`: {k: spec}), each regime's units at
+    its own network's timed step (`timings`, an estimate's "step_seconds"): the forecast the first estimate could
+    only bracket between the menu's first and widest networks."""
+    seconds = {k: estimate(train, cfg, [u for u in todo if u[0] == k], (spec,), [], n_jobs, threads,
+                           timings)["seconds"]["units"] for k, spec in networks.items() if any(u[0] == k for u in todo)}
+    return {"units": sum(seconds.values()), "per_regime": seconds, "networks": networks}
+
+
+def describe_after_choices(forecast: dict) -> str:
+    chosen = ", ".join(f"{k or 'all'}/class {spec}" for k, spec in forecast["networks"].items())
+    return f"with the networks chosen ({chosen}), the units are estimated at {forecast['units'] / 60:.1f} min"
+
+
 def describe(est: dict) -> str:
     """One line for the terminal: the total and its parts, in minutes."""
     m = lambda s: f"{s / 60:.1f} min"   # noqa: E731

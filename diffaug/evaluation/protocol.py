@@ -30,7 +30,7 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..loading import is_builtin, load_data
-from .cost import describe as describe_cost, estimate as estimate_cost
+from .cost import after_choices, describe as describe_cost, describe_after_choices, estimate as estimate_cost
 from .export import check_exportable, export_recipe
 from .cache import cached, gather_units, load_json, machine, mixed_machines, store, store_json, using_threads
 from .config import BASELINE, EvalConfig
@@ -127,6 +127,7 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
         est = estimate_cost(train, cfg, todo, cfg.classifier_menu if context["menu"] else (classifier,), choices,
                             n_jobs, threads)
         print(f"diffaug: {describe_cost(est)}", file=sys.stderr, flush=True)
+    timings = est["step_seconds"] if progress and todo and ranks.main else None
     plan = claims(cfg)
     if not plan["possible"] and progress:
         warnings.warn(f"{cfg.seeds} seeds cannot support a claim in a headline family of {plan['family']} "
@@ -141,6 +142,10 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                                      progress)
                 for k in cfg.per_class} if context["menu"] else {}
     factories = {int(k): resolve_classifier(choice["winner"]) for k, choice in networks.items()}
+    if timings is not None and networks:
+        forecast = after_choices(train, cfg, todo, {int(k): c["winner"] for k, c in networks.items()}, n_jobs,
+                                 threads, timings)
+        print(f"diffaug: {describe_after_choices(forecast)}", file=sys.stderr, flush=True)
     reference = reference_for(train, test, cfg, device, runs / f"reference-{tag}.safetensors" if runs else None)
     # every seed's pool generator (the finished units' from the cache): the config is the same for a resumed run
     pool_seeds = cfg.seed_list if cfg.unlabeled and gen is None else []
