@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--variants", default="flat-lr,default")
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--name", default=None, help="results file name (default: quality_per_minute_DATA)")
     args = parser.parse_args()
     pool, validation = diffaug.load_data(args.data, "train").split(1 - VALIDATION_SHARE, seed=1)
     scorer = Scorer(pool, validation, args.per_class)
@@ -176,7 +177,7 @@ def main() -> None:
                        "fit_seconds": train["seconds"], "lr_end": train.get("lr_end"), **scorer.score(gen, seed)}
                 payload["fits"].append(row)
                 print(row, flush=True)
-                write_results(f"quality_per_minute_{args.data}", payload, table(payload))
+                write_results(args.name or f"quality_per_minute_{args.data}", payload, table(payload))
 
 
 if __name__ == "__main__":
