@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -155,7 +156,6 @@ def main() -> None:
     args = parser.parse_args()
     from joblib import Parallel, delayed
 
-    import os
     t0 = time.perf_counter()
     train = diffaug.load_data(args.data, "train")
     budgets = [int(b) for b in args.budgets.split(",")]
