@@ -1,15 +1,13 @@
 """diffaug: class-conditional diffusion generators as data augmentation, measured honestly."""
 
 from ._version import __version__
-from .adapters import Rebalance, SampleBank, rebalance
+from .adapters import TORCHVISION, Rebalance, SampleBank, rebalance
 from .data import ImageData
 from .diffusion.trainer import TrainConfig
 from .errors import DataError, DiffaugError, GeneratorFileError, MismatchError
 from .fitting import fit
 from .generator import Generator
 from .loading import load_data
-
-TORCHVISION = ("AugmentedDataset", "DiffusionAugment", "DiffusionBatchAugment", "augment_dataset")
 
 __all__ = [
     "__version__", "ImageData", "load_data", "fit", "Generator", "TrainConfig",

@@ -288,7 +288,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_expand)
 
-    if command in (None, "evaluate") or command not in LIGHT:
+    if command not in LIGHT:   # evaluate, or not known yet (--help, --version, a typo)
         add_evaluate(sub)
     else:
         sub.add_parser("evaluate", help=EVALUATE_HELP)

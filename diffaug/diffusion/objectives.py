@@ -98,11 +98,9 @@ def check_noise_sampling(name: str) -> str:
 def noise_density(schedule: Callable, sampling: str, prediction: str, gamma: float | None,
                   cells: int = GRID) -> tuple[torch.Tensor, float]:
     """(the density of t over `cells` equal cells of [0, 1], normalised to sum 1; the factor on the mean error that
-    keeps the objective's scale). Uniform for "weighted"."""
+    keeps the objective's scale) for "importance" or "lognormal" ("weighted" draws t uniformly, needing no table)."""
     edges = torch.linspace(0, 1, cells + 1, dtype=torch.float64)
     mid = (edges[:-1] + edges[1:]) / 2
-    if sampling == "weighted":
-        return torch.full((cells,), 1.0 / cells, dtype=torch.float64), 1.0
     if sampling == "importance":
         density = min_snr_weight(schedule(mid), prediction, gamma)
         return density / density.sum(), float(density.mean())
@@ -132,10 +130,12 @@ class DiffusionLoss:
     noise_sampling: str = "weighted"
 
     def __post_init__(self):
-        check_noise_sampling(self.noise_sampling)
-        density, self.scale = noise_density(self.schedule, self.noise_sampling, self.prediction, self.min_snr_gamma)
-        self._cdf = torch.cat([torch.zeros(1, dtype=torch.float64), density.cumsum(0)]).clamp(max=1.0).float()
-        self._cdf[-1] = 1.0
+        self.scale, self._cdf = 1.0, None
+        if check_noise_sampling(self.noise_sampling) != "weighted":
+            density, self.scale = noise_density(self.schedule, self.noise_sampling, self.prediction,
+                                                self.min_snr_gamma)
+            self._cdf = torch.cat([torch.zeros(1, dtype=torch.float64), density.cumsum(0)]).clamp(max=1.0).float()
+            self._cdf[-1] = 1.0
         self._on = {}   # the table per device, moved once (before a CUDA graph's capture: the warm-up steps)
 
     def draw_t(self, u: torch.Tensor) -> torch.Tensor:

@@ -121,13 +121,14 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                         "CLI --allow-mixed-machines)")
     if mixed:
         warnings.warn(f"mixing machines, as allowed: {'; '.join(mixed[:3])}", stacklevel=2)
+    timings = None   # the step timings of the estimate, for the forecast once the networks are chosen
     if progress and todo and ranks.main:   # what the run will cost, before it starts (the user may stop it here)
         choices = [k for k in cfg.per_class if cfg.classical == AUTO and not cfg.unlabeled and
                    load_json(_choice_path(runs, "classical", k, tag)) is None]
         est = estimate_cost(train, cfg, todo, cfg.classifier_menu if context["menu"] else (classifier,), choices,
                             n_jobs, threads)
         print(f"diffaug: {describe_cost(est)}", file=sys.stderr, flush=True)
-    timings = est["step_seconds"] if progress and todo and ranks.main else None
+        timings = est["step_seconds"]
     plan = claims(cfg)
     if not plan["possible"] and progress:
         warnings.warn(f"{cfg.seeds} seeds cannot support a claim in a headline family of {plan['family']} "
