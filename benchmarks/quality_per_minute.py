@@ -15,6 +15,9 @@ Each (variant, seed) fits `diffaug.fit(pool, minutes=M)` with everything else at
 Variants: `default` is the library as it is; `flat-lr` is the learning rate before budget-aware decay (a minutes
 budget trained at the peak rate to its last step; issue 37), made by patching `lr_at` to ignore the budget's clock;
 `importance` and `lognormal` are fits with that `noise_sampling` (diffusion/objectives.py).
+`--ema-widths 0.05,0.15` also keeps, during every `default` fit, power-function EMAs of those relative widths
+(EDM2's sigma_rel; the library's warm-up EMA is the one of width 0.09) and scores each as the variant
+`default+ema<width>`: the same fit, weights averaged differently (issue 37, item 4).
 Intervals: mean over seeds +- t(0.975, seeds-1) sd / sqrt(seeds), and the paired difference to the first variant.
 Writes results/quality_per_minute_<data>.{json,md}, after every fit (a killed run keeps what it finished).
 """
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import math
 import sys
 import time
 from pathlib import Path
@@ -64,6 +69,56 @@ def variant(name: str):
         yield {}
     finally:
         trainer.lr_at, fastpath.lr_at = saved
+
+
+def gamma_of(width: float) -> float:
+    """The power-EMA exponent whose averaging profile has relative standard deviation `width` (EDM2, eq. 3):
+    sigma_rel = sqrt((g + 1) / ((g + 2)^2 (g + 3))), solved by bisection (decreasing in g)."""
+    low, high = 0.01, 1e4
+    for _ in range(200):
+        g = (low + high) / 2
+        low, high = (g, high) if math.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3))) > width else (low, g)
+    return (low + high) / 2
+
+
+class EMATracks:
+    """Extra EMAs kept beside the library's during one fit. The library's decay at optimizer step s is
+    (1 + s) / (10 + s) = 1 - 9 / (s + 10), a power EMA of exponent 8; a track of exponent g uses 1 - (g + 1) /
+    (s + g + 2), capped at the fit's `ema_decay` like the library's. Installed by patching `ema_update` where the
+    two step paths import it; each call is one optimizer step on the main rank."""
+
+    def __init__(self, widths):
+        import diffaug.diffusion.fastpath as fastpath
+        import diffaug.diffusion.trainer as trainer
+
+        self.widths, self.gammas = list(widths), [gamma_of(w) for w in widths]
+        self.modules, self.original = (trainer, fastpath), trainer.ema_update
+        self.tracks, self.step, self.cap = None, 0, diffaug.TrainConfig().ema_decay
+
+    def update(self, ema, model, decay) -> None:
+        if self.tracks is None:   # the first step: every track starts where the library's EMA does
+            self.tracks = [copy.deepcopy(ema) for _ in self.gammas]
+        self.original(ema, model, decay)
+        self.step += 1
+        for gamma, track in zip(self.gammas, self.tracks):
+            d = min(1 - (gamma + 1) / (self.step + gamma + 2), self.cap)
+            self.original(track, model, torch.tensor(d, dtype=torch.float64))
+
+    def __enter__(self):
+        for module in self.modules:
+            module.ema_update = self.update
+        return self
+
+    def __exit__(self, *exc):
+        for module in self.modules:
+            module.ema_update = self.original
+
+    def generators(self, gen: diffaug.Generator):
+        """(width, Generator) for every track: `gen`'s config and training hashes with the track's weights."""
+        for width, track in zip(self.widths, self.tracks or []):
+            net = copy.deepcopy(gen.model)
+            net.load_state_dict(track.state_dict())
+            yield width, diffaug.Generator(net.float(), gen.config, gen.data_hashes)
 
 
 def flat_pixels(x: torch.Tensor) -> np.ndarray:
@@ -159,6 +214,8 @@ def main() -> None:
     parser.add_argument("--variants", default="flat-lr,default")
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--ema-widths", default="", help="extra EMA tracks kept during `default` fits, e.g. "
+                        "0.05,0.15 (relative widths; the library's is 0.09)")
     parser.add_argument("--name", default=None, help="results file name (default: quality_per_minute_DATA)")
     args = parser.parse_args()
     pool, validation = diffaug.load_data(args.data, "train").split(1 - VALIDATION_SHARE, seed=1)
@@ -170,14 +227,17 @@ def main() -> None:
     for minutes in (float(m) for m in args.minutes.split(",")):
         for seed in range(args.seeds):
             for name in args.variants.split(","):   # variants interleaved per seed: drift hits them alike
-                with variant(name) as options:
+                widths = [float(w) for w in args.ema_widths.split(",") if w] if name == "default" else []
+                with variant(name) as options, EMATracks(widths) as tracks:
                     gen = diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False, **options)
                 train = gen.config["train"]
-                row = {"variant": name, "minutes": minutes, "seed": seed, "steps": train["steps"],
-                       "fit_seconds": train["seconds"], "lr_end": train.get("lr_end"), **scorer.score(gen, seed)}
-                payload["fits"].append(row)
-                print(row, flush=True)
-                write_results(args.name or f"quality_per_minute_{args.data}", payload, table(payload))
+                for label, scored in [(name, gen)] + [(f"{name}+ema{w:g}", g) for w, g in tracks.generators(gen)]:
+                    row = {"variant": label, "minutes": minutes, "seed": seed, "steps": train["steps"],
+                           "fit_seconds": train["seconds"], "lr_end": train.get("lr_end"),
+                           **scorer.score(scored, seed)}
+                    payload["fits"].append(row)
+                    print(row, flush=True)
+                    write_results(args.name or f"quality_per_minute_{args.data}", payload, table(payload))
 
 
 if __name__ == "__main__":
