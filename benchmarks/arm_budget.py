@@ -5,6 +5,11 @@ Side by side on a validation split of the training pool (the test split is never
         --seeds 3100-3107 --budgets 500,250,125
     python benchmarks/arm_budget.py --out benchmarks/results/arm_budget_fashion-mnist --data fashion-mnist \
         --per-class 10 --seeds 3100-3103 --budgets 500,250 --validation 5000
+    python benchmarks/arm_budget.py --out benchmarks/results/precision_fashion-mnist --data fashion-mnist \
+        --per-class 10,50 --seeds 3100-3102 --budgets 500:float32,500:bf16 --validation 5000
+
+A budget is optimizer steps, optionally with the precision the arms' classifiers train in (`500:bf16`, `500:float32`;
+`DIFFAUG_CPU_BF16`, classify.training.bf16_training); without one, the library's choice for this CPU.
 
 At 10 and 50 images per class every arm trains `classify.training.STEPS_MIN` steps (500 at batch 128: 640 and 128
 epochs of the subset); the floor, not the epochs, sets the cost of every arm. Each unit (k, seed) is an evaluation
@@ -24,6 +29,7 @@ over units, t interval), and the seconds each arm took.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -39,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import diffaug  # noqa: E402
 from diffaug.classify.networks import resolve_classifier  # noqa: E402
 from diffaug.classify.policies import Policy  # noqa: E402
+from diffaug.classify.training import CPU_BF16_ENV  # noqa: E402
 from diffaug.evaluation.cache import cpu_model  # noqa: E402
 from diffaug.evaluation.config import BASELINE, CONTROL, EvalConfig  # noqa: E402
 from diffaug.evaluation.unit import _pools, train_arm  # noqa: E402
@@ -73,7 +80,23 @@ def validation_of(train, subset, n: int | None, seed: int):
     return rest.subset(per_class=n // rest.num_classes, seed=seed + 1)
 
 
-def unit(train, k: int, seed: int, policy: str, network: str, budgets: list[int], n_val: int | None,
+@contextlib.contextmanager
+def precision_of(name: str):
+    """Classifiers train in `name` ('bf16', 'float32'; '': the library's choice for this CPU) inside the block."""
+    if name not in ("", "bf16", "float32"):
+        raise SystemExit(f"unknown precision {name!r} (bf16 or float32)")
+    before = os.environ.pop(CPU_BF16_ENV, None)
+    if name:
+        os.environ[CPU_BF16_ENV] = "1" if name == "bf16" else "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(CPU_BF16_ENV, None)
+        if before is not None:
+            os.environ[CPU_BF16_ENV] = before
+
+
+def unit(train, k: int, seed: int, policy: str, network: str, budgets: list[str], n_val: int | None,
          device: str) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -88,14 +111,16 @@ def unit(train, k: int, seed: int, policy: str, network: str, budgets: list[int]
     factory = resolve_classifier(network)
     replicate = [(seed + 20_000, seed + 20_001)]
     accuracy, seconds = {}, {}
-    for steps in budgets:
+    for budget in budgets:
+        steps, _, precision = budget.partition(":")
         for arm in ARMS:
             pool = {PRIMARY: pools["synthesize"], PRIMARY + CONTROL: pools["real"]}.get(arm)
             t1 = time.perf_counter()
-            _, records = train_arm(arm, subset, pool, aug, cfg, replicate, steps, validation.images,
-                                   validation.labels, device, factory)
-            accuracy[f"{steps}/{arm}"] = records[0]["accuracy"]
-            seconds[f"{steps}/{arm}"] = round(time.perf_counter() - t1, 1)
+            with precision_of(precision):
+                _, records = train_arm(arm, subset, pool, aug, cfg, replicate, int(steps), validation.images,
+                                       validation.labels, device, factory)
+            accuracy[f"{budget}/{arm}"] = records[0]["accuracy"]
+            seconds[f"{budget}/{arm}"] = round(time.perf_counter() - t1, 1)
     return {"k": k, "seed": seed, "policy": policy, "network": network, "validation_images": len(validation),
             "gen_steps": cfg.gen_steps_for(len(subset)), "gen_seconds": round(t_gen, 1), "accuracy": accuracy,
             "seconds": seconds, "unit_seconds": round(time.perf_counter() - t0, 1)}
@@ -128,7 +153,7 @@ def table(record: dict) -> str:
             secs = np.mean([sum(u["seconds"][f"{steps}/{a}"] for a in ARMS) / len(ARMS) for u in mine])
             rows.append(f"| {k} | {steps} | {len(mine)} | {means} | {interval(gains(steps, BASELINE))} | "
                         f"{interval(gains(steps, PRIMARY + CONTROL))} | {moved_classical} | {moved} | {secs:.1f} |")
-    head = ("| real / class | steps | units | classical % | primary % | control % | gain vs classical | "
+    head = ("| real / class | budget | units | classical % | primary % | control % | gain vs classical | "
             "gain vs control | classical minus at " + str(full) + " | gains minus at " + str(full) +
             " (vs classical / vs control) | s per arm |")
     policy = "; ".join(sorted({f"{u['k']}/class: {u['policy']}, {u['network']}" for u in record["units"]}))
@@ -147,7 +172,8 @@ def main() -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--per-class", default="10,50")
     parser.add_argument("--seeds", default="3100-3107")
-    parser.add_argument("--budgets", default="500,250,125", help="optimizer steps, the current default first")
+    parser.add_argument("--budgets", default="500,250,125", help="optimizer steps, the current default first; "
+                        "STEPS:bf16 or STEPS:float32 fixes the arms' precision")
     parser.add_argument("--validation", type=int, default=None, help="validation images (default: every other one)")
     parser.add_argument("--policy", default=None)
     parser.add_argument("--network", default=None)
@@ -158,7 +184,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     train = diffaug.load_data(args.data, "train")
-    budgets = [int(b) for b in args.budgets.split(",")]
+    budgets = args.budgets.split(",")
     jobs = []
     for k in (int(k) for k in args.per_class.split(",")):
         policy, network = choices(args.data, k)

@@ -14,7 +14,7 @@ from torch import nn
 from ..data import ImageData
 from .batched import BatchAugment
 from .networks import Factory
-from .training import as_input, confident, fit_classifier, mixed_batches, new_classifier, optimize
+from .training import as_input, confident, fit_classifier, mixed_batches, new_classifier, optimize, training_logits
 
 
 def with_rows(data: ImageData, images: torch.Tensor, labels: torch.Tensor) -> ImageData:
@@ -69,7 +69,7 @@ class FixMatch:
         def loss_at(step):
             x, y = labelled_batch(step)
             u = images[torch.randint(len(images), (n_u,), generator=g).to(device)]
-            logits = model(as_input(torch.cat([x, weak(u, g_aug), strong(u, g_aug)]), device))   # one BN batch
+            logits = training_logits(model, as_input(torch.cat([x, weak(u, g_aug), strong(u, g_aug)]), device))   # one BN batch
             sup = F.cross_entropy(logits[:len(x)], y.to(device), label_smoothing=self.label_smoothing)
             weak_logits, strong_logits = logits[len(x):].chunk(2)
             confidence, target = F.softmax(weak_logits.detach(), dim=1).max(1)

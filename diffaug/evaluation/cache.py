@@ -31,10 +31,14 @@ def cpu_model() -> str:
 
 
 def machine(device) -> dict:
-    """What a unit's numbers depend on beyond its settings: torch's version, the device, the CPU and the threads
-    (floating-point sums differ between them in their last bits, and so may a classifier's predictions)."""
+    """What a unit's numbers depend on beyond its settings: torch's version, the device, the CPU, the threads
+    (floating-point sums differ between them in their last bits, and so may a classifier's predictions) and the
+    precision classifiers train in (classify.training.bf16_training: the CPU's, or DIFFAUG_CPU_BF16)."""
+    from ..classify.training import training_precision
+
     device = torch.device(device)
     return {"torch": torch.__version__, "device": device.type, "cpu": cpu_model(), "threads": torch.get_num_threads(),
+            "classifier_precision": training_precision(device),
             **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})}
 
 
@@ -51,6 +55,10 @@ def using_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+# what a unit made before a key was recorded had: classifiers trained in float32 before bf16 came (diffaug 0.6)
+BEFORE_RECORDED = {"classifier_precision": "float32"}
+
+
 def mixed_machines(units: list, current: dict) -> list[str]:
     """What differs between the machine of each cached unit and `current` (the one that runs the rest)."""
     found = []
@@ -59,6 +67,7 @@ def mixed_machines(units: list, current: dict) -> list[str]:
         if theirs is None:
             found.append(f"k{unit['k']}-seed{unit['seed']}: no machine recorded (an older diffaug)")
             continue
+        theirs = {**BEFORE_RECORDED, **theirs}
         differ = [f"{key} {theirs.get(key)!r} vs {current.get(key)!r}" for key in sorted(set(theirs) | set(current))
                   if theirs.get(key) != current.get(key)]
         if differ:

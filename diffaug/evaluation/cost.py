@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..classify.networks import resolve_classifier
 from ..classify.policies import AUTO, FOLDS, MENU, selection_fits
-from ..classify.training import as_input, new_classifier
+from ..classify.training import as_input, new_classifier, training_logits
 from ..data import ImageData
 from .cache import using_threads
 from .config import CONTROL, FIXMATCH, PLAN, SELF_TRAINING, EvalConfig
@@ -37,7 +37,7 @@ def classifier_step(spec, train: ImageData, batch: int, threads: int | None) -> 
             if i == 1:
                 t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(training_logits(model, x), y).backward()
             opt.step()
         return (time.perf_counter() - t0) / TIMED_STEPS
 
