@@ -10,7 +10,7 @@ import diffaug
 from diffaug import DataError
 from diffaug.evaluation import (EvalConfig, cas, evaluate, fid_own, kid_own, memorization, precision_recall,
                                 t_given_split)
-from diffaug.classify.training import embed, train_classifier
+from diffaug.classify.training import accuracy, embed, train_classifier
 from diffaug.evaluation.unitplan import unit_streams
 
 
@@ -442,3 +442,40 @@ def test_the_mix_pool_holds_synthetic_and_perturbed_rows_half_and_half(digits_ge
     cycled = torch.arange(70) % 60   # the 60 perturbed copies, then the first 10 again
     assert torch.equal(mix[70:], perturbed[cycled]) and torch.equal(mix_labels[70:], perturbed_labels[cycled])
     assert (torch.bincount(mix_labels[70:], minlength=10) >= 6).all()   # every class, 3 images x 2 copies each
+
+
+# --- the precision classifiers train in ----------------------------------------------------------
+
+@pytest.mark.parametrize("forced", ["0", "1"])
+def test_classifiers_train_in_the_precision_the_cpu_or_the_user_chooses(digits_train, digits_test, monkeypatch,
+                                                                       forced):
+    from diffaug.classify.training import bf16_training, training_precision
+
+    monkeypatch.setenv("DIFFAUG_CPU_BF16", forced)
+    assert bf16_training("cpu") is (forced == "1") and training_precision("cpu") == ("bf16" if forced == "1"
+                                                                                     else "float32")
+    seen = []
+    real_autocast = torch.autocast
+
+    def watching(device_type, *args, **kw):   # what the training forward runs under
+        seen.append((device_type, kw.get("dtype")))
+        return real_autocast(device_type, *args, **kw)
+    monkeypatch.setattr(torch, "autocast", watching)
+    g = torch.Generator().manual_seed(0)
+
+    def batch(step):
+        idx = torch.randint(len(digits_train), (64,), generator=g)
+        return digits_train.images[idx], digits_train.labels[idx]
+    model = train_classifier(batch, 1, 10, steps=150, seed=0)
+    assert seen == ([("cpu", torch.bfloat16)] * 150 if forced == "1" else [])
+    assert all(p.dtype == torch.float32 for p in model.parameters())   # autocast: the weights stay float32
+    assert accuracy(model, digits_test.images, digits_test.labels) > 0.85   # a working classifier either way
+
+
+def test_a_precision_setting_that_is_not_0_or_1_is_refused(monkeypatch):
+    from diffaug.classify.training import bf16_training
+
+    monkeypatch.setenv("DIFFAUG_CPU_BF16", "yes")
+    with pytest.raises(diffaug.DataError, match="DIFFAUG_CPU_BF16 must be 0.*got 'yes'"):
+        bf16_training("cpu")
+    assert bf16_training("cuda") is False   # CUDA trains float32, whatever the setting (not measured there)

@@ -72,6 +72,25 @@ def test_a_resumed_run_refuses_units_of_another_machine_unless_told(digits_train
     assert mixed.config["mixed_machines"] and "0.0.1" in mixed.config["mixed_machines"][0]
 
 
+def test_units_trained_in_another_precision_are_another_machines(digits_train, digits_test, tmp_path, monkeypatch,
+                                                                counted):
+    options = {**TINY, **REGIMES["labelled"]}
+    monkeypatch.setenv("DIFFAUG_CPU_BF16", "0")
+    diffaug.evaluate(digits_train, digits_test, out_dir=tmp_path, **options)
+    first, second = sorted((tmp_path / "runs").glob("k*-seed*.json"))
+    unit = json.loads(first.read_text())
+    assert unit["machine"]["classifier_precision"] == "float32"
+    del unit["machine"]["classifier_precision"]   # a unit from before the precision was recorded: float32
+    first.write_text(json.dumps(unit))
+    second.unlink()
+    diffaug.evaluate(digits_train, digits_test, out_dir=tmp_path, **options)   # reused: float32 here too
+    assert counted == [(3, 0), (3, 1), (3, 1)]
+    second.unlink()
+    monkeypatch.setenv("DIFFAUG_CPU_BF16", "1")
+    with pytest.raises(diffaug.DataError, match="another machine.*classifier_precision 'float32' vs 'bf16'"):
+        diffaug.evaluate(digits_train, digits_test, out_dir=tmp_path, **options)
+
+
 def test_a_user_classifier_is_keyed_by_its_source(tmp_path, monkeypatch):
     from diffaug.classify import factory_key
     import importlib

@@ -69,7 +69,8 @@ class FixMatch:
         def loss_at(step):
             x, y = labelled_batch(step)
             u = images[torch.randint(len(images), (n_u,), generator=g).to(device)]
-            logits = training_logits(model, as_input(torch.cat([x, weak(u, g_aug), strong(u, g_aug)]), device))   # one BN batch
+            rows = torch.cat([x, weak(u, g_aug), strong(u, g_aug)])   # one BatchNorm batch
+            logits = training_logits(model, as_input(rows, device))
             sup = F.cross_entropy(logits[:len(x)], y.to(device), label_smoothing=self.label_smoothing)
             weak_logits, strong_logits = logits[len(x):].chunk(2)
             confidence, target = F.softmax(weak_logits.detach(), dim=1).max(1)

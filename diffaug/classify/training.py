@@ -9,6 +9,7 @@ SGD with Nesterov momentum and a one-cycle LR, augmentation applied to whole bat
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Callable
 
@@ -141,8 +142,11 @@ def bf16_training(device) -> bool:
     if forced not in ("", "0", "1"):
         raise DataError(f"{CPU_BF16_ENV} must be 0 (float32), 1 (bf16) or unset (bf16 where the CPU has AMX), "
                         f"got {forced!r}")
-    if forced:
-        return forced == "1"
+    return forced == "1" if forced else _cpu_has_amx()
+
+
+@functools.cache
+def _cpu_has_amx() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
