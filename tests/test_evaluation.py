@@ -472,10 +472,15 @@ def test_classifiers_train_in_the_precision_the_cpu_or_the_user_chooses(digits_t
     assert accuracy(model, digits_test.images, digits_test.labels) > 0.85   # a working classifier either way
 
 
-def test_a_precision_setting_that_is_not_0_or_1_is_refused(monkeypatch):
+def test_float32_is_the_default_and_a_bad_precision_setting_is_refused(monkeypatch):
     from diffaug.classify.training import bf16_training
 
+    monkeypatch.delenv("DIFFAUG_CPU_BF16", raising=False)
+    assert bf16_training("cpu") is False   # opt-in: the regime choices moved at ties in bf16
+    monkeypatch.setenv("DIFFAUG_CPU_BF16", "auto")   # bf16 exactly where the CPU has AMX tiles
+    assert bf16_training("cpu") is bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
     monkeypatch.setenv("DIFFAUG_CPU_BF16", "yes")
     with pytest.raises(diffaug.DataError, match="DIFFAUG_CPU_BF16 must be 0.*got 'yes'"):
         bf16_training("cpu")
+    monkeypatch.setenv("DIFFAUG_CPU_BF16", "1")
     assert bf16_training("cuda") is False   # CUDA trains float32, whatever the setting (not measured there)
