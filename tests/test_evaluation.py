@@ -447,8 +447,7 @@ def test_the_mix_pool_holds_synthetic_and_perturbed_rows_half_and_half(digits_ge
 # --- the precision classifiers train in ----------------------------------------------------------
 
 @pytest.mark.parametrize("forced", ["0", "1"])
-def test_classifiers_train_in_the_precision_the_cpu_or_the_user_chooses(digits_train, digits_test, monkeypatch,
-                                                                       forced):
+def test_classifiers_train_in_the_precision_the_user_chooses(digits_train, digits_test, monkeypatch, forced):
     from diffaug.classify.training import bf16_training, training_precision
 
     monkeypatch.setenv("DIFFAUG_CPU_BF16", forced)

@@ -126,8 +126,9 @@ def new_classifier(factory: Factory | None, in_channels: int, num_classes: int, 
 
 
 # bf16 on the CPU, for training only, when asked: where the CPU multiplies bf16 matrices in hardware (Intel AMX tiles)
-# a SmallCNN step at 28x28 on one thread, batch 128, is 2.7x faster at width 64 (0.387 -> 0.143 s), 2.1x at 32, 1.7x
-# at 16, and 1.1-1.3x at 8x8 (2-core Xeon with AMX, 2026-12-05); without AMX bf16 is emulated and slower. The
+# a SmallCNN step at 28x28 on one thread, batch 128, is 2.5x faster at width 64 (0.378 -> 0.150 s), 2.0x at 32, 1.8x
+# at 16, and 1.1-1.3x at 8x8 (2-core Xeon with AMX, 2026-12-05, benchmarks/results/precision_step.md); without AMX
+# bf16 is emulated and slower. The
 # weights, the optimizer and the loss stay float32 (autocast), predictions are float32. Side by side on validation
 # splits (benchmarks/results/precision_*.md) the arms' accuracies and gains did not move, but two of eight regime
 # choices did (choices at a tie: digits' 10/class policy, Fashion-MNIST's 50/class network), so float32 stays the

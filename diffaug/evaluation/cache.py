@@ -33,7 +33,7 @@ def cpu_model() -> str:
 def machine(device) -> dict:
     """What a unit's numbers depend on beyond its settings: torch's version, the device, the CPU, the threads
     (floating-point sums differ between them in their last bits, and so may a classifier's predictions) and the
-    precision classifiers train in (classify.training.bf16_training: the CPU's, or DIFFAUG_CPU_BF16)."""
+    precision classifiers train in (classify.training.bf16_training: DIFFAUG_CPU_BF16)."""
     from ..classify.training import training_precision   # here: classify imports torchvision, cpu_model does not
 
     device = torch.device(device)
