@@ -145,3 +145,24 @@ def test_a_fit_draws_its_noise_levels_as_asked_on_both_steps_and_records_it(digi
     gen = diffaug.fit(data, steps=3, batch_size=16, noise_sampling=sampling, progress=False)
     gen.save(tmp_path / "g.safetensors")
     assert diffaug.Generator.load(tmp_path / "g.safetensors").config["train"]["noise_sampling"] == sampling
+
+
+def test_a_resume_with_other_training_settings_is_refused_by_name_and_a_longer_budget_is_not(digits_train, tmp_path):
+    """Resuming continues the same fit: a checkpoint made at one learning rate (or seed, batch, schedule...) is not
+    spliced onto another; the refusal names what changed and leaves the checkpoint as it was. Extending the budget
+    is what resume is for, and goes on from the checkpoint's step."""
+    import diffaug
+    from diffaug.diffusion.trainer import CHECKPOINT, TrainingError
+
+    data = digits_train.subset(per_class=5, seed=0)
+    cfg = dict(batch_size=8, warmup=2, checkpoint_every=2, progress=False, out_dir=tmp_path)
+    diffaug.fit(data, steps=2, **cfg)
+    saved = (tmp_path / CHECKPOINT).read_bytes()
+    for changed, shown in (({"lr": 1e-3}, "lr: 0.002 -> 0.001"), ({"seed": 1}, "seed: 0 -> 1"),
+                           ({"batch_size": 16}, "batch_size: 8 -> 16")):
+        with pytest.raises(TrainingError, match="other training settings") as e:
+            diffaug.fit(data, steps=4, resume=True, **{**cfg, **changed})
+        assert shown in str(e.value)
+        assert (tmp_path / CHECKPOINT).read_bytes() == saved
+    longer = diffaug.fit(data, steps=4, resume=True, **cfg).config["train"]
+    assert longer["steps"] == 4 and longer["steps_this_run"] == 2

@@ -93,6 +93,27 @@ MAX_COUNT = 2 ** 40   # steps, warm-up, checkpoint interval: beyond this a numbe
 DEFAULT_BATCH = {"cpu": 64, "cuda": 512}
 
 
+# What a fit's trajectory depends on: a resume that changes one of these would splice two different fits. The
+# budget (steps, minutes) may change, to extend a fit or end it sooner, and so may how the same step is executed
+# (checkpoint_every, compile, fast).
+RESUME_MUST_MATCH = ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema_decay", "label_dropout",
+                     "unlabeled_share", "schedule", "prediction", "min_snr_gamma", "noise_sampling", "hflip",
+                     "augment", "seed")
+
+
+def changed_settings(recorded: dict, cfg: TrainConfig) -> list[str]:
+    """'name: checkpoint's -> now' for every trajectory setting `cfg` changes from a checkpoint's `recorded` config
+    (a setting older checkpoints lack counts at its default, which is what they trained with)."""
+    defaults = TrainConfig()
+    changed = []
+    for name in RESUME_MUST_MATCH:
+        before = recorded.get(name, getattr(defaults, name))
+        now = getattr(cfg, name)
+        if before != now:
+            changed.append(f"{name}: {before!r} -> {now!r}")
+    return changed
+
+
 class Trainer:
     """Fits a class-conditional UNet to `ImageData`; `run()` trains, `ema` is the result.
 
@@ -218,6 +239,11 @@ class Trainer:
                                 "or delete it to start afresh")
         if state["config"]["preset"] != self.cfg.preset:
             raise TrainingError(f"checkpoint {path} is of preset {state['config']['preset']!r}, not {self.cfg.preset!r}")
+        changed = changed_settings(state["config"], self.cfg)
+        if changed:
+            raise TrainingError(f"checkpoint {path} was made with other training settings ({'; '.join(changed)}): a "
+                                "resumed fit continues the same fit; pass the checkpoint's settings, or use another "
+                                "--checkpoint-dir (or delete it) to start afresh")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
