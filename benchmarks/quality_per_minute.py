@@ -14,7 +14,8 @@ Each (variant, seed) fits `diffaug.fit(pool, minutes=M)` with everything else at
 
 Variants: `default` is the library as it is; `flat-lr` is the learning rate before budget-aware decay (a minutes
 budget trained at the peak rate to its last step; issue 37), made by patching `lr_at` to ignore the budget's clock;
-`importance` and `lognormal` are fits with that `noise_sampling` (diffusion/objectives.py).
+`importance` and `lognormal` are fits with that `noise_sampling` (diffusion/objectives.py); `narrow`, `wide`,
+`deep` and `no-attention` change one thing of the tiny preset's shape (SHAPES), for its quality at equal wall time.
 `--ema-widths 0.05,0.15` also keeps, during every `default` fit, power-function EMAs of those relative widths
 (EDM2's sigma_rel; the library's warm-up EMA is the one of width 0.09) and scores each as the variant
 `default+ema<width>`: the same fit, weights averaged differently (issue 37, item 4).
@@ -55,8 +56,13 @@ def variant(name: str):
     if name in NOISE_SAMPLING:
         yield {"noise_sampling": name}
         return
+    if name in SHAPES:
+        with tiny_shaped(SHAPES[name]):
+            yield {}
+        return
     if name != "flat-lr":
-        raise SystemExit(f"unknown variant {name!r} (default, flat-lr, {', '.join(NOISE_SAMPLING)})")
+        raise SystemExit(f"unknown variant {name!r} (default, flat-lr, {', '.join(NOISE_SAMPLING)}, "
+                         f"{', '.join(SHAPES)})")
     import diffaug.diffusion.fastpath as fastpath
     import diffaug.diffusion.trainer as trainer
     from diffaug.diffusion.step import lr_at
@@ -69,6 +75,32 @@ def variant(name: str):
         yield {}
     finally:
         trainer.lr_at, fastpath.lr_at = saved
+
+
+# The tiny preset's shape at equal wall time (issue 37 item 5): each changes one thing of
+# UNetConfig(channels=16, mults=(1, 3, 3), blocks=1, attn_levels=(2,)); a faster network takes more steps in the
+# same minutes, a bigger one learns more per step.
+SHAPES = {
+    "narrow": {"channels": 8, "mults": (1, 4, 4)},      # half the full-resolution width: about half the FLOPs
+    "wide": {"channels": 24, "mults": (1, 2, 2)},       # the shape tiny replaced: 1.5x the full-resolution width
+    "deep": {"blocks": 2},                               # two residual blocks per level
+    "no-attention": {"attn_levels": ()},                 # no self-attention at 7x7
+}
+
+
+@contextlib.contextmanager
+def tiny_shaped(changes: dict):
+    """The tiny preset with `changes` to its UNetConfig, for the duration of one fit (the generator records the
+    shape it was fitted with, so it samples as itself afterwards)."""
+    from dataclasses import replace
+
+    from diffaug.diffusion.unet import PRESETS
+    saved = PRESETS["tiny"]
+    PRESETS["tiny"] = saved._replace(unet=replace(saved.unet, **changes))
+    try:
+        yield
+    finally:
+        PRESETS["tiny"] = saved
 
 
 def gamma_of(width: float) -> float:
