@@ -159,7 +159,8 @@ def test_a_resume_with_other_training_settings_is_refused_by_name_and_a_longer_b
     diffaug.fit(data, steps=2, **cfg)
     saved = (tmp_path / CHECKPOINT).read_bytes()
     for changed, shown in (({"lr": 1e-3}, "lr: 0.002 -> 0.001"), ({"seed": 1}, "seed: 0 -> 1"),
-                           ({"batch_size": 16}, "batch_size: 8 -> 16")):
+                           ({"batch_size": 16}, "batch_size: 8 -> 16"),
+                           ({"preset": "small"}, "preset: 'tiny' -> 'small'")):
         with pytest.raises(TrainingError, match="other training settings") as e:
             diffaug.fit(data, steps=4, resume=True, **{**cfg, **changed})
         assert shown in str(e.value)

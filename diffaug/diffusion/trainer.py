@@ -96,9 +96,9 @@ DEFAULT_BATCH = {"cpu": 64, "cuda": 512}
 # What a fit's trajectory depends on: a resume that changes one of these would splice two different fits. The
 # budget (steps, minutes) may change, to extend a fit or end it sooner, and so may how the same step is executed
 # (checkpoint_every, compile, fast).
-RESUME_MUST_MATCH = ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema_decay", "label_dropout",
-                     "unlabeled_share", "schedule", "prediction", "min_snr_gamma", "noise_sampling", "hflip",
-                     "augment", "seed")
+RESUME_MUST_MATCH = ("preset", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema_decay",
+                     "label_dropout", "unlabeled_share", "schedule", "prediction", "min_snr_gamma", "noise_sampling",
+                     "hflip", "augment", "seed")
 
 
 def changed_settings(recorded: dict, cfg: TrainConfig) -> list[str]:
@@ -237,8 +237,6 @@ class Trainer:
         if state["fingerprint"] != self.data_fingerprint:
             raise TrainingError(f"checkpoint {path} was made on other data; use another --checkpoint-dir "
                                 "or delete it to start afresh")
-        if state["config"]["preset"] != self.cfg.preset:
-            raise TrainingError(f"checkpoint {path} is of preset {state['config']['preset']!r}, not {self.cfg.preset!r}")
         changed = changed_settings(state["config"], self.cfg)
         if changed:
             raise TrainingError(f"checkpoint {path} was made with other training settings ({'; '.join(changed)}): a "
