@@ -19,6 +19,8 @@ budget trained at the peak rate to its last step; issue 37), made by patching `l
 `--ema-widths 0.05,0.15` also keeps, during every `default` fit, power-function EMAs of those relative widths
 (EDM2's sigma_rel; the library's warm-up EMA is the one of width 0.09) and scores each as the variant
 `default+ema<width>`: the same fit, weights averaged differently (issue 37, item 4).
+`diffusers` is the loop a user would write instead (DiffusersAnchor): diffusers' UNet2DModel of the preset's size,
+trained and sampled for the same wall-clock budget (needs `pip install -e ".[bench]"`).
 Intervals: mean over seeds +- t(0.975, seeds-1) sd / sqrt(seeds), and the paired difference to the first variant.
 Writes results/quality_per_minute_<data>.{json,md}, after every fit (a killed run keeps what it finished).
 """
@@ -35,12 +37,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
+from diffaug.diffusion.sampling import GUIDANCE, SAMPLE_STEPS  # noqa: E402
+from diffaug.diffusion.trainer import DEFAULT_BATCH  # noqa: E402
 from diffaug.evaluation.cache import cpu_model  # noqa: E402
 
 VALIDATION_SHARE = 0.1   # of the training pool, stratified, seed 1: 6,000 Fashion-MNIST images
@@ -50,7 +55,7 @@ VALIDATION_SHARE = 0.1   # of the training pool, stratified, seed 1: 6,000 Fashi
 def variant(name: str):
     """The library as `name` describes it, for the duration of one fit; yields the fit's options."""
     from diffaug.diffusion.objectives import NOISE_SAMPLING
-    if name == "default":
+    if name in ("default", "diffusers"):
         yield {}
         return
     if name in NOISE_SAMPLING:
@@ -61,7 +66,7 @@ def variant(name: str):
             yield {}
         return
     if name != "flat-lr":
-        raise SystemExit(f"unknown variant {name!r} (default, flat-lr, {', '.join(NOISE_SAMPLING)}, "
+        raise SystemExit(f"unknown variant {name!r} (default, flat-lr, diffusers, {', '.join(NOISE_SAMPLING)}, "
                          f"{', '.join(SHAPES)})")
     import diffaug.diffusion.fastpath as fastpath
     import diffaug.diffusion.trainer as trainer
@@ -101,6 +106,68 @@ def tiny_shaped(changes: dict):
         yield
     finally:
         PRESETS["tiny"] = saved
+
+
+# The loop a user would write instead (issue 37's anchor): diffusers' UNet2DModel in the layout benchmarks/speed.py
+# matches to the preset's parameter count, trained as diffusers' training tutorial does it (DDPMScheduler of 1,000
+# steps, epsilon prediction, AdamW at 1e-4, 500 linear warm-up steps then cosine decay -- here to the end of the
+# wall-clock budget, the same budget-aware decay the library has --, gradients clipped at 1, no EMA: the tutorial's
+# defaults), at the library's CPU batch, with 10% of labels dropped to the null class so that it can be guided; sampled
+# by DDIMScheduler at the library's default step count and guidance weight (every step guided).
+ANCHOR_LR, ANCHOR_WARMUP, ANCHOR_LABEL_DROP, ANCHOR_TRAIN_STEPS = 1e-4, 500, 0.1, 1000
+
+
+class DiffusersAnchor:
+    """A diffusers generator fitted for `minutes` of wall clock, with the two things Scorer reads of a Generator:
+    `sample(labels, seed)` (uint8 N,C,H,W) and `config["train"]` (steps, seconds, lr_end)."""
+
+    def __init__(self, pool: diffaug.ImageData, preset: str, minutes: float, seed: int):
+        from diffusers import DDIMScheduler, DDPMScheduler
+        from speed import diffusers_model
+
+        torch.manual_seed(seed)
+        self.classes, self.shape = pool.num_classes, tuple(pool.images.shape[1:])
+        self.model = diffusers_model(preset, pool.channels, self.shape[-1], classes=self.classes)
+        self.train_sched, self.sample_sched = DDPMScheduler(ANCHOR_TRAIN_STEPS), DDIMScheduler(ANCHOR_TRAIN_STEPS)
+        self.config = {"train": self.fit(pool, minutes * 60, seed)}
+
+    def fit(self, pool: diffaug.ImageData, budget: float, seed: int) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        images, labels, batch = pool.images.float() / 127.5 - 1, pool.labels, DEFAULT_BATCH["cpu"]
+        opt = torch.optim.AdamW(self.model.parameters(), lr=ANCHOR_LR)
+        self.model.train()
+        t0, step, lr = time.perf_counter(), 0, 0.0
+        while (spent := time.perf_counter() - t0) < budget:
+            lr = ANCHOR_LR * (min(1.0, (step + 1) / ANCHOR_WARMUP) if step < ANCHOR_WARMUP
+                              else 0.5 * (1 + math.cos(math.pi * spent / budget)))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(len(images), (batch,), generator=g)
+            x, y = images[idx], labels[idx].clone()
+            y[torch.rand(batch, generator=g) < ANCHOR_LABEL_DROP] = self.classes
+            noise = torch.randn(x.shape, generator=g)
+            t = torch.randint(0, ANCHOR_TRAIN_STEPS, (batch,), generator=g)
+            loss = F.mse_loss(self.model(self.train_sched.add_noise(x, noise, t), t, class_labels=y).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            opt.step()
+            step += 1
+        return {"steps": step, "seconds": round(time.perf_counter() - t0, 2), "lr_end": lr}
+
+    @torch.no_grad()
+    def sample(self, labels, seed: int = 0, batch: int = 500) -> torch.Tensor:
+        self.model.eval()
+        g, out = torch.Generator().manual_seed(seed), []
+        self.sample_sched.set_timesteps(SAMPLE_STEPS)
+        for y in torch.as_tensor(labels).split(batch):
+            x = torch.randn((len(y), *self.shape), generator=g)
+            both = torch.cat([y, torch.full_like(y, self.classes)])
+            for t in self.sample_sched.timesteps:
+                cond, null = self.model(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
+                x = self.sample_sched.step(null + GUIDANCE * (cond - null), t, x).prev_sample
+            out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+        return torch.cat(out)
 
 
 def gamma_of(width: float) -> float:
@@ -261,7 +328,8 @@ def main() -> None:
             for name in args.variants.split(","):   # variants interleaved per seed: drift hits them alike
                 widths = [float(w) for w in args.ema_widths.split(",") if w] if name == "default" else []
                 with variant(name) as options, EMATracks(widths) as tracks:
-                    gen = diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False, **options)
+                    gen = (DiffusersAnchor(pool, args.preset, minutes, seed) if name == "diffusers" else
+                           diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False, **options))
                 train = gen.config["train"]
                 for label, scored in [(name, gen)] + [(f"{name}+ema{w:g}", g) for w, g in tracks.generators(gen)]:
                     row = {"variant": label, "minutes": minutes, "seed": seed, "steps": train["steps"],

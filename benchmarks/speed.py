@@ -81,7 +81,9 @@ def toy_data(c: int, hw: int, n: int = 512) -> ImageData:
 
 # --- diffusers baseline -------------------------------------------------------------------------------
 
-def diffusers_model(preset: str, c: int, hw: int):
+def diffusers_model(preset: str, c: int, hw: int, classes: int = 10):
+    """diffusers' UNet2DModel in the layout matched to `preset`, with `classes` + 1 class embeddings (the last is
+    the null class that classifier-free guidance drops labels to)."""
     from diffusers import UNet2DModel
 
     boc, lpb, groups = DIFFUSERS_LAYOUT[preset]
@@ -89,7 +91,7 @@ def diffusers_model(preset: str, c: int, hw: int):
     down = tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(len(boc)))
     up = tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(len(boc))))
     return UNet2DModel(sample_size=hw, in_channels=c, out_channels=c, block_out_channels=boc, layers_per_block=lpb,
-                       down_block_types=down, up_block_types=up, num_class_embeds=11, norm_num_groups=groups,
+                       down_block_types=down, up_block_types=up, num_class_embeds=classes + 1, norm_num_groups=groups,
                        attention_head_dim=boc[0] // 2 if preset != "tiny" else 8)
 
 
