@@ -138,7 +138,7 @@ class DiffusersAnchor:
         self.model.train()
         t0, step, lr = time.perf_counter(), 0, 0.0
         while (spent := time.perf_counter() - t0) < budget:
-            lr = ANCHOR_LR * (min(1.0, (step + 1) / ANCHOR_WARMUP) if step < ANCHOR_WARMUP
+            lr = ANCHOR_LR * ((step + 1) / ANCHOR_WARMUP if step < ANCHOR_WARMUP
                               else 0.5 * (1 + math.cos(math.pi * spent / budget)))
             for group in opt.param_groups:
                 group["lr"] = lr
