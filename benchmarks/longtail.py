@@ -6,8 +6,9 @@ then the primary arm of the confirmatory run: the diffusion arm that scores high
 
 A validation split (30% of the training pool, stratified, seed 1: as sweep.py and opponents.py) is scored; the rest
 of the pool is the evaluation's pool: per seed, a long-tailed subset drawn from it exactly as a unit draws one (the
-seed's streams, data.longtail_counts), the classical policy chosen on the pool as `evaluate` chooses it
-(policies.select with the same imbalance), every variant trained with the evaluation's budget. Writes
+seed's streams, data.longtail_counts), the classical policy and then the downstream network chosen on the pool as
+`evaluate` chooses them (policies.select with the same imbalance and halving, then policies.select_classifier over
+the evaluation's network menu with that policy), every variant trained with that network and the evaluation's budget. Writes
 results/longtail_<dataset>.{json,md} after every seed (a killed run keeps what it has).
 """
 
@@ -25,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.classify.training import class_recalls, fit_classifier  # noqa: E402
-from diffaug.classify.policies import Policy, select  # noqa: E402
+from diffaug.classify.networks import resolve_classifier  # noqa: E402
+from diffaug.classify.policies import Policy, select, select_classifier  # noqa: E402
 from diffaug.evaluation.config import REBALANCE, EvalConfig  # noqa: E402
-from diffaug.evaluation.unitplan import counts_for, unit_streams  # noqa: E402
+from diffaug.evaluation.unitplan import counts_for, selection_rows, unit_streams  # noqa: E402
 from diffaug.evaluation.metrics import shot_groups  # noqa: E402
 from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.unit import _rebalance  # noqa: E402
@@ -36,7 +38,7 @@ VALIDATION_SHARE, SEED_START = 0.3, 500   # validation seeds; no test split is s
 TAUS, FILLS = (0.5, 1.0, 1.5, 2.0), (0.5, 1.0)
 
 
-def one_seed(pool, validation, k: int, ratio: float, seed: int, classical: str) -> dict:
+def one_seed(pool, validation, k: int, ratio: float, seed: int, classical: str, network: str) -> dict:
     import torch
     torch.set_num_threads(1)
     cfg = EvalConfig(per_class=(k,), imbalance=ratio)
@@ -44,10 +46,10 @@ def one_seed(pool, validation, k: int, ratio: float, seed: int, classical: str) 
     subset = pool.subset(per_class=counts_for(cfg, k, pool.num_classes, streams["subset"]), seed=streams["subset"])
     groups = shot_groups(subset.class_counts())
     steps, seeds = cfg.steps_for(len(subset)), streams["replicates"][0]
-    aug = Policy.parse(classical).build(pool.size)
+    aug, factory = Policy.parse(classical).build(pool.size), resolve_classifier(network)
 
     def score(**options) -> dict:
-        model = fit_classifier(subset, aug, seeds, steps, cfg.batch_size, "cpu", **options)
+        model = fit_classifier(subset, aug, seeds, steps, cfg.batch_size, "cpu", factory=factory, **options)
         recall = class_recalls(model, validation.images, validation.labels, pool.num_classes)
         return {"balanced_accuracy": float(np.mean(recall)), "few": float(np.mean([recall[c] for c in groups["few"]]))}
 
@@ -75,8 +77,17 @@ SHOWN = ("classical+rebalance-control",)   # a dose control takes its arm's fill
 DIFFUSION = ("classical+rebalance", "logit-adjust+rebalance")
 
 
-def report(args, rows: list, selection: dict) -> None:
+def chose(network: dict | None) -> str:
+    """The report's words for the network the variants trained (runs before the menu trained the default one)."""
+    if network is None:
+        return ", the default network (written before this script chose one as evaluate does)"
+    return (f", then the network `{network['winner']}` from {network['menu']} with that policy (chosen on the pool "
+            f"as evaluate does, {network['seconds']} s)")
+
+
+def report(args, rows: list, selection: dict, network: dict | None) -> None:
     base = np.array([r["classical"]["balanced_accuracy"] for r in rows])
+    command = args.command or f"python benchmarks/longtail.py {' '.join(sys.argv[1:])}"
     lines, chosen, best = [], {}, {}
 
     def line(arm, name, cell):
@@ -96,17 +107,19 @@ def report(args, rows: list, selection: dict) -> None:
             best[arm] = means[chosen[arm]]
     primary = max(DIFFUSION, key=lambda a: (best[a], -DIFFUSION.index(a)))
     seeds = [r["seed"] for r in rows]
-    table = (f"Command: `python benchmarks/longtail.py {' '.join(sys.argv[1:])}`. {args.dataset}, long-tailed "
+    table = (f"Command: `{command}`. {args.dataset}, long-tailed "
              f"subsets ({args.per_class} head images, imbalance {args.imbalance:g}, class order per seed) of the pool; "
              f"seeds {seeds}; validation split: {VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), "
              f"never the test split; classical policy `{selection['winner']}` (chosen on the pool as evaluate does, "
-             f"{selection['seconds']} s); one classifier per variant and seed, {rows[0]['steps']} steps. Validation "
+             f"{selection['seconds']} s){chose(network)}; one classifier per variant and seed, "
+             f"{rows[0]['steps']} steps. Validation "
              "balanced accuracy (%) and the few-shot third's accuracy. Each arm's knobs are chosen by its own mean "
              f"validation balanced accuracy (ties: the earlier row); the dose control takes its arm's fill. Chosen: "
              f"{chosen}. The diffusion arm that scores higher, and so the primary arm: **{primary}**.\n\n| arm | "
              "knobs | validation balanced accuracy (%) | few-shot classes (%) | vs classical (points, 95% CI) |\n| --- | --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(f"longtail_{args.dataset}", {
-        "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1", "classical": selection,
+        "command": command, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1", "classical": selection,
+        "network": network,
         "chosen": chosen, "primary": primary, "means": best, "seeds": rows}, table)
 
 
@@ -120,26 +133,33 @@ def main() -> None:
     parser.add_argument("--seed-start", type=int, default=SEED_START)
     parser.add_argument("--n-jobs", type=int, default=2)
     args = parser.parse_args()
+    args.command = None
     if args.report_only:
         import json
         saved = json.loads((Path(__file__).parent / "results" / f"longtail_{args.dataset}.json").read_text())
-        sys.argv = [a for a in sys.argv if a != "--report-only"]
-        return report(args, saved["seeds"], saved["classical"])
+        args.command = saved.get("command") or " ".join(   # results written before the command was kept
+            ["python benchmarks/longtail.py"] + [a for a in sys.argv[1:] if a != "--report-only"])
+        return report(args, saved["seeds"], saved["classical"], saved.get("network"))
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     cfg = EvalConfig(per_class=(args.per_class,), imbalance=args.imbalance)
-    steps = cfg.steps_for(sum(counts_for(cfg, args.per_class, pool.num_classes, 0)))
-    selection = select(pool, args.per_class, steps, cfg.batch_size, False, "cpu", n_jobs=args.n_jobs, threads=1,
-                       imbalance=args.imbalance)
+    steps = cfg.steps_for(selection_rows(cfg, args.per_class, pool))
+    selection = select(pool, args.per_class, steps, cfg.batch_size, cfg.hflip, "cpu", n_jobs=args.n_jobs, threads=1,
+                       imbalance=args.imbalance, survivors=cfg.selection_survivors)
     print(f"classical: {selection['winner']} ({selection['seconds']} s)", flush=True)
+    network = select_classifier(pool, args.per_class, Policy.parse(selection["winner"]), cfg.classifier_menu, steps,
+                                cfg.batch_size, cfg.hflip, "cpu", n_jobs=args.n_jobs, threads=1,
+                                imbalance=args.imbalance, known=selection["per_fold"][selection["winner"]])
+    print(f"network: {network['winner']} ({network['seconds']} s)", flush=True)
     from joblib import Parallel, delayed
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     rows = []
-    jobs = (delayed(one_seed)(pool, validation, args.per_class, args.imbalance, s, selection["winner"]) for s in seeds)
+    jobs = (delayed(one_seed)(pool, validation, args.per_class, args.imbalance, s, selection["winner"],
+                              network["winner"]) for s in seeds)
     for row in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
         rows.append(row)
         rows.sort(key=lambda r: r["seed"])
         print(f"seed {row['seed']}: {row['seconds']} s", flush=True)
-        report(args, rows, selection)
+        report(args, rows, selection, network)
 
 
 if __name__ == "__main__":
