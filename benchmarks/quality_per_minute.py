@@ -20,7 +20,9 @@ budget trained at the peak rate to its last step; issue 37), made by patching `l
 (EDM2's sigma_rel; the library's warm-up EMA is the one of width 0.09) and scores each as the variant
 `default+ema<width>`: the same fit, weights averaged differently (issue 37, item 4).
 `diffusers` is the loop a user would write instead (DiffusersAnchor): diffusers' UNet2DModel of the preset's size,
-trained and sampled for the same wall-clock budget (needs `pip install -e ".[bench]"`).
+trained and sampled for the same wall-clock budget (needs `pip install -e ".[bench]"`); `diffusers@LR` is the same
+loop at peak learning rate LR (e.g. `diffusers@1e-3`) instead of the tutorial's 1e-4, for the anchor tuned for the
+budget as a user would tune it: several rates side by side, the best by its own validation score.
 Intervals: mean over seeds +- t(0.975, seeds-1) sd / sqrt(seeds), and the paired difference to the first variant.
 Writes results/quality_per_minute_<data>.{json,md}, after every fit (a killed run keeps what it finished).
 """
@@ -55,7 +57,7 @@ VALIDATION_SHARE = 0.1   # of the training pool, stratified, seed 1: 6,000 Fashi
 def variant(name: str):
     """The library as `name` describes it, for the duration of one fit; yields the fit's options."""
     from diffaug.diffusion.objectives import NOISE_SAMPLING
-    if name in ("default", "diffusers"):
+    if name == "default" or anchor_lr(name) is not None:
         yield {}
         return
     if name in NOISE_SAMPLING:
@@ -66,8 +68,8 @@ def variant(name: str):
             yield {}
         return
     if name != "flat-lr":
-        raise SystemExit(f"unknown variant {name!r} (default, flat-lr, diffusers, {', '.join(NOISE_SAMPLING)}, "
-                         f"{', '.join(SHAPES)})")
+        raise SystemExit(f"unknown variant {name!r} (default, flat-lr, diffusers, diffusers@LR, "
+                         f"{', '.join(NOISE_SAMPLING)}, {', '.join(SHAPES)})")
     import diffaug.diffusion.fastpath as fastpath
     import diffaug.diffusion.trainer as trainer
     from diffaug.diffusion.step import lr_at
@@ -117,11 +119,28 @@ def tiny_shaped(changes: dict):
 ANCHOR_LR, ANCHOR_WARMUP, ANCHOR_LABEL_DROP, ANCHOR_TRAIN_STEPS = 1e-4, 500, 0.1, 1000
 
 
+def anchor_lr(name: str) -> float | None:
+    """The diffusers anchor's peak learning rate a variant name asks for ('diffusers': the tutorial's, 'diffusers@LR':
+    LR), or None for a variant that is not the anchor."""
+    if name == "diffusers":
+        return ANCHOR_LR
+    if not name.startswith("diffusers@"):
+        return None
+    try:
+        lr = float(name.split("@", 1)[1])
+    except ValueError:
+        raise SystemExit(f"variant {name!r}: the anchor's learning rate must be a number, e.g. "
+                         "diffusers@1e-3") from None
+    if not 0 < lr < 1:
+        raise SystemExit(f"variant {name!r}: the anchor's learning rate must lie in (0, 1)")
+    return lr
+
+
 class DiffusersAnchor:
     """A diffusers generator fitted for `minutes` of wall clock, with the two things Scorer reads of a Generator:
     `sample(labels, seed)` (uint8 N,C,H,W) and `config["train"]` (steps, seconds, lr_end)."""
 
-    def __init__(self, pool: diffaug.ImageData, preset: str, minutes: float, seed: int):
+    def __init__(self, pool: diffaug.ImageData, preset: str, minutes: float, seed: int, lr: float = ANCHOR_LR):
         from diffusers import DDIMScheduler, DDPMScheduler
         from speed import diffusers_model
 
@@ -129,16 +148,16 @@ class DiffusersAnchor:
         self.classes, self.shape = pool.num_classes, tuple(pool.images.shape[1:])
         self.model = diffusers_model(preset, pool.channels, self.shape[-1], classes=self.classes)
         self.train_sched, self.sample_sched = DDPMScheduler(ANCHOR_TRAIN_STEPS), DDIMScheduler(ANCHOR_TRAIN_STEPS)
-        self.config = {"train": self.fit(pool, minutes * 60, seed)}
+        self.config = {"train": self.fit(pool, minutes * 60, seed, lr)}
 
-    def fit(self, pool: diffaug.ImageData, budget: float, seed: int) -> dict:
+    def fit(self, pool: diffaug.ImageData, budget: float, seed: int, peak: float) -> dict:
         g = torch.Generator().manual_seed(seed)
         images, labels, batch = pool.images.float() / 127.5 - 1, pool.labels, DEFAULT_BATCH["cpu"]
-        opt = torch.optim.AdamW(self.model.parameters(), lr=ANCHOR_LR)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=peak)
         self.model.train()
         t0, step, lr = time.perf_counter(), 0, 0.0
         while (spent := time.perf_counter() - t0) < budget:
-            lr = ANCHOR_LR * ((step + 1) / ANCHOR_WARMUP if step < ANCHOR_WARMUP
+            lr = peak * ((step + 1) / ANCHOR_WARMUP if step < ANCHOR_WARMUP
                               else 0.5 * (1 + math.cos(math.pi * spent / budget)))
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -328,7 +347,8 @@ def main() -> None:
             for name in args.variants.split(","):   # variants interleaved per seed: drift hits them alike
                 widths = [float(w) for w in args.ema_widths.split(",") if w] if name == "default" else []
                 with variant(name) as options, EMATracks(widths) as tracks:
-                    gen = (DiffusersAnchor(pool, args.preset, minutes, seed) if name == "diffusers" else
+                    gen = (DiffusersAnchor(pool, args.preset, minutes, seed, anchor_lr(name))
+                           if anchor_lr(name) is not None else
                            diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False, **options))
                 train = gen.config["train"]
                 for label, scored in [(name, gen)] + [(f"{name}+ema{w:g}", g) for w, g in tracks.generators(gen)]:
