@@ -8,8 +8,8 @@ A validation split (30% of the training pool, stratified, seed 1: as sweep.py an
 of the pool is the evaluation's pool: per seed, a long-tailed subset drawn from it exactly as a unit draws one (the
 seed's streams, data.longtail_counts), the classical policy and then the downstream network chosen on the pool as
 `evaluate` chooses them (policies.select with the same imbalance and halving, then policies.select_classifier over
-the evaluation's network menu with that policy), every variant trained with that network and the evaluation's budget. Writes
-results/longtail_<dataset>.{json,md} after every seed (a killed run keeps what it has).
+the evaluation's network menu with that policy), every variant trained with that network and the evaluation's
+budget. Writes results/longtail_<dataset>.{json,md} after every seed (a killed run keeps what it has).
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def report(args, rows: list, selection: dict, network: dict | None) -> None:
              f"{chosen}. The diffusion arm that scores higher, and so the primary arm: **{primary}**.\n\n| arm | "
              "knobs | validation balanced accuracy (%) | few-shot classes (%) | vs classical (points, 95% CI) |\n| --- | --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(f"longtail_{args.dataset}", {
-        "command": command, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1", "classical": selection,
-        "network": network,
+        "command": command, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
+        "classical": selection, "network": network,
         "chosen": chosen, "primary": primary, "means": best, "seeds": rows}, table)
 
 
