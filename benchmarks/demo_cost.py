@@ -53,7 +53,7 @@ def run(config: dict) -> dict:
     t = time.perf_counter()
     expand_dataset(to_hf_dataset(train), gen, per_class=100, progress=False, seed=int(time.time()))   # uncached
     parts["expand"] = time.perf_counter() - t
-    originals = {n: getattr(protocol, n) for n in ("_classical_for", "_network_for", "reference_for")}
+    originals = {n: getattr(protocol, n) for n in ("classical_for", "network_for", "reference_for")}
     for name in originals:
         timed(parts, protocol, name)
     try:

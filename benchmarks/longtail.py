@@ -6,10 +6,9 @@ then the primary arm of the confirmatory run: the diffusion arm that scores high
 
 A validation split (30% of the training pool, stratified, seed 1: as sweep.py and opponents.py) is scored; the rest
 of the pool is the evaluation's pool: per seed, a long-tailed subset drawn from it exactly as a unit draws one (the
-seed's streams, data.longtail_counts), the classical policy and then the downstream network chosen on the pool as
-`evaluate` chooses them (policies.select with the same imbalance and halving, then policies.select_classifier over
-the evaluation's network menu with that policy), every variant trained with that network and the evaluation's
-budget. Writes results/longtail_<dataset>.{json,md} after every seed (a killed run keeps what it has).
+seed's streams, data.longtail_counts), the classical policy and then the downstream network chosen on the pool by
+the evaluation's own choice (evaluation.choices.choose_regime: the same imbalance, halving and network menu), every
+variant trained with that network and the evaluation's budget. Writes results/longtail_<dataset>.{json,md} after every seed (a killed run keeps what it has).
 """
 
 from __future__ import annotations
@@ -27,9 +26,10 @@ import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.classify.training import class_recalls, fit_classifier  # noqa: E402
 from diffaug.classify.networks import resolve_classifier  # noqa: E402
-from diffaug.classify.policies import Policy, select, select_classifier  # noqa: E402
+from diffaug.classify.policies import Policy  # noqa: E402
+from diffaug.evaluation.choices import choose_regime  # noqa: E402
 from diffaug.evaluation.config import REBALANCE, EvalConfig  # noqa: E402
-from diffaug.evaluation.unitplan import counts_for, selection_rows, unit_streams  # noqa: E402
+from diffaug.evaluation.unitplan import counts_for, unit_streams  # noqa: E402
 from diffaug.evaluation.metrics import shot_groups  # noqa: E402
 from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.unit import _rebalance  # noqa: E402
@@ -142,13 +142,8 @@ def main() -> None:
         return report(args, saved["seeds"], saved["classical"], saved.get("network"))
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     cfg = EvalConfig(per_class=(args.per_class,), imbalance=args.imbalance)
-    steps = cfg.steps_for(selection_rows(cfg, args.per_class, pool))
-    selection = select(pool, args.per_class, steps, cfg.batch_size, cfg.hflip, "cpu", n_jobs=args.n_jobs, threads=1,
-                       imbalance=args.imbalance, survivors=cfg.selection_survivors)
+    selection, network = choose_regime(pool, args.per_class, cfg, n_jobs=args.n_jobs, threads=1)
     print(f"classical: {selection['winner']} ({selection['seconds']} s)", flush=True)
-    network = select_classifier(pool, args.per_class, Policy.parse(selection["winner"]), cfg.classifier_menu, steps,
-                                cfg.batch_size, cfg.hflip, "cpu", n_jobs=args.n_jobs, threads=1,
-                                imbalance=args.imbalance, known=selection["per_fold"][selection["winner"]])
     print(f"network: {network['winner']} ({network['seconds']} s)", flush=True)
     from joblib import Parallel, delayed
     seeds = range(args.seed_start, args.seed_start + args.seeds)

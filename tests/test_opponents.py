@@ -12,6 +12,7 @@ import diffaug
 from diffaug import DataError
 from diffaug.classify import FixMatch, SmallCNN, factory_key, pseudo_label, resnet18, resolve_classifier
 from diffaug.cli import main
+from diffaug.evaluation.choices import choose_regime
 from diffaug.evaluation.verdict import holm_adjust
 
 TINY = dict(gen_steps=10, gen_batch_size=16, classifier_steps=12, batch_size=16, synthetic_per_class=4,
@@ -216,6 +217,11 @@ def test_each_regime_trains_the_network_its_tuned_classical_arm_does_best_with(d
     assert p - networks["standard_error"] > networks["mean"]["smallcnn(width=2)"]
     assert networks["winner"] == "smallcnn(width=8)" == chosen.units[0]["classifier"]
     assert "The downstream network every arm trains" in (tmp_path / "menu" / "results.md").read_text()
+    # a benchmark that asks for the regime's choices (evaluation.choices) gets evaluate's, on the same folds
+    cfg = diffaug.evaluation.EvalConfig(classifier_menu=menu, **{k: v for k, v in run.items() if k != "progress"})
+    selection, network = choose_regime(digits_train, 5, cfg)
+    assert (selection["winner"], network["winner"]) == (policies["winner"], networks["winner"])
+    assert (selection["mean"], network["mean"]) == (policies["mean"], networks["mean"])
     # every arm trained the chosen network: the run with it named, and the policy fixed, gets the same test images right
     named = diffaug.evaluate(digits_train, digits_test, classifier=networks["winner"], classical=policies["winner"],
                              **run)

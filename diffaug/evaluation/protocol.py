@@ -32,12 +32,13 @@ from ..generator import Generator
 from ..loading import is_builtin, load_data
 from .cost import after_choices, describe as describe_cost, describe_after_choices, estimate as estimate_cost
 from .export import check_exportable, export_recipe
-from .cache import cached, gather_units, load_json, machine, mixed_machines, store, store_json, using_threads
+from .cache import cached, gather_units, load_json, machine, mixed_machines, store, using_threads
 from .config import BASELINE, EvalConfig
 from .summary import claims, opponents, summarize
-from .unitplan import pool_seed, selection_rows, short_classes
+from .choices import choice_path, classical_for, network_for
+from .unitplan import pool_seed, short_classes
 from ..classify.networks import check_factory, factory_key, resolve_classifier
-from ..classify.policies import AUTO, MENU, Policy, rule, select, select_classifier
+from ..classify.policies import AUTO, MENU, Policy, rule
 from .registry import check_preregistered, preregister, record_look
 from .unit import reference_for, run_unit
 
@@ -124,7 +125,7 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     timings = None   # the step timings of the estimate, for the forecast once the networks are chosen
     if progress and todo and ranks.main:   # what the run will cost, before it starts (the user may stop it here)
         choices = [k for k in cfg.per_class if cfg.classical == AUTO and not cfg.unlabeled and
-                   load_json(_choice_path(runs, "classical", k, tag)) is None]
+                   load_json(choice_path(runs, "classical", k, tag)) is None]
         est = estimate_cost(train, cfg, todo, cfg.classifier_menu if context["menu"] else (classifier,), choices,
                             n_jobs, threads)
         print(f"diffaug: {describe_cost(est)}", file=sys.stderr, flush=True)
@@ -135,12 +136,12 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                       f"comparisons (the sign-flip test needs at least {plan['seeds_needed']}): the report will make "
                       "none", stacklevel=2)
     # with unlabelled images the labels beyond each unit's subset are withheld: each unit chooses within its own
-    selection = {str(k): _classical_for(k, train, cfg, tag, runs, ranks, device, classifier, n_jobs, threads,
-                                        progress)
+    selection = {str(k): classical_for(k, train, cfg, tag, runs, ranks, device, classifier, n_jobs, threads,
+                                       progress)
                  for k in cfg.per_class} if cfg.classical == AUTO and not cfg.unlabeled else {}   # str keys: JSON's
     policies = {int(k): Policy.parse(sel["winner"]) for k, sel in selection.items()}
-    networks = {str(k): _network_for(k, train, cfg, selection[str(k)], tag, runs, ranks, device, n_jobs, threads,
-                                     progress)
+    networks = {str(k): network_for(k, train, cfg, selection[str(k)], tag, runs, ranks, device, n_jobs, threads,
+                                    progress)
                 for k in cfg.per_class} if context["menu"] else {}
     factories = {int(k): resolve_classifier(choice["winner"]) for k, choice in networks.items()}
     if timings is not None and networks:
@@ -267,49 +268,6 @@ def _pool_generator(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, de
     if path is not None:
         pool_gen.save(path, overwrite=True)
     return pool_gen
-
-
-def _classical_for(k: int, train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, device, classifier,
-                   n_jobs: int, threads, progress: bool = False) -> dict:
-    """Regime k's tuned classical baseline (policies.select), cached in runs/ and computed by one rank."""
-    def choose() -> dict:
-        return select(train, k, cfg.steps_for(selection_rows(cfg, k, train)), cfg.batch_size, cfg.hflip,
-                      resolve_device(device), classifier, n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
-                      survivors=cfg.selection_survivors, progress=progress and ranks.main)
-    return _cached_choice(_choice_path(runs, "classical", k, tag), ranks, choose)
-
-
-def _network_for(k: int, train: ImageData, cfg: EvalConfig, selection: dict, tag: str, runs, ranks, device,
-                 n_jobs: int, threads, progress: bool = False) -> dict:
-    """Regime k's downstream network from cfg.classifier_menu (policies.select_classifier, with the policy its
-    classical `selection` chose), cached in runs/ and computed by one rank. The first entry's scores are the
-    policy choice's own (the same fits, not run twice)."""
-    def choose() -> dict:
-        known = selection["per_fold"][selection["winner"]]   # a winner is scored on every fold, halving or not
-        return select_classifier(train, k, Policy.parse(selection["winner"]), cfg.classifier_menu,
-                                 cfg.steps_for(selection_rows(cfg, k, train)), cfg.batch_size, cfg.hflip,
-                                 resolve_device(device), n_jobs=n_jobs, threads=threads, imbalance=cfg.imbalance,
-                                 known=known, progress=progress and ranks.main)
-    return _cached_choice(_choice_path(runs, "classifier", k, tag), ranks, choose)
-
-
-def _choice_path(runs, kind: str, k: int, tag: str) -> Path | None:
-    """Where regime k's `kind` choice ("classical" or "classifier") is cached, or None without a cache."""
-    return runs / f"{kind}-k{k}-{tag}.json" if runs is not None else None
-
-
-def _cached_choice(path: Path | None, ranks, choose: Callable[[], dict]) -> dict:
-    """A regime's choice read from `path` if it is there, else made by `choose` on rank 0 and stored (the other ranks
-    wait for rank 0's file)."""
-    choice = load_json(path)
-    while choice is None and ranks.active and not ranks.main:
-        time.sleep(1.0)
-        choice = load_json(path)
-    if choice is None:
-        choice = choose()
-        if path is not None:
-            store_json(path, choice)
-    return choice
 
 
 def jobs_for(units: int, device) -> int:
