@@ -19,6 +19,9 @@ budget trained at the peak rate to its last step; issue 37), made by patching `l
 `--ema-widths 0.05,0.15` also keeps, during every `default` fit, power-function EMAs of those relative widths
 (EDM2's sigma_rel; the library's warm-up EMA is the one of width 0.09) and scores each as the variant
 `default+ema<width>`: the same fit, weights averaged differently (issue 37, item 4).
+`--sampling guidance=1,guidance=3,steps=40` also scores every `default` fit sampled with each of those settings
+(Generator.sample's `guidance` weight or `steps`; the library's are GUIDANCE and SAMPLE_STEPS) as the variant
+`default@<setting>`: the same fit, sampled differently (issue 37, item 5: class-faithfulness against diversity).
 `diffusers` is the loop a user would write instead (DiffusersAnchor): diffusers' UNet2DModel of the preset's size,
 trained and sampled for the same wall-clock budget (needs `pip install -e ".[bench]"`); `diffusers@LR` is the same
 loop at peak learning rate LR (e.g. `diffusers@1e-3`) instead of the tutorial's 1e-4, for the anchor tuned for the
@@ -189,6 +192,33 @@ class DiffusersAnchor:
         return torch.cat(out)
 
 
+SAMPLING_KNOBS = {"guidance": float, "steps": int}
+
+
+def sampling_settings(spec: str) -> list[tuple[str, dict]]:
+    """--sampling's entries as (label, Generator.sample keywords), e.g. 'guidance=3' -> ('guidance=3', {...})."""
+    out = []
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in SAMPLING_KNOBS or not value:
+            raise SystemExit(f"--sampling {item!r}: expected {' or '.join(f'{k}=VALUE' for k in SAMPLING_KNOBS)}")
+        try:
+            out.append((item, {key: SAMPLING_KNOBS[key](value)}))
+        except ValueError:
+            raise SystemExit(f"--sampling {item!r}: {value!r} is not a number of the kind {key} takes") from None
+    return out
+
+
+class Sampled:
+    """A fitted generator sampled with other settings: what Scorer reads of it, the fit unchanged."""
+
+    def __init__(self, gen, settings: dict):
+        self.gen, self.settings, self.config = gen, settings, gen.config
+
+    def sample(self, labels, seed: int = 0) -> torch.Tensor:
+        return self.gen.sample(labels, seed=seed, **self.settings)
+
+
 def gamma_of(width: float) -> float:
     """The power-EMA exponent whose averaging profile has relative standard deviation `width` (EDM2, eq. 3):
     sigma_rel = sqrt((g + 1) / ((g + 2)^2 (g + 3))), solved by bisection (decreasing in g)."""
@@ -334,8 +364,11 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--ema-widths", default="", help="extra EMA tracks kept during `default` fits, e.g. "
                         "0.05,0.15 (relative widths; the library's is 0.09)")
+    parser.add_argument("--sampling", default="", help="sampling settings every `default` fit is also scored with, "
+                        "e.g. guidance=1,guidance=3,steps=40")
     parser.add_argument("--name", default=None, help="results file name (default: quality_per_minute_DATA)")
     args = parser.parse_args()
+    sampling = sampling_settings(args.sampling)
     pool, validation = diffaug.load_data(args.data, "train").split(1 - VALIDATION_SHARE, seed=1)
     scorer = Scorer(pool, validation, args.per_class)
     payload = {"data": args.data, "cpu": cpu_model(), "command": "python benchmarks/" + " ".join(
@@ -351,7 +384,9 @@ def main() -> None:
                            if anchor_lr(name) is not None else
                            diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False, **options))
                 train = gen.config["train"]
-                for label, scored in [(name, gen)] + [(f"{name}+ema{w:g}", g) for w, g in tracks.generators(gen)]:
+                scored_as = ([(name, gen)] + [(f"{name}+ema{w:g}", g) for w, g in tracks.generators(gen)]
+                             + [(f"{name}@{label}", Sampled(gen, kw)) for label, kw in sampling if name == "default"])
+                for label, scored in scored_as:
                     row = {"variant": label, "minutes": minutes, "seed": seed, "steps": train["steps"],
                            "fit_seconds": train["seconds"], "lr_end": train.get("lr_end"),
                            **scorer.score(scored, seed)}
