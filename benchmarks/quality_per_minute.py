@@ -314,7 +314,8 @@ class Scorer:
         precision, recall = precision_recall(self.val_features, features, real_labels=self.val.labels,
                                              fake_labels=labels, max_samples=2000)
         return {"cas_logistic": logistic / self.real_logistic, "cas_cnn": cnn / self.real_cnn,
-                "fid_own": fid_own(self.val_features, features), "precision": precision, "recall": recall, "memorization": memorization(images, self.pool.images)["rate"],
+                "fid_own": fid_own(self.val_features, features), "precision": precision, "recall": recall,
+                "memorization": memorization(images, self.pool.images)["rate"],
                 "sample_seconds": round(sample_seconds, 1)}
 
 
