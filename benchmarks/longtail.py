@@ -8,7 +8,8 @@ A validation split (30% of the training pool, stratified, seed 1: as sweep.py an
 of the pool is the evaluation's pool: per seed, a long-tailed subset drawn from it exactly as a unit draws one (the
 seed's streams, data.longtail_counts), the classical policy and then the downstream network chosen on the pool by
 the evaluation's own choice (evaluation.choices.choose_regime: the same imbalance, halving and network menu), every
-variant trained with that network and the evaluation's budget. Writes results/longtail_<dataset>.{json,md} after every seed (a killed run keeps what it has).
+variant trained with that network and the evaluation's budget. Writes results/longtail_<dataset>.{json,md} after
+every seed (a killed run keeps what it has).
 """
 
 from __future__ import annotations

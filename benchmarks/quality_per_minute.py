@@ -381,8 +381,8 @@ def main() -> None:
             for name in args.variants.split(","):   # variants interleaved per seed: drift hits them alike
                 widths = [float(w) for w in args.ema_widths.split(",") if w] if name == "default" else []
                 with variant(name) as options, EMATracks(widths) as tracks:
-                    gen = (DiffusersAnchor(pool, args.preset, minutes, seed, anchor_lr(name))
-                           if anchor_lr(name) is not None else
+                    lr = anchor_lr(name)
+                    gen = (DiffusersAnchor(pool, args.preset, minutes, seed, lr) if lr is not None else
                            diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False, **options))
                 train = gen.config["train"]
                 scored_as = ([(name, gen)] + [(f"{name}+ema{w:g}", g) for w, g in tracks.generators(gen)]
