@@ -13,9 +13,20 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_model() -> str:
+    """The CPU's model name as lscpu gives it (machines of one name can differ several-fold on our convolutions)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+    return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__, "python": platform.python_version(),
             "date": datetime.date.today().isoformat()}
 
@@ -24,8 +35,15 @@ def write_results(name: str, payload: dict, table: str) -> None:
     """results/NAME.json (machine-readable) and results/NAME.md (the table), side by side."""
     RESULTS.mkdir(exist_ok=True)
     payload = {"machine": machine(), **payload}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     m = payload["machine"]
-    where = m["gpu"] or f"{m['cpu_cores']} CPU cores"
-    (RESULTS / f"{name}.md").write_text(f"{table}\n\nMachine: {where}, torch {m['torch']}, {m['date']}.\n")
+    where = m["gpu"] or f"{m['cpu']}, {m['cpu_cores']} CPU cores"
+    _write(RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n")
+    _write(RESULTS / f"{name}.md", f"{table}\n\nMachine: {where}, torch {m['torch']}, {m['date']}.\n")
     print(table)
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomically: a run killed mid-write leaves the previous file whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

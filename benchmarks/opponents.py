@@ -12,13 +12,16 @@ A validation split (30% of the training pool, stratified, seed 1: as sweep.py) i
 the evaluation's pool: per seed, k labelled images per class drawn from it, the remainder unlabelled (labels never
 read), the classical policy named with --classical (default: the one the earlier unlabelled sweep used), and every
 variant trained with the evaluation's budget (steps for the labelled plus unlabelled rows) and the seed's streams.
-Writes results/opponents_<dataset>.{json,md} after every seed (a killed run keeps what it has).
+Writes results/opponents_<dataset>.{json,md} (or --name's) after every seed: a killed run keeps what it has, and the
+same command with --resume runs only the seeds it lacks. Self-training's rounds share their students (round r + 1
+starts from round r's), so a grid with rounds 1 and 2 trains two students per threshold, not three.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
-from _common import write_results  # noqa: E402
+from _common import RESULTS, write_results  # noqa: E402
 from diffaug.classify import FixMatch, accuracy, fit_classifier, self_train  # noqa: E402
 from diffaug.classify.policies import Policy  # noqa: E402
 from diffaug.evaluation.config import EvalConfig  # noqa: E402
@@ -66,9 +69,18 @@ def one_seed(pool, validation, k: int, seed: int, classical: str, grid: dict, bu
     out = {"seed": seed, "steps": steps, "classical": score(teacher), "self-training": {}, "fixmatch": {}}
     for b in budgets:
         n = int(round(b * steps))
-        for v in grid["self-training"]:
-            model, _, history = self_train(subset, unlabeled, teacher, aug, seeds, n, cfg.batch_size, "cpu", **v)
-            out["self-training"][_name(v, b)] = {"accuracy": score(model), "kept": [h["kept"] for h in history]}
+        for threshold in dict.fromkeys(v["threshold"] for v in grid["self-training"]):
+            # round r's student is the teacher of round r + 1, with the same seeds: the students of one run of
+            # max(rounds) rounds are exactly those of self_train(rounds=r) for each r (each round trained once)
+            wanted = {v["rounds"] for v in grid["self-training"] if v["threshold"] == threshold}
+            model, kept = teacher, []
+            for r in range(1, max(wanted) + 1):
+                model, _, history = self_train(subset, unlabeled, model, aug, seeds, n, cfg.batch_size, "cpu",
+                                               threshold=threshold, rounds=1)
+                kept.append(history[0]["kept"])
+                if r in wanted:
+                    out["self-training"][_name({"threshold": threshold, "rounds": r}, b)] = {
+                        "accuracy": score(model), "kept": list(kept)}
         for v in grid["fixmatch"]:
             model, mask = FixMatch(**v).train(subset, unlabeled, seeds, n, cfg.batch_size, "cpu")
             out["fixmatch"][_name(v, b)] = {"accuracy": score(model), "mask_rate": mask}
@@ -80,12 +92,18 @@ def _name(variant: dict, budget: float = 1) -> str:
     return ",".join(f"{k}={v}" for k, v in {**variant, **({"budget": f"{budget:g}"} if budget != 1 else {})}.items())
 
 
+def _ordered(names, learner: str, args) -> list:
+    """The variants in the grid's order (then budget), as the table lists them."""
+    order = [_name(v, b) for v in args.grid[learner] for b in args.budgets]
+    return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+
+
 def report(args, rows: list, classical: str) -> None:
     lines, chosen = [], {}
     base = np.array([r["classical"] for r in rows])
     for learner in ("self-training", "fixmatch"):
         means = {}
-        for name in rows[0][learner]:
+        for name in _ordered(rows[0][learner], learner, args):
             acc = np.array([r[learner][name]["accuracy"] for r in rows])
             means[name] = acc.mean()
             ci = paired_ci(acc - base)
@@ -102,9 +120,9 @@ def report(args, rows: list, classical: str) -> None:
              f"`{chosen['self-training']}`, FixMatch `{chosen['fixmatch']}`.\n\n"
              "| learner | knobs | validation accuracy (%) | vs classical (points, 95% CI) |\n"
              "| --- | --- | --- | --- |\n" + "\n".join(lines))
-    name = f"opponents_{'budget_' if args.knobs == 'chosen' else ''}{args.dataset}"
-    write_results(name, {"budgets": args.budgets, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
-                                                "classical": classical, "chosen": chosen, "seeds": rows}, table)
+    write_results(args.name, {"per_class": args.per_class, "budgets": args.budgets,
+                              "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
+                              "classical": classical, "chosen": chosen, "seeds": rows}, table)
 
 
 def main() -> None:
@@ -119,18 +137,41 @@ def main() -> None:
                         help="grid: the knob sweep; chosen: EvalConfig's knobs only (for a budget sweep)")
     parser.add_argument("--budgets", type=lambda s: tuple(float(b) for b in s.split(",")), default=(1.0,),
                         help="classifier budgets as multiples of the evaluation's steps, e.g. 1,2,4")
+    parser.add_argument("--name", help="results/NAME.{json,md} (default: opponents_[budget_]DATASET)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds results/NAME.json already holds (same command) and run the others")
     args = parser.parse_args()
+    args.name = args.name or f"opponents_{'budget_' if args.knobs == 'chosen' else ''}{args.dataset}"
     grid = chosen_knobs() if args.knobs == "chosen" else {"self-training": SELF_TRAINING, "fixmatch": FIXMATCH}
+    args.grid = grid
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     from joblib import Parallel, delayed
     seeds = range(args.seed_start, args.seed_start + args.seeds)
-    rows = []
+    rows = _done(args) if args.resume else []
+    seeds = [s for s in seeds if s not in {r["seed"] for r in rows}]
     jobs = (delayed(one_seed)(pool, validation, args.per_class, s, args.classical, grid, args.budgets) for s in seeds)
     for row in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
         rows.append(row)
         rows.sort(key=lambda r: r["seed"])
         print(f"seed {row['seed']}: {row['seconds']} s", flush=True)
         report(args, rows, args.classical)
+
+
+def _done(args) -> list:
+    """The seeds a killed run of the same command finished (its results file), checked against this command."""
+    path = RESULTS / f"{args.name}.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    same = {"classical": args.classical, "budgets": list(args.budgets)}
+    found = {"classical": old.get("classical"), "budgets": old.get("budgets")}
+    if found != same or old.get("per_class", args.per_class) != args.per_class:
+        sys.exit(f"--resume: {path} was written by another command ({found}, not {same}); give another --name")
+    names = {learner: {_name(v, b) for v in args.grid[learner] for b in args.budgets} for learner in args.grid}
+    rows = [r for r in old["seeds"] if args.seed_start <= r["seed"] < args.seed_start + args.seeds
+            and all(set(r[learner]) == names[learner] for learner in names)]
+    print(f"--resume: {len(rows)} seed(s) from {path}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
