@@ -10,18 +10,9 @@ from pathlib import Path
 
 import torch
 
+from diffaug.evaluation.cache import cpu_model
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    """The CPU's model name as lscpu gives it (machines of one name can differ several-fold on our convolutions)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> dict:
