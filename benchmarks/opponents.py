@@ -5,8 +5,9 @@ classifier budget (optimizer steps, as multiples of the evaluation's steps_for).
     python benchmarks/opponents.py --per-class 10 --seeds 5                          # knobs at the budget
     python benchmarks/opponents.py --per-class 10 --seeds 5 --knobs chosen --budgets 1,2,4   # the budget
 
-With `--knobs chosen` each learner runs at EvalConfig's knobs only (the ones the knob sweep chose), crossed with the
-budgets; that sweep writes results/opponents_budget_<dataset>.* (the knob sweep's files stay as they are).
+With `--knobs chosen` each learner runs at EvalConfig's knobs only (the ones the digits knob sweep chose), with
+`--knobs from:NAME` at the ones the knob sweep of results/NAME.json chose, crossed with the budgets; that sweep writes
+results/opponents_budget_<dataset>.* (the knob sweep's files stay as they are).
 
 A validation split (30% of the training pool, stratified, seed 1: as sweep.py) is scored; the rest of the pool is
 the evaluation's pool: per seed, k labelled images per class drawn from it, the remainder unlabelled (labels never
@@ -43,8 +44,14 @@ SELF_TRAINING = [{"threshold": t, "rounds": r} for t, r in itertools.product((0.
 FIXMATCH = [{"threshold": t, "ratio": m} for t, m in itertools.product((0.8, 0.95), (1, 2))]
 
 
-def chosen_knobs() -> dict:
-    """Each learner's knobs as EvalConfig has them (what the knob sweep chose)."""
+def chosen_knobs(source: str = "chosen") -> dict:
+    """Each learner's knobs as EvalConfig has them (what the digits knob sweep chose), or with `from:NAME` as the
+    knob sweep in results/NAME.json chose them (its `chosen`, e.g. `threshold=0.7,rounds=1`)."""
+    if source.startswith("from:"):
+        chosen = json.loads((RESULTS / f"{source[5:]}.json").read_text())["chosen"]
+        return {learner: [{key: (int(v) if v.isdigit() else float(v)) for key, _, v in
+                           (item.partition("=") for item in name.split(",")) if key != "budget"}]
+                for learner, name in chosen.items()}
     cfg = EvalConfig()
     return {"self-training": [{"threshold": cfg.self_training_threshold, "rounds": cfg.self_training_rounds}],
             "fixmatch": [{"threshold": cfg.fixmatch_threshold, "ratio": cfg.fixmatch_ratio}]}
@@ -94,7 +101,7 @@ def _name(variant: dict, budget: float = 1) -> str:
 
 def _ordered(names, learner: str, args) -> list:
     """The variants in the grid's order (then budget), as the table lists them."""
-    order = [_name(v, b) for v in args.grid[learner] for b in args.budgets]
+    order = [_name(v, b) for v in args.grid[learner] for b in sorted({*args.budgets, *args.reused})]
     return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
 
 
@@ -117,7 +124,9 @@ def report(args, rows: list, classical: str) -> None:
              f"policy `{classical}` (validation accuracy {100 * base.mean():.2f}%); one classifier per variant and "
              f"seed, {rows[0]['steps']} steps (`budget=b`: b x that many). Each learner's knobs are chosen by its "
              f"own mean validation accuracy (ties: the earlier row). Chosen: self-training "
-             f"`{chosen['self-training']}`, FixMatch `{chosen['fixmatch']}`.\n\n"
+             f"`{chosen['self-training']}`, FixMatch `{chosen['fixmatch']}`."
+             + (f" Budget 1 is read from the knob sweep `{args.knobs[5:]}` (the same seeds, teacher and steps: the "
+                "same classifiers; each seed's teacher accuracy checked equal)." if args.reused else "") + "\n\n"
              "| learner | knobs | validation accuracy (%) | vs classical (points, 95% CI) |\n"
              "| --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(args.name, {"per_class": args.per_class, "budgets": args.budgets,
@@ -133,28 +142,61 @@ def main() -> None:
     parser.add_argument("--seed-start", type=int, default=SEED_START)
     parser.add_argument("--classical", default="trivialaugment(m=1,p=0.5)")
     parser.add_argument("--n-jobs", type=int, default=2)
-    parser.add_argument("--knobs", choices=("grid", "chosen"), default="grid",
-                        help="grid: the knob sweep; chosen: EvalConfig's knobs only (for a budget sweep)")
+    parser.add_argument("--knobs", default="grid", help="grid: the knob sweep; chosen: EvalConfig's knobs only; "
+                        "from:NAME: the knobs results/NAME.json chose (chosen and from: are for a budget sweep)")
     parser.add_argument("--budgets", type=lambda s: tuple(float(b) for b in s.split(",")), default=(1.0,),
                         help="classifier budgets as multiples of the evaluation's steps, e.g. 1,2,4")
     parser.add_argument("--name", help="results/NAME.{json,md} (default: opponents_[budget_]DATASET)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the seeds results/NAME.json already holds (same command) and run the others")
     args = parser.parse_args()
-    args.name = args.name or f"opponents_{'budget_' if args.knobs == 'chosen' else ''}{args.dataset}"
-    grid = chosen_knobs() if args.knobs == "chosen" else {"self-training": SELF_TRAINING, "fixmatch": FIXMATCH}
+    if args.knobs not in ("grid", "chosen") and not args.knobs.startswith("from:"):
+        parser.error(f"--knobs {args.knobs!r}: expected grid, chosen or from:NAME")
+    args.name = args.name or f"opponents_{'budget_' if args.knobs != 'grid' else ''}{args.dataset}"
+    grid = {"self-training": SELF_TRAINING, "fixmatch": FIXMATCH} if args.knobs == "grid" else chosen_knobs(args.knobs)
     args.grid = grid
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     from joblib import Parallel, delayed
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     rows = _done(args) if args.resume else []
     seeds = [s for s in seeds if s not in {r["seed"] for r in rows}]
+    args.knob_sweep = _knob_sweep_rows(args, seeds)
+    args.reused = (1.0,) if args.knob_sweep else ()
     jobs = (delayed(one_seed)(pool, validation, args.per_class, s, args.classical, grid, args.budgets) for s in seeds)
     for row in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
-        rows.append(row)
+        rows.append(_with_reused(row, args))
         rows.sort(key=lambda r: r["seed"])
         print(f"seed {row['seed']}: {row['seconds']} s", flush=True)
         report(args, rows, args.classical)
+
+
+def _knob_sweep_rows(args, seeds) -> dict:
+    """With `--knobs from:NAME` and budget 1 not asked for: {seed: NAME's row}, whose budget-1 scores of the chosen
+    knobs are this sweep's budget 1 (the same seeds, subsets, teacher and steps: the same classifiers, so they are
+    read, not trained again). Empty otherwise."""
+    if not args.knobs.startswith("from:") or 1.0 in args.budgets:
+        return {}
+    source = json.loads((RESULTS / f"{args.knobs[5:]}.json").read_text())
+    rows = {r["seed"]: r for r in source["seeds"]}
+    missing = sorted(set(seeds) - set(rows))
+    if missing or source["classical"] != args.classical or source.get("per_class", args.per_class) != args.per_class:
+        sys.exit(f"--knobs {args.knobs}: its sweep lacks seeds {missing} or ran another teacher or k; add budget 1 "
+                 "to --budgets to train it here")
+    return rows
+
+
+def _with_reused(row: dict, args) -> dict:
+    """`row` with the knob sweep's budget-1 scores of the chosen knobs (checked: the same teacher's accuracy)."""
+    source = args.knob_sweep.get(row["seed"])
+    if source is None:
+        return row
+    if source["classical"] != row["classical"]:
+        sys.exit(f"seed {row['seed']}: the teacher scored {row['classical']} here and {source['classical']} in "
+                 f"{args.knobs[5:]}: not the same classifiers, so its budget-1 scores cannot be reused")
+    for learner, variants in args.grid.items():
+        for v in variants:
+            row[learner][_name(v)] = source[learner][_name(v)]
+    return row
 
 
 def _done(args) -> list:
@@ -169,7 +211,7 @@ def _done(args) -> list:
         sys.exit(f"--resume: {path} was written by another command ({found}, not {same}); give another --name")
     names = {learner: {_name(v, b) for v in args.grid[learner] for b in args.budgets} for learner in args.grid}
     rows = [r for r in old["seeds"] if args.seed_start <= r["seed"] < args.seed_start + args.seeds
-            and all(set(r[learner]) == names[learner] for learner in names)]
+            and all(names[learner] <= set(r[learner]) for learner in names)]
     print(f"--resume: {len(rows)} seed(s) from {path}", flush=True)
     return rows
 

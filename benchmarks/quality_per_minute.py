@@ -15,7 +15,9 @@ Each (variant, seed) fits `diffaug.fit(pool, minutes=M)` with everything else at
 Variants: `default` is the library as it is; `flat-lr` is the learning rate before budget-aware decay (a minutes
 budget trained at the peak rate to its last step; issue 37), made by patching `lr_at` to ignore the budget's clock;
 `importance` and `lognormal` are fits with that `noise_sampling` (diffusion/objectives.py); `narrow`, `wide`,
-`deep` and `no-attention` change one thing of the tiny preset's shape (SHAPES), for its quality at equal wall time.
+`deep` and `no-attention` change one thing of the tiny preset's shape (SHAPES), for its quality at equal wall time;
+`compiled` trains the network under torch.compile (`compile=True`), its compile time spent from the same budget;
+`opt:FIELD=VALUE+FIELD=VALUE` fits with those TrainConfig fields (e.g. `opt:batch_size=32+lr=1e-3`).
 `--ema-widths 0.05,0.15` also keeps, during every `default` fit, power-function EMAs of those relative widths
 (EDM2's sigma_rel; the library's warm-up EMA is the one of width 0.09) and scores each as the variant
 `default+ema<width>`: the same fit, weights averaged differently (issue 37, item 4).
@@ -66,13 +68,19 @@ def variant(name: str):
     if name in NOISE_SAMPLING:
         yield {"noise_sampling": name}
         return
+    if name == "compiled":   # the training network under torch.compile: its compile time is spent from the budget
+        yield {"compile": True}
+        return
+    if name.startswith("opt:"):
+        yield train_options(name)
+        return
     if name in SHAPES:
         with tiny_shaped(SHAPES[name]):
             yield {}
         return
     if name != "flat-lr":
-        raise SystemExit(f"unknown variant {name!r} (default, flat-lr, diffusers, diffusers@LR, "
-                         f"{', '.join(NOISE_SAMPLING)}, {', '.join(SHAPES)})")
+        raise SystemExit(f"unknown variant {name!r} (default, flat-lr, compiled, opt:FIELD=VALUE, diffusers, "
+                         f"diffusers@LR, {', '.join(NOISE_SAMPLING)}, {', '.join(SHAPES)})")
     import diffaug.diffusion.fastpath as fastpath
     import diffaug.diffusion.trainer as trainer
     from diffaug.diffusion.step import lr_at
@@ -85,6 +93,21 @@ def variant(name: str):
         yield {}
     finally:
         trainer.lr_at, fastpath.lr_at = saved
+
+
+def train_options(name: str) -> dict:
+    """`opt:batch_size=32+lr=1e-3` -> {"batch_size": 32, "lr": 0.001}: TrainConfig fields of one variant."""
+    fields = diffaug.TrainConfig.__dataclass_fields__
+    options = {}
+    for item in name[4:].split("+"):
+        key, _, value = item.partition("=")
+        if key not in fields or not value:
+            raise SystemExit(f"variant {name!r}: {item!r} is not FIELD=VALUE of a TrainConfig field")
+        try:
+            options[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            options[key] = value
+    return options
 
 
 # The tiny preset's shape at equal wall time (issue 37 item 5): each changes one thing of
