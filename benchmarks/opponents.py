@@ -40,8 +40,15 @@ from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.unit import _rest  # noqa: E402
 
 VALIDATION_SHARE, SEED_START = 0.3, 500   # as sweep.py: validation seeds, no test split is scored
-SELF_TRAINING = [{"threshold": t, "rounds": r} for t, r in itertools.product((0.5, 0.7, 0.9), (1, 2))]
-FIXMATCH = [{"threshold": t, "ratio": m} for t, m in itertools.product((0.8, 0.95), (1, 2))]
+ST_THRESHOLDS, ST_ROUNDS, FM_THRESHOLDS, FM_RATIOS = (0.5, 0.7, 0.9), (1, 2), (0.8, 0.95), (1, 2)   # the grid
+
+
+def knob_grid(args) -> dict:
+    """The knob sweep's variants of each learner (--st-thresholds x --st-rounds, --fm-thresholds x --fm-ratios)."""
+    return {"self-training": [{"threshold": t, "rounds": r} for t, r in itertools.product(args.st_thresholds,
+                                                                                          args.st_rounds)],
+            "fixmatch": [{"threshold": t, "ratio": m} for t, m in itertools.product(args.fm_thresholds,
+                                                                                    args.fm_ratios)]}
 
 
 def chosen_knobs(source: str = "chosen") -> dict:
@@ -57,10 +64,12 @@ def chosen_knobs(source: str = "chosen") -> dict:
             "fixmatch": [{"threshold": cfg.fixmatch_threshold, "ratio": cfg.fixmatch_ratio}]}
 
 
-def one_seed(pool, validation, k: int, seed: int, classical: str, grid: dict, budgets: tuple) -> dict:
+def one_seed(pool, validation, k: int, seed: int, classical: str, grid: dict, budgets: tuple,
+             done: dict | None = None) -> dict:
     """One seed's subset: the classical teacher and every (knobs, budget) variant of each learner, each scored on
     the validation split. A budget b trains for b x the evaluation's steps (the teacher at budget 1, as in a unit:
-    self-training's pseudo-labels come from the classical arm's classifier)."""
+    self-training's pseudo-labels come from the classical arm's classifier). `done`: this seed's row of an earlier
+    run of the sweep; its variants are kept, not trained again (its teacher must score the same)."""
     import torch
     torch.set_num_threads(1)
     cfg = EvalConfig(per_class=(k,))
@@ -74,12 +83,20 @@ def one_seed(pool, validation, k: int, seed: int, classical: str, grid: dict, bu
     t0 = time.perf_counter()
     teacher = fit_classifier(subset, aug, seeds, steps, cfg.batch_size, "cpu")
     out = {"seed": seed, "steps": steps, "classical": score(teacher), "self-training": {}, "fixmatch": {}}
+    if done is not None:
+        if done["classical"] != out["classical"] or done["steps"] != steps:
+            raise SystemExit(f"--resume, seed {seed}: the teacher scored {out['classical']} here and "
+                             f"{done['classical']} before: not the same classifiers, so the run cannot be extended")
+        out.update({learner: dict(done[learner]) for learner in ("self-training", "fixmatch")})
     for b in budgets:
         n = int(round(b * steps))
         for threshold in dict.fromkeys(v["threshold"] for v in grid["self-training"]):
             # round r's student is the teacher of round r + 1, with the same seeds: the students of one run of
             # max(rounds) rounds are exactly those of self_train(rounds=r) for each r (each round trained once)
-            wanted = {v["rounds"] for v in grid["self-training"] if v["threshold"] == threshold}
+            wanted = {v["rounds"] for v in grid["self-training"] if v["threshold"] == threshold
+                      and _name(v, b) not in out["self-training"]}
+            if not wanted:
+                continue
             model, kept = teacher, []
             for r in range(1, max(wanted) + 1):
                 model, _, history = self_train(subset, unlabeled, model, aug, seeds, n, cfg.batch_size, "cpu",
@@ -88,10 +105,10 @@ def one_seed(pool, validation, k: int, seed: int, classical: str, grid: dict, bu
                 if r in wanted:
                     out["self-training"][_name({"threshold": threshold, "rounds": r}, b)] = {
                         "accuracy": score(model), "kept": list(kept)}
-        for v in grid["fixmatch"]:
+        for v in (v for v in grid["fixmatch"] if _name(v, b) not in out["fixmatch"]):
             model, mask = FixMatch(**v).train(subset, unlabeled, seeds, n, cfg.batch_size, "cpu")
             out["fixmatch"][_name(v, b)] = {"accuracy": score(model), "mask_rate": mask}
-    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["seconds"] = round(time.perf_counter() - t0 + (done or {}).get("seconds", 0), 1)   # with the earlier run's
     return out
 
 
@@ -99,10 +116,13 @@ def _name(variant: dict, budget: float = 1) -> str:
     return ",".join(f"{k}={v}" for k, v in {**variant, **({"budget": f"{budget:g}"} if budget != 1 else {})}.items())
 
 
-def _ordered(names, learner: str, args) -> list:
-    """The variants in the grid's order (then budget), as the table lists them."""
-    order = [_name(v, b) for v in args.grid[learner] for b in sorted({*args.budgets, *args.reused})]
-    return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+def _ordered(names) -> list:
+    """The variants by their knobs' values, then budget (`threshold=0.7,rounds=2,budget=2`), as the table lists them."""
+    def key(name):
+        knobs = dict(item.partition("=")[::2] for item in name.split(","))
+        budget = float(knobs.pop("budget", 1))
+        return tuple(float(v) for v in knobs.values()), budget
+    return sorted(names, key=key)
 
 
 def report(args, rows: list, classical: str) -> None:
@@ -110,7 +130,8 @@ def report(args, rows: list, classical: str) -> None:
     base = np.array([r["classical"] for r in rows])
     for learner in ("self-training", "fixmatch"):
         means = {}
-        for name in _ordered(rows[0][learner], learner, args):
+        shared = set.intersection(*(set(r[learner]) for r in rows))   # what every seed has (a grid extended)
+        for name in _ordered(shared):
             acc = np.array([r[learner][name]["accuracy"] for r in rows])
             means[name] = acc.mean()
             ci = paired_ci(acc - base)
@@ -146,23 +167,33 @@ def main() -> None:
                         "from:NAME: the knobs results/NAME.json chose (chosen and from: are for a budget sweep)")
     parser.add_argument("--budgets", type=lambda s: tuple(float(b) for b in s.split(",")), default=(1.0,),
                         help="classifier budgets as multiples of the evaluation's steps, e.g. 1,2,4")
+    numbers = lambda kind: lambda text: tuple(kind(x) for x in text.split(","))   # noqa: E731
+    parser.add_argument("--st-thresholds", type=numbers(float), default=ST_THRESHOLDS)
+    parser.add_argument("--st-rounds", type=numbers(int), default=ST_ROUNDS)
+    parser.add_argument("--fm-thresholds", type=numbers(float), default=FM_THRESHOLDS)
+    parser.add_argument("--fm-ratios", type=numbers(int), default=FM_RATIOS)
     parser.add_argument("--name", help="results/NAME.{json,md} (default: opponents_[budget_]DATASET)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the seeds results/NAME.json already holds (same command) and run the others")
+                        help="keep what results/NAME.json already holds (same teacher and budgets) and run the rest: "
+                        "the seeds it lacks, and in the seeds it has the variants it lacks (a grid made larger)")
     args = parser.parse_args()
     if args.knobs not in ("grid", "chosen") and not args.knobs.startswith("from:"):
         parser.error(f"--knobs {args.knobs!r}: expected grid, chosen or from:NAME")
     args.name = args.name or f"opponents_{'budget_' if args.knobs != 'grid' else ''}{args.dataset}"
-    grid = {"self-training": SELF_TRAINING, "fixmatch": FIXMATCH} if args.knobs == "grid" else chosen_knobs(args.knobs)
+    grid = knob_grid(args) if args.knobs == "grid" else chosen_knobs(args.knobs)
     args.grid = grid
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     from joblib import Parallel, delayed
     seeds = range(args.seed_start, args.seed_start + args.seeds)
-    rows = _done(args) if args.resume else []
-    seeds = [s for s in seeds if s not in {r["seed"] for r in rows}]
+    earlier = {r["seed"]: r for r in _done(args)} if args.resume else {}
+    names = {learner: {_name(v, b) for v in grid[learner] for b in args.budgets} for learner in grid}
+    complete = {s for s, r in earlier.items() if all(names[learner] <= set(r[learner]) for learner in names)}
+    rows = [earlier[s] for s in sorted(complete)]
+    seeds = [s for s in seeds if s not in complete]
     args.knob_sweep = _knob_sweep_rows(args, seeds)
     args.reused = (1.0,) if args.knob_sweep else ()
-    jobs = (delayed(one_seed)(pool, validation, args.per_class, s, args.classical, grid, args.budgets) for s in seeds)
+    jobs = (delayed(one_seed)(pool, validation, args.per_class, s, args.classical, grid, args.budgets, earlier.get(s))
+            for s in seeds)
     for row in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
         rows.append(_with_reused(row, args))
         rows.sort(key=lambda r: r["seed"])
@@ -200,7 +231,7 @@ def _with_reused(row: dict, args) -> dict:
 
 
 def _done(args) -> list:
-    """The seeds a killed run of the same command finished (its results file), checked against this command."""
+    """The seeds an earlier run of this sweep finished (its results file), checked against this command."""
     path = RESULTS / f"{args.name}.json"
     if not path.exists():
         return []
@@ -209,9 +240,7 @@ def _done(args) -> list:
     found = {"classical": old.get("classical"), "budgets": old.get("budgets")}
     if found != same or old.get("per_class", args.per_class) != args.per_class:
         sys.exit(f"--resume: {path} was written by another command ({found}, not {same}); give another --name")
-    names = {learner: {_name(v, b) for v in args.grid[learner] for b in args.budgets} for learner in args.grid}
-    rows = [r for r in old["seeds"] if args.seed_start <= r["seed"] < args.seed_start + args.seeds
-            and all(names[learner] <= set(r[learner]) for learner in names)]
+    rows = [r for r in old["seeds"] if args.seed_start <= r["seed"] < args.seed_start + args.seeds]
     print(f"--resume: {len(rows)} seed(s) from {path}", flush=True)
     return rows
 

@@ -6,6 +6,7 @@ alternating, medians over repeats (benchmarks/README.md section 2).
     python benchmarks/speed.py                  # CPU: `tiny` at 1x8x8 and 1x28x28, fp32
     python benchmarks/speed.py --device cuda    # GPU: `small` and `base` at 3x32x32, bf16, batch 128 and 512
     python benchmarks/speed.py --section gpu --quick   # the GPU section at toy sizes on any device: a dry run
+    python benchmarks/speed.py --compiled       # CPU: also both systems under torch.compile, with its break-even
 
 Two diffusers baselines, and every ratio names its own: "diffusers" is the eager loop of their tutorials, and
 "diffusers + compile" the same loop with the UNet under torch.compile (mode reduce-overhead on CUDA: inductor's
@@ -331,12 +332,17 @@ def main() -> None:
     parser.add_argument("--warm", metavar="CASE:SYSTEM", help="run one system of one case (its index in the section) "
                         "once and exit: fills torch.compile's on-disk caches for a later timed run, and appends the "
                         "cold warm-up seconds to results/speed_<device>_cold.jsonl")
+    parser.add_argument("--compiled", action="store_true", help="every case also with both systems under "
+                        "torch.compile, and compile's break-even (the CPU cases have none by default); writes "
+                        "results/speed_<device>_compiled.*")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     cases = GPU_CASES if (args.section or ("gpu" if gpu else "cpu")) == "gpu" else CPU_CASES
     if args.cases and not args.warm:   # (--warm names its case by its index in the whole section)
         cases = [cases[int(i)] for i in args.cases.split(",")]
+    if args.compiled:
+        cases = [case._replace(compiled=True, anchor=True) for case in cases]
     if args.quick:   # same code paths at toy sizes (a CPU dry run of the GPU section)
         cases = [case._replace(hw=8, batch=8, sample_batch=case.sample_batch and 16, compiled=False, anchor=False)
                  for case in cases[:2]]
@@ -389,14 +395,15 @@ def main() -> None:
         where = (f"bf16 peak: {payload['bf16_peak_flops'] / 1e12:.0f} TFLOP/s measured in this run (8192^3 matmuls); "
                  + (f"{spec / 1e12:.0f} TFLOP/s dense" if spec else "no spec figure") + f" on the spec sheet of "
                  f"{payload['card']}; share = 3 x forward FLOPs x img/s / peak.\n\n" if gpu else "")
-        table = (f"Command: `python benchmarks/speed.py --device {args.device}{' --quick' if args.quick else ''}` "
+        flags = " --quick" * args.quick + " --compiled" * args.compiled
+        table = (f"Command: `python benchmarks/speed.py --device {args.device}{flags}` "
                  f"({payload['precision']}, medians of {repeats} alternating repeats of {train_steps} training steps and "
                  f"one {sample_steps}-step guided sampling run of the sample batch, guided at every step in both "
                  "systems (ratios compare these); diffaug: fast path, DPM-Solver++(2M), also timed guided only in its "
                  "default interval, as `Generator.sample` runs; diffusers: DDPMScheduler training, DDIMScheduler "
                  "sampling, CFG batched)\n\n"
                  + where + "\n".join([head, sep, *lines]))
-        name = "speed_" + ("cuda" if gpu else "cpu") + ("_quick" if args.quick else "")
+        name = f"speed_{'cuda' if gpu else 'cpu'}{'_compiled' * args.compiled}{'_quick' * args.quick}"
         write_results(name, payload, table)   # after every case: a killed run keeps what it measured
 
 
