@@ -14,8 +14,9 @@ the evaluation's pool: per seed, k labelled images per class drawn from it, the 
 read), the classical policy named with --classical (default: the one the earlier unlabelled sweep used), and every
 variant trained with the evaluation's budget (steps for the labelled plus unlabelled rows) and the seed's streams.
 Writes results/opponents_<dataset>.{json,md} (or --name's) after every seed: a killed run keeps what it has, and the
-same command with --resume runs only the seeds it lacks. Self-training's rounds share their students (round r + 1
-starts from round r's), so a grid with rounds 1 and 2 trains two students per threshold, not three.
+same command with --resume runs only what the file lacks (its missing seeds; a larger grid's new variants).
+Self-training's rounds share their students (round r + 1 starts from round r's), so a grid with rounds 1 and 2
+trains two students per threshold, not three.
 """
 
 from __future__ import annotations
@@ -55,9 +56,8 @@ def chosen_knobs(source: str = "chosen") -> dict:
     """Each learner's knobs as EvalConfig has them (what the digits knob sweep chose), or with `from:NAME` as the
     knob sweep in results/NAME.json chose them (its `chosen`, e.g. `threshold=0.7,rounds=1`)."""
     if source.startswith("from:"):
-        chosen = json.loads((RESULTS / f"{source[5:]}.json").read_text())["chosen"]
-        return {learner: [{key: (int(v) if v.isdigit() else float(v)) for key, _, v in
-                           (item.partition("=") for item in name.split(",")) if key != "budget"}]
+        chosen = _results(source[5:])["chosen"]
+        return {learner: [{key: v for key, v in _knobs(name).items() if key != "budget"}]
                 for learner, name in chosen.items()}
     cfg = EvalConfig()
     return {"self-training": [{"threshold": cfg.self_training_threshold, "rounds": cfg.self_training_rounds}],
@@ -116,13 +116,24 @@ def _name(variant: dict, budget: float = 1) -> str:
     return ",".join(f"{k}={v}" for k, v in {**variant, **({"budget": f"{budget:g}"} if budget != 1 else {})}.items())
 
 
+def _knobs(name: str) -> dict:
+    """_name's inverse: `threshold=0.7,rounds=2,budget=2` -> {"threshold": 0.7, "rounds": 2, "budget": 2.0}."""
+    pairs = (item.partition("=") for item in name.split(","))
+    return {key: (int(v) if v.isdigit() else float(v)) for key, _, v in pairs}
+
+
 def _ordered(names) -> list:
-    """The variants by their knobs' values, then budget (`threshold=0.7,rounds=2,budget=2`), as the table lists them."""
+    """The variants by their knobs' values, then budget, as the table lists them."""
     def key(name):
-        knobs = dict(item.partition("=")[::2] for item in name.split(","))
-        budget = float(knobs.pop("budget", 1))
-        return tuple(float(v) for v in knobs.values()), budget
+        knobs = _knobs(name)
+        budget = knobs.pop("budget", 1)
+        return tuple(knobs.values()), budget
     return sorted(names, key=key)
+
+
+def _results(name: str) -> dict:
+    """results/NAME.json of an earlier sweep."""
+    return json.loads((RESULTS / f"{name}.json").read_text())
 
 
 def report(args, rows: list, classical: str) -> None:
@@ -147,7 +158,7 @@ def report(args, rows: list, classical: str) -> None:
              f"own mean validation accuracy (ties: the earlier row). Chosen: self-training "
              f"`{chosen['self-training']}`, FixMatch `{chosen['fixmatch']}`."
              + (f" Budget 1 is read from the knob sweep `{args.knobs[5:]}` (the same seeds, teacher and steps: the "
-                "same classifiers; each seed's teacher accuracy checked equal)." if args.reused else "") + "\n\n"
+                "same classifiers; each seed's teacher accuracy checked equal)." if args.knob_sweep else "") + "\n\n"
              "| learner | knobs | validation accuracy (%) | vs classical (points, 95% CI) |\n"
              "| --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(args.name, {"per_class": args.per_class, "budgets": args.budgets,
@@ -191,7 +202,6 @@ def main() -> None:
     rows = [earlier[s] for s in sorted(complete)]
     seeds = [s for s in seeds if s not in complete]
     args.knob_sweep = _knob_sweep_rows(args, seeds)
-    args.reused = (1.0,) if args.knob_sweep else ()
     jobs = (delayed(one_seed)(pool, validation, args.per_class, s, args.classical, grid, args.budgets, earlier.get(s))
             for s in seeds)
     for row in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
@@ -207,7 +217,7 @@ def _knob_sweep_rows(args, seeds) -> dict:
     read, not trained again). Empty otherwise."""
     if not args.knobs.startswith("from:") or 1.0 in args.budgets:
         return {}
-    source = json.loads((RESULTS / f"{args.knobs[5:]}.json").read_text())
+    source = _results(args.knobs[5:])
     rows = {r["seed"]: r for r in source["seeds"]}
     missing = sorted(set(seeds) - set(rows))
     if missing or source["classical"] != args.classical or source.get("per_class", args.per_class) != args.per_class:
@@ -235,7 +245,7 @@ def _done(args) -> list:
     path = RESULTS / f"{args.name}.json"
     if not path.exists():
         return []
-    old = json.loads(path.read_text())
+    old = _results(args.name)
     same = {"classical": args.classical, "budgets": list(args.budgets)}
     found = {"classical": old.get("classical"), "budgets": old.get("budgets")}
     if found != same or old.get("per_class", args.per_class) != args.per_class:
