@@ -1,10 +1,14 @@
 """The cost an evaluation prints before it starts: its arithmetic on given step times, and the line itself."""
 
 import pytest
+import torch
 
 import diffaug
+from diffaug.classify.networks import SmallCNN
+from diffaug.classify.semi import self_train
 from diffaug.evaluation import EvalConfig
-from diffaug.evaluation.cost import after_choices, describe, describe_after_choices, estimate
+from diffaug.evaluation.config import FIXMATCH, SELF_TRAINING
+from diffaug.evaluation.cost import after_choices, describe, describe_after_choices, estimate, step_passes
 
 STEPS = {"classifier": {"smallcnn": 0.01, "smallcnn(width=64)": 0.05}, "generator": 0.1, "augment": 0.002}
 
@@ -48,6 +52,35 @@ def test_once_the_networks_are_chosen_each_regimes_units_are_forecast_at_its_own
     assert "10/class smallcnn(width=64), 50/class smallcnn" in describe_after_choices(forecast)
     done = after_choices(digits_train, cfg, todo[2:], {10: menu[1], 50: menu[0]}, 2, 1, STEPS)   # 10's units cached
     assert list(done["per_regime"]) == [50] and done["units"] == pytest.approx(narrow)
+
+
+def test_a_semi_supervised_step_costs_the_rows_its_learner_puts_through_the_network(digits_train):
+    """The estimate's count of a FixMatch or self-training step against the rows the learner's network really sees
+    (a forward without backward counted as 1/3 of a row, as the estimate counts it)."""
+    rows = {True: 0, False: 0}   # rows through the network with and without autograd
+
+    def counting(channels, classes):
+        model = SmallCNN(channels, classes)
+        model.register_forward_pre_hook(lambda m, args: rows.__setitem__(
+            torch.is_grad_enabled(), rows[torch.is_grad_enabled()] + len(args[0])))
+        return model
+
+    labelled, unlabeled = digits_train.subset(per_class=2, seed=0), digits_train.images[:50]
+    cfg = EvalConfig(per_class=(2,), unlabeled="rest", batch_size=8, fixmatch_ratio=3, self_training_rounds=2)
+    steps, batches = 4, 4 * cfg.batch_size
+
+    cfg.fixmatch.train(labelled, unlabeled, (0, 1), steps, cfg.batch_size, "cpu", factory=counting)
+    assert rows[False] == 0 and rows[True] == 7 * batches   # 8 labelled + 3 x 8 unlabelled in two views, a step
+    assert step_passes(cfg, FIXMATCH, steps, len(unlabeled)) == rows[True] / batches
+
+    teacher = counting(labelled.channels, labelled.num_classes)
+    rows.update({True: 0, False: 0})
+    self_train(labelled, unlabeled, teacher, None, (0, 1), steps, cfg.batch_size, "cpu", threshold=0.0,
+               rounds=cfg.self_training_rounds, factory=counting)
+    assert rows == {True: 2 * batches, False: 2 * len(unlabeled)}   # two students; each round labels the pool
+    assert step_passes(cfg, SELF_TRAINING, steps, len(unlabeled)) == pytest.approx(
+        (rows[True] + rows[False] / 3) / batches)
+    assert step_passes(cfg, None, steps, len(unlabeled)) == 1.0
 
 
 def test_evaluate_says_what_it_will_cost_before_it_starts_and_again_once_it_has_chosen(digits_train, digits_test,

@@ -130,11 +130,8 @@ def _unit(train: ImageData, cfg: EvalConfig, k: int, seed: int, t_first: float, 
     steps = cfg.steps_for(rows)
     trained = [a for a in cfg.arms if not (a.endswith(CONTROL) and a != cfg.primary + CONTROL
                                            and PLAN[a][0] == "real" and PLAN[a][2] is None)]
-    passes = 0.0
-    for arm in trained:   # forward-backward passes of a supervised step's batch, per arm
-        learner = PLAN[arm][2]
-        passes += (1 + cfg.fixmatch_ratio * 2 / 3 if learner == FIXMATCH else   # + weak (no grad) and strong views
-                   1.0 + cfg.self_training_rounds * 0.05 if learner == SELF_TRAINING else 1.0)
+    unlabeled = len(train) - n if cfg.unlabeled else 0
+    passes = sum(step_passes(cfg, PLAN[arm][2], steps, unlabeled) for arm in trained)
     if cfg.unlabeled and cfg.classical == AUTO:   # the unit's own choice, by successive halving in its subset
         passes += selection_fits(cfg.selection_survivors) * cfg.steps_for(rows) / max(1, steps)
     gen_steps = cfg.gen_steps_for(n)
@@ -143,6 +140,18 @@ def _unit(train: ImageData, cfg: EvalConfig, k: int, seed: int, t_first: float, 
     quality = (cfg.cas_steps if cfg.metrics else 0) * t_first
     common = gen_steps * t_gen + sampling + quality
     return common + passes * steps * t_first, common + passes * steps * t_widest
+
+
+def step_passes(cfg: EvalConfig, learner: str | None, steps: int, unlabeled: int) -> float:
+    """An arm's work per step, in supervised batches of `cfg.batch_size` rows through forward and backward (a
+    forward alone counts 1/3): FixMatch's one batch holds the labelled rows and, per labelled row,
+    `fixmatch_ratio` unlabelled images in two views, all through forward and backward; self-training fits
+    `self_training_rounds` students of `steps` each, labelling the `unlabeled` images before each."""
+    if learner == FIXMATCH:
+        return 1.0 + 2 * cfg.fixmatch_ratio
+    if learner == SELF_TRAINING:
+        return cfg.self_training_rounds * (1.0 + unlabeled / (3 * cfg.batch_size * max(1, steps)))
+    return 1.0
 
 
 def after_choices(train: ImageData, cfg: EvalConfig, todo: list, networks: dict, n_jobs: int, threads: int | None,
