@@ -20,7 +20,8 @@ compiled step saves, i.e. the fit length (in steps) from which `--compile` pays,
 first (benchmarks/gpu_session.sh does): the cold ones are in results/speed_<device>_cold.jsonl.
 
 diffusers is a benchmark-only dependency (`pip install -e ".[bench]"`); the library never imports it.
-Writes benchmarks/results/speed_<cpu|cuda>.{json,md} after every measured case (a killed run keeps them).
+Writes benchmarks/results/speed_<cpu|cuda>.{json,md} after every measured case (a killed run keeps them); `--name`
+names them otherwise.
 """
 
 from __future__ import annotations
@@ -335,6 +336,8 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true", help="every case also with both systems under "
                         "torch.compile, and compile's break-even (the CPU cases have none by default); writes "
                         "results/speed_<device>_compiled.*")
+    parser.add_argument("--name", help="results file name (default: speed_<device>[_compiled][_quick]), e.g. "
+                        "speed_cpu_epyc for another CPU's run beside this project's Xeon's")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -403,7 +406,7 @@ def main() -> None:
                  "default interval, as `Generator.sample` runs; diffusers: DDPMScheduler training, DDIMScheduler "
                  "sampling, CFG batched)\n\n"
                  + where + "\n".join([head, sep, *lines]))
-        name = f"speed_{'cuda' if gpu else 'cpu'}{'_compiled' * args.compiled}{'_quick' * args.quick}"
+        name = args.name or f"speed_{'cuda' if gpu else 'cpu'}{'_compiled' * args.compiled}{'_quick' * args.quick}"
         write_results(name, payload, table)   # after every case: a killed run keeps what it measured
 
 
