@@ -59,10 +59,12 @@ def test_a_semi_supervised_step_costs_the_rows_its_learner_puts_through_the_netw
     (a forward without backward counted as 1/3 of a row, as the estimate counts it)."""
     rows = {True: 0, False: 0}   # rows through the network with and without autograd
 
+    def count(module, args):
+        rows[torch.is_grad_enabled()] += len(args[0])
+
     def counting(channels, classes):
         model = SmallCNN(channels, classes)
-        model.register_forward_pre_hook(lambda m, args: rows.__setitem__(
-            torch.is_grad_enabled(), rows[torch.is_grad_enabled()] + len(args[0])))
+        model.register_forward_pre_hook(count)
         return model
 
     labelled, unlabeled = digits_train.subset(per_class=2, seed=0), digits_train.images[:50]
