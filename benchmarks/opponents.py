@@ -235,7 +235,8 @@ def report(args, rows: list, classical: str) -> None:
              + (f" The teacher (each seed's `classical`, the first machine's) scored differently on another "
                 f"machine's arithmetic: {teachers}." if teachers else "")
              + (f" Budget 1 is read from the knob sweep `{args.knobs[5:]}` (the same seeds, teacher and steps: the "
-                "same classifiers; each seed's teacher accuracy checked equal)." if args.knob_sweep else "") + "\n\n"
+                "same classifiers; each seed's teacher accuracy checked equal on a CPU both ran on)."
+                if args.knob_sweep else "") + "\n\n"
              "| learner | knobs | validation accuracy (%) | vs classical (points, 95% CI) |\n"
              "| --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(args.name, {"per_class": args.per_class, "budgets": args.budgets,
@@ -304,7 +305,7 @@ def _knob_sweep_rows(args, seeds) -> dict:
     if not args.knobs.startswith("from:") or 1.0 in args.budgets:
         return {}
     source = _results(args.knobs[5:])
-    rows = {r["seed"]: r for r in source["seeds"]}
+    rows = {r["seed"]: _with_teachers(r, source) for r in source["seeds"]}
     missing = sorted(set(seeds) - set(rows))
     if missing or source["classical"] != args.classical or source.get("per_class", args.per_class) != args.per_class:
         sys.exit(f"--knobs {args.knobs}: its sweep lacks seeds {missing} or ran another teacher or k; add budget 1 "
@@ -313,16 +314,28 @@ def _knob_sweep_rows(args, seeds) -> dict:
 
 
 def _with_reused(row: dict, args) -> dict:
-    """`row` with the knob sweep's budget-1 scores of the chosen knobs (checked: the same teacher's accuracy)."""
+    """`row` with the knob sweep's budget-1 scores of the chosen knobs, checked to be the same classifiers: the
+    teacher scored the same on every CPU both runs trained it on, and they share one (another CPU's arithmetic gives
+    another teacher, so scores from different machines alone prove nothing)."""
     source = args.knob_sweep.get(row["seed"])
     if source is None or "classical" not in row:
         return row
-    if source["classical"] != row["classical"]:
-        sys.exit(f"seed {row['seed']}: the teacher scored {row['classical']} here and {source['classical']} in "
-                 f"{args.knobs[5:]}: not the same classifiers, so its budget-1 scores cannot be reused")
+    ours, theirs = row.get("teachers", {}), source.get("teachers", {})
+    shared = sorted(set(ours) & set(theirs))
+    if not shared or any(ours[cpu] != theirs[cpu] for cpu in shared):
+        sys.exit(f"seed {row['seed']}: the teacher scored {ours} here and {theirs} in {args.knobs[5:]}: not shown "
+                 "to be the same classifiers, so its budget-1 scores cannot be reused; add budget 1 to --budgets")
     for learner, variants in args.grid.items():
         for v in variants:
             row[learner][_name(v)] = source[learner][_name(v)]
+    return row
+
+
+def _with_teachers(row: dict, results: dict) -> dict:
+    """`row` of `results` with its teacher scores by CPU (a file written before tasks recorded their machine: the
+    file's machine)."""
+    if "classical" in row:
+        row.setdefault("teachers", {results["machine"]["cpu"]: row["classical"]})
     return row
 
 
@@ -336,10 +349,7 @@ def _done(args) -> list:
     found = {"classical": old.get("classical"), "budgets": old.get("budgets")}
     if found != same or old.get("per_class", args.per_class) != args.per_class:
         sys.exit(f"--resume: {path} was written by another command ({found}, not {same}); give another --name")
-    rows = old["seeds"]   # those outside --seeds too: kept in the file, not in its table
-    for row in rows:   # written before tasks recorded their machine: the file's
-        if "classical" in row:
-            row.setdefault("teachers", {old["machine"]["cpu"]: row["classical"]})
+    rows = [_with_teachers(r, old) for r in old["seeds"]]   # those outside --seeds too: kept, not in the table
     print(f"--resume: {sum(r['seed'] in args.seed_list for r in rows)} of the seeds from {path}", flush=True)
     return rows
 
