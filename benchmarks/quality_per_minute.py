@@ -21,9 +21,11 @@ budget trained at the peak rate to its last step; issue 37), made by patching `l
 `--ema-widths 0.05,0.15` also keeps, during every `default` fit, power-function EMAs of those relative widths
 (EDM2's sigma_rel; the library's warm-up EMA is the one of width 0.09) and scores each as the variant
 `default+ema<width>`: the same fit, weights averaged differently (issue 37, item 4).
-`--sampling guidance=1,guidance=3,steps=40` also scores every `default` fit sampled with each of those settings
-(Generator.sample's `guidance` weight or `steps`; the library's are GUIDANCE and SAMPLE_STEPS) as the variant
-`default@<setting>`: the same fit, sampled differently (issue 37, item 5: class-faithfulness against diversity).
+`--sampling guidance=1,guidance=3,steps=40` also scores every library fit (not the diffusers anchor) sampled with each
+of those settings (Generator.sample's `guidance` weight or `steps`; the library's are GUIDANCE and SAMPLE_STEPS) as
+the variant `<variant>@<setting>`: the same fit, sampled differently (issue 37, item 5: class-faithfulness against
+diversity). A fit bounded by steps rather than the clock (`opt:steps=N` under a `--minutes` it will not reach) takes
+the same steps at the same rates under any load: sampling settings compared on it need no quiet CPU.
 `diffusers` is the loop a user would write instead (DiffusersAnchor): diffusers' UNet2DModel of the preset's size,
 trained and sampled for the same wall-clock budget (needs `pip install -e ".[bench]"`); `diffusers@LR` is the same
 loop at peak learning rate LR (e.g. `diffusers@1e-3`) instead of the tutorial's 1e-4, for the anchor tuned for the
@@ -388,7 +390,7 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--ema-widths", default="", help="extra EMA tracks kept during `default` fits, e.g. "
                         "0.05,0.15 (relative widths; the library's is 0.09)")
-    parser.add_argument("--sampling", default="", help="sampling settings every `default` fit is also scored with, "
+    parser.add_argument("--sampling", default="", help="sampling settings every library fit is also scored with, "
                         "e.g. guidance=1,guidance=3,steps=40")
     parser.add_argument("--name", default=None, help="results file name (default: quality_per_minute_DATA)")
     args = parser.parse_args()
@@ -409,7 +411,7 @@ def main() -> None:
                            diffaug.fit(pool, args.preset, minutes=minutes, seed=seed, progress=False, **options))
                 train = gen.config["train"]
                 scored_as = ([(name, gen)] + [(f"{name}+ema{w:g}", g) for w, g in tracks.generators(gen)]
-                             + [(f"{name}@{label}", Sampled(gen, kw)) for label, kw in sampling if name == "default"])
+                             + [(f"{name}@{label}", Sampled(gen, kw)) for label, kw in sampling if lr is None])
                 for label, scored in scored_as:
                     row = {"variant": label, "minutes": minutes, "seed": seed, "steps": train["steps"],
                            "fit_seconds": train["seconds"], "lr_end": train.get("lr_end"),
