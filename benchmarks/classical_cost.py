@@ -36,10 +36,11 @@ def main() -> None:
     digits = diffaug.load_data("digits", "train").subset(per_class=10, seed=0)
     rows, payload = [], {"steps": args.steps, "repeats": args.repeats, "batch": 128, "cases": {}}
     for size in (8, 28):
-        images = digits.images if size == 8 else \
-            F.interpolate(digits.images.float(), size=(size, size), mode="bilinear").round().clamp(0, 255).to(torch.uint8)
+        images = digits.images if size == 8 else F.interpolate(
+            digits.images.float(), size=(size, size), mode="bilinear").round().clamp(0, 255).to(torch.uint8)
         x, y = images.to(device), digits.labels.to(device)
-        per_image, batched = classical_augment("trivialaugment", (size, size)), BatchAugment("trivialaugment", (size, size))
+        per_image = classical_augment("trivialaugment", (size, size))
+        batched = BatchAugment("trivialaugment", (size, size))
         g = torch.Generator().manual_seed(0)
 
         def batches(aug):
@@ -64,11 +65,13 @@ def main() -> None:
         med = {a: statistics.median(times[a]) for a in arms}
         payload["cases"][f"{size}x{size}"] = {"seconds": times, "median": med}
         rows.append(f"| {size}x{size} | {args.steps / med['real only']:.0f} | {args.steps / med['per-image']:.0f} "
-                    f"({med['per-image'] / med['real only']:.1f}x the real-only time) | {args.steps / med['batched']:.0f} "
+                    f"({med['per-image'] / med['real only']:.1f}x the real-only time) | "
+                    f"{args.steps / med['batched']:.0f} "
                     f"({med['batched'] / med['real only']:.1f}x) |")
     table = (f"Command: `python benchmarks/classical_cost.py --device {args.device}` (classifier steps/s, batch 128, "
              f"medians of {args.repeats} alternating runs of {args.steps} steps; TrivialAugmentWide + padded crop)\n\n"
-             "| images | real only | torchvision per image (CPU reference) | batched (kornia ops, torchvision policy) |\n"
+             "| images | real only | torchvision per image (CPU reference) | "
+             "batched (kornia ops, torchvision policy) |\n"
              "| --- | --- | --- | --- |\n" + "\n".join(rows))
     write_results(f"classical_cost_{device.type}", payload, table)
 

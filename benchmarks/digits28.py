@@ -79,8 +79,9 @@ def one_digit(digit: int, font_path: Path, rng: np.random.Generator) -> np.ndarr
         image = image.filter(ImageFilter.MaxFilter(3))   # faces broke their strokes: MNIST's pen is never that thin)
     shear, stretch = rng.uniform(-0.3, 0.3), rng.uniform(0.8, 1.2)
     c = CANVAS / 2   # x' = (x - c) * stretch + shear * (y - c) + c, as PIL's inverse affine
-    image = image.transform(image.size, Image.AFFINE, (1 / stretch, -shear / stretch, c - c / stretch + shear * c / stretch,
-                                                       0, 1, 0), resample=Image.BILINEAR)
+    image = image.transform(image.size, Image.AFFINE,
+                            (1 / stretch, -shear / stretch, c - c / stretch + shear * c / stretch, 0, 1, 0),
+                            resample=Image.BILINEAR)
     image = image.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
     ink = displaced(np.asarray(image, dtype=np.float32), rng)
     return framed(ink)

@@ -44,10 +44,12 @@ def main() -> None:
             q, arms = s.get("quality", {}), s["arms"]
             gains = s["vs_classical"]
             fits = [u["generator"]["fit_seconds"] for u in result.units if str(u["k"]) == k]
-            rows.append(f"| {k} | {steps} | {sum(fits) / len(fits):.0f} | {100 * q.get('memorization_rate', float('nan')):.1f}% | "
+            rows.append(f"| {k} | {steps} | {sum(fits) / len(fits):.0f} | "
+                        f"{100 * q.get('memorization_rate', float('nan')):.1f}% | "
                         f"{100 * q.get('cas', float('nan')):.1f} | {q.get('fid_own', float('nan')):.3f} | "
                         f"{q.get('recall', float('nan')):.2f} | {100 * arms['classical']['mean']:.1f} | "
-                        + " | ".join(f"{100 * gains[a]['mean']:+.2f} [{100 * gains[a]['ci_low']:+.2f}, {100 * gains[a]['ci_high']:+.2f}]"
+                        + " | ".join(f"{100 * gains[a]['mean']:+.2f} [{100 * gains[a]['ci_low']:+.2f}, "
+                                     f"{100 * gains[a]['ci_high']:+.2f}]"
                                      for a in ("synthesize", "classical+synthesize")) + " |")
         head = ("| real / class | fit steps | fit s | memorization | CAS | FID (own) | recall | classical acc | "
                 "synthesize vs classical | classical+synthesize vs classical |")

@@ -43,8 +43,9 @@ from diffaug.diffusion.trainer import TrainConfig, Trainer  # noqa: E402
 # bf16 autocast on CUDA. Graph replay runs the eager kernels; compiled, inductor fuses the elementwise work and rounds
 # in another order, which a sampler amplifies in a few pixels. A second H200 run (2026-11-28) with bf16 copies of the
 # weights for sampling and padded graph batches found 12-24 levels between them and eager (mean 0.3-0.5; the two causes
-# not told apart) at no measured speed-up from the bf16 weights, so sampling keeps the fp32 weights. Losses within 2% (bf16 has 8 bits of mantissa) or within twice the spread of two eager
-# runs. The first H200 run (2026-11-27) found 2.1% against a bare 2%, with no noise floor measured.
+# not told apart) at no measured speed-up from the bf16 weights, so sampling keeps the fp32 weights. Losses within 2%
+# (bf16 has 8 bits of mantissa) or within twice the spread of two eager runs. The first H200 run (2026-11-27) found
+# 2.1% against a bare 2%, with no noise floor measured.
 MAX_PIXEL_DIFF = 8
 LOSS_RTOL = 0.02
 
@@ -78,9 +79,9 @@ def main() -> None:
     def sampler_check(sampler, spacing):
         def run():
             outs = {}
-            for way, (fast, compiled, batch) in {"eager": (False, False, None), "eager fp32": (False, False, None),
-                                                 "graph": (True, False, None), "graph padded": (True, False, padded_batch),
-                                                 "graph+compile": (True, True, None)}.items():
+            ways = {"eager": (False, False, None), "eager fp32": (False, False, None), "graph": (True, False, None),
+                    "graph padded": (True, False, padded_batch), "graph+compile": (True, True, None)}
+            for way, (fast, compiled, batch) in ways.items():
                 gen.fast, gen.compile = fast, compiled
                 batch = batch or len(labels)
                 bf16 = generator.autocast

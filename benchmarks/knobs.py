@@ -62,8 +62,8 @@ def main() -> None:
                           device=args.device)
 
             def arm(pool_, share):
-                model = train_classifier(mixed_batches(subset, pool_, share, base.batch_size, classical, (seed, seed + 1),
-                                                       args.device),
+                model = train_classifier(mixed_batches(subset, pool_, share, base.batch_size, classical,
+                                                       (seed, seed + 1), args.device),
                                          **common)
                 return accuracy(model, reference.test_images, reference.test_labels, args.device)
 

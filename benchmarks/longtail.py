@@ -117,7 +117,8 @@ def report(args, rows: list, selection: dict, network: dict | None) -> None:
              "balanced accuracy (%) and the few-shot third's accuracy. Each arm's knobs are chosen by its own mean "
              f"validation balanced accuracy (ties: the earlier row); the dose control takes its arm's fill. Chosen: "
              f"{chosen}. The diffusion arm that scores higher, and so the primary arm: **{primary}**.\n\n| arm | "
-             "knobs | validation balanced accuracy (%) | few-shot classes (%) | vs classical (points, 95% CI) |\n| --- | --- | --- | --- | --- |\n" + "\n".join(lines))
+             "knobs | validation balanced accuracy (%) | few-shot classes (%) | vs classical (points, 95% CI) |\n"
+             "| --- | --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(f"longtail_{args.dataset}", {
         "command": command, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
         "classical": selection, "network": network,

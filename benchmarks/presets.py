@@ -32,7 +32,8 @@ def main() -> None:
         params = count_parameters(UNet(1, 10, cfg))
         rows.append(f"| {name} | {params / 1e6:.2f} M | " + " | ".join(f"{f / 1e9:.3f}" for f in flops) + " |")
     table = "\n".join(["Command: `python benchmarks/presets.py` (10 classes; FLOPs = 2 x multiply-adds, one image)", "",
-                       "| preset | parameters (1 channel) | " + " | ".join(f"GFLOPs {c}x{h}x{w}" for c, h, w in SHAPES) + " |",
+                       "| preset | parameters (1 channel) | "
+                       + " | ".join(f"GFLOPs {c}x{h}x{w}" for c, h, w in SHAPES) + " |",
                        "| --- | --- | " + " | ".join("---" for _ in SHAPES) + " |", *rows])
     write_results("presets", payload, table)
 

@@ -69,7 +69,8 @@ def main() -> None:
         x = gen.sample(labels, steps=steps, sampler=sampler, spacing=spacing, seed=seed, batch_size=1000,
                        progress=False, **options)
         row = {"sampler": sampler, "spacing": spacing, "steps": steps, "seed": seed, **options,
-               "network_rows_per_image": rows_seen[0] / len(labels), "fid_own": fid_own(real, embed(features, x, device))}
+               "network_rows_per_image": rows_seen[0] / len(labels),
+               "fid_own": fid_own(real, embed(features, x, device))}
         if with_cas:   # the evaluation's CAS (its classifier, 400 steps), seeded with the cell's seed
             row["cas"] = cas(x, labels, test.images, test.labels, num_classes=train.num_classes, steps=400, seed=seed,
                              device=device)
@@ -135,7 +136,8 @@ def _table(payload, args) -> str:
                 "" if v is None else f"{v:.3f} ({100 * (v / ref - 1):+.0f}%)" for v in vals) + " |")
     return (f"Command: `python benchmarks/sampler_steps.py {' '.join(sys.argv[1:])}` "
             f"({payload['per_class']} images per class per cell, guidance 2, seed 0)\n\n"
-            f"Own-feature FID (the evaluation's reference classifier, trained on the {payload['dataset']} training split; "
+            f"Own-feature FID (the evaluation's reference classifier, trained on the {payload['dataset']} training "
+            "split; "
             f"test split as the real set), and its change against 250-step ancestral sampling (ddpm, even in time): "
             f"{ref:.3f}; a second seed of that reference differs by {100 * payload['reference_seed_noise']:.1f}% "
             "(the noise floor of these comparisons).\n\n" + "\n".join(lines))

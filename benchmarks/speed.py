@@ -264,7 +264,8 @@ def measure_case(case: Case, device, repeats, train_steps, sample_steps, extra_c
     params = {name: count_parameters(network) for name in systems if name.startswith("diffaug")}
     params.update({n: count_parameters(loop.model) for n, loop in systems.items() if loop is not None})
     ours_flops = forward_flops(UNet(c, 10, PRESETS[preset].unet), c, hw, lambda m, x, t, y: m(x, t, y))
-    theirs_flops = forward_flops(diffusers_model(preset, c, hw), c, hw, lambda m, x, t, y: m(x, t * 999, class_labels=y))
+    theirs_flops = forward_flops(diffusers_model(preset, c, hw), c, hw,
+                                 lambda m, x, t, y: m(x, t * 999, class_labels=y))
     rows = {}
     for name in systems:
         sample_s = statistics.median(times[name]["sample"]) if times[name]["sample"] else None
@@ -327,7 +328,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny step counts: checks the script, measures nothing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--section", choices=["cpu", "gpu"], help="which cases (default: by device); "
-                                                                    "--section gpu --quick on a CPU dry-runs the GPU one")
+                        "--section gpu --quick on a CPU dry-runs the GPU one")
     parser.add_argument("--cases", help="comma-separated indices of the section's cases to run (default: all); "
                         "gpu_session.sh times the two cases with bars first, in a run of their own")
     parser.add_argument("--warm", metavar="CASE:SYSTEM", help="run one system of one case (its index in the section) "
@@ -381,8 +382,9 @@ def main() -> None:
                     if r.get("compile_break_even_steps") else "")
             sample_paid = (f"; compile pays from {r['sample_compile_break_even_rows']:,.0f} network rows"
                            if r.get("sample_compile_break_even_rows") else "")
-            sample_share = (f", {100 * 2 * sample_steps * r['forward_flops'] * r['sample_img_s'] / payload['bf16_peak_flops']:.1f}% of the measured peak"
-                            if gpu and r["sample_img_s"] else "")
+            sample_share = (", {:.1f}% of the measured peak".format(
+                100 * 2 * sample_steps * r["forward_flops"] * r["sample_img_s"] / payload["bf16_peak_flops"])
+                if gpu and r["sample_img_s"] else "")
             default = (f"; {r['sample_default_interval_img_s']:,.1f} guided in the default interval "
                        f"{GUIDANCE_INTERVAL}" if r.get("sample_default_interval_img_s") else "")
             sampled = (f"{r['sample_img_s']:,.1f} {ratios(r, 'sample')}, batch {case.sample_batch}{sample_share}"
@@ -400,7 +402,8 @@ def main() -> None:
                  f"{payload['card']}; share = 3 x forward FLOPs x img/s / peak.\n\n" if gpu else "")
         flags = " --quick" * args.quick + " --compiled" * args.compiled
         table = (f"Command: `python benchmarks/speed.py --device {args.device}{flags}` "
-                 f"({payload['precision']}, medians of {repeats} alternating repeats of {train_steps} training steps and "
+                 f"({payload['precision']}, medians of {repeats} alternating repeats of {train_steps} training steps "
+                 "and "
                  f"one {sample_steps}-step guided sampling run of the sample batch, guided at every step in both "
                  "systems (ratios compare these); diffaug: fast path, DPM-Solver++(2M), also timed guided only in its "
                  "default interval, as `Generator.sample` runs; diffusers: DDPMScheduler training, DDIMScheduler "

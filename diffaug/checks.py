@@ -28,8 +28,8 @@ def whole_number(value, name: str, low: int | None = None, high: int | None = No
         raise DataError(f"{name} must be a whole number, got {value!r}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise DataError(f"{name} must lie in {low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
-                        f", got {value}")
+        raise DataError(f"{name} must lie in {low if low is not None else '-inf'}.."
+                        f"{high if high is not None else 'inf'}, got {value}")
     return value
 
 

@@ -24,7 +24,8 @@ def test_uint8_and_float32_in_give_the_same_type_out(bank):
     bank, real = bank
     img = hwc(real.images[0])
     for inp in (img, img.astype(np.float32) / 255, img[:, :, 0]):
-        out = A.Compose([AlbumentationsDiffusionAugment(bank, p=1.0)], seed=0)(image=inp, class_label=int(real.labels[0]))["image"]
+        pipe = A.Compose([AlbumentationsDiffusionAugment(bank, p=1.0)], seed=0)
+        out = pipe(image=inp, class_label=int(real.labels[0]))["image"]
         assert out.dtype == inp.dtype and out.shape == inp.shape and not np.array_equal(out, inp)
         assert out.max() <= (1.0 if inp.dtype == np.float32 else 255)
 
@@ -48,7 +49,8 @@ def test_compose_seed_makes_it_reproducible(bank):
 def test_p_zero_leaves_images_alone_and_p_is_respected(bank):
     bank, real = bank
     img = hwc(real.images[2])
-    assert np.array_equal(A.Compose([AlbumentationsDiffusionAugment(bank, p=0.0)], seed=0)(image=img, class_label=1)["image"], img)
+    never = A.Compose([AlbumentationsDiffusionAugment(bank, p=0.0)], seed=0)
+    assert np.array_equal(never(image=img, class_label=1)["image"], img)
     pipe = A.Compose([AlbumentationsDiffusionAugment(bank, p=0.5)], seed=0)
     changed = sum(not np.array_equal(pipe(image=img, class_label=1)["image"], img) for _ in range(200))
     assert 70 < changed < 130

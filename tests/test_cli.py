@@ -153,7 +153,8 @@ def test_evaluate_test_data_uses_the_column_options(tmp_path, capsys, digits_tra
                  "--sample-steps", "2", "--no-metrics", "--quiet"]) == 0, capsys.readouterr().err
     import json
     # the report names where each split came from
-    assert json.loads((tmp_path / "r" / "results.json").read_text())["config"]["data"] == f"train: {train}; test: {test}"
+    config = json.loads((tmp_path / "r" / "results.json").read_text())["config"]
+    assert config["data"] == f"train: {train}; test: {test}"
 
 
 def test_n_jobs_on_one_gpu_says_what_it_does(monkeypatch, tmp_path):

@@ -5,8 +5,8 @@ README cites exists.
 
 The code is executed unchanged. Only the sizes that make the documented calls take minutes or hours on two
 CPU cores are capped, by wrapping the library functions the snippets call (fit steps, bank and expansion
-sizes, evaluation regimes, seeds and parallel jobs); names, imports, signatures and the objects passed between the blocks
-are exactly the README's.
+sizes, evaluation regimes, seeds and parallel jobs); names, imports, signatures and the objects passed between the
+blocks are exactly the README's.
 """
 
 import re

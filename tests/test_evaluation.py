@@ -18,8 +18,8 @@ from diffaug.evaluation.unitplan import unit_streams
 def small_eval(digits_train, digits_test, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     result = evaluate(digits_train, digits_test, per_class=(5,), seeds=2, gen_steps=60, gen_batch_size=32,
-                      classifier_steps=40, batch_size=32, classifier_repeats=2, synthetic_per_class=20, perturb_copies=2,
-                      sample_steps=5, cas_steps=30, reference_steps=100, out_dir=out, progress=False,
+                      classifier_steps=40, batch_size=32, classifier_repeats=2, synthetic_per_class=20,
+                      perturb_copies=2, sample_steps=5, cas_steps=30, reference_steps=100, out_dir=out, progress=False,
                       classifier_menu=("smallcnn",))   # the network menu's choice: test_opponents.py
     return result, out
 
@@ -63,8 +63,8 @@ def test_report_files_and_resume(small_eval, digits_train, digits_test):
     report = (out / "results.md").read_text()
     assert "classical+synthesize vs its dose control" in report
     perturb = payload["summary"]["5"]["vs_control"]["classical+perturb"]["two_level"]
-    assert (f"| 5 | classical+perturb vs its dose control | {100 * perturb['mean']:+.2f} [{100 * perturb['ci_low']:+.2f}, "
-            f"{100 * perturb['ci_high']:+.2f}] |") in report
+    assert (f"| 5 | classical+perturb vs its dose control | {100 * perturb['mean']:+.2f} "
+            f"[{100 * perturb['ci_low']:+.2f}, {100 * perturb['ci_high']:+.2f}] |") in report
     assert payload["config"]["classical_selection"]["5"]["winner"] == result.units[0]["classical"]
     for name in ("gains_forest.png", "samples_k5.png", "memorization_k5.png"):
         assert (out / name).stat().st_size > 0
@@ -146,7 +146,7 @@ def test_the_t_interval_given_the_test_split_matches_the_textbook():
 
 TINY = dict(per_class=(3,), seeds=1, gen_steps=20, gen_batch_size=16, classifier_steps=20, batch_size=16,
             synthetic_per_class=4, perturb_copies=1, sample_steps=2, cas_steps=10, reference_steps=20, progress=False,
-            classifier_menu=("smallcnn",), classical="crop")   # the choices have their own tests (below; test_opponents)
+            classifier_menu=("smallcnn",), classical="crop")   # the choices: their own tests (below; test_opponents)
 
 
 def test_precision_recall_subsample_every_class_not_the_first_ones():
@@ -344,7 +344,8 @@ def test_the_report_says_how_each_regime_chose_its_classical_policy(digits_train
     selection_survivors is None."""
     from diffaug.evaluation.protocol import plan_of
     regimes = {"labelled": {}, "unlabeled": {"unlabeled": "rest"}, "longtail": {"imbalance": 10},
-               "full": {"unlabeled": "rest", "selection_survivors": None}, "labelled-full": {"selection_survivors": None}}
+               "full": {"unlabeled": "rest", "selection_survivors": None},
+               "labelled-full": {"selection_survivors": None}}
     rule = {name: plan_of(tmp_path / f"{name}.json", digits_train, digits_test, per_class=(10,),
                           **options)["baseline_rule"] for name, options in regimes.items()}
     assert "per regime" in rule["labelled"] and "k per class from the other folds" in rule["labelled"]

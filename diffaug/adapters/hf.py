@@ -57,7 +57,8 @@ def _check_columns(ds, image_column: str, label_column: str) -> None:
             raise DataError(f"the dataset has no {role} column {col!r}; its columns are {ds.column_names} "
                             f"(pass {role}_column=...)")
     feature = ds.features[label_column]
-    if not (isinstance(feature, datasets.ClassLabel) or (isinstance(feature, datasets.Value) and "int" in feature.dtype)):
+    if not (isinstance(feature, datasets.ClassLabel)
+            or (isinstance(feature, datasets.Value) and "int" in feature.dtype)):
         raise DataError(f"column {label_column!r} must hold integer class labels (ClassLabel or int), "
                         f"it is {ds.features[label_column]}")
 

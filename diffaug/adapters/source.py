@@ -112,8 +112,10 @@ class AugmentSource:
 
     def check_label(self, label: int) -> int:
         if not 0 <= label < self.source.num_classes:
-            raise MismatchError(f"label {label} is not a class of the generator (classes 0..{self.source.num_classes - 1}: "
-                                f"{', '.join(self.source.class_names[:10])}{' ...' if self.source.num_classes > 10 else ''})")
+            raise MismatchError(f"label {label} is not a class of the generator "
+                                f"(classes 0..{self.source.num_classes - 1}: "
+                                f"{', '.join(self.source.class_names[:10])}"
+                                f"{' ...' if self.source.num_classes > 10 else ''})")
         return label
 
     def synthesize_one(self, label: int, choice: float, seed: int) -> np.ndarray:

@@ -178,7 +178,8 @@ class DiffusionAugment(v2.Transform):
 
 
 class AugmentedDataset(Dataset):
-    """`dataset[i] = (image, label)` with `image, label = aug(image, label)` applied, then `transform` (e.g. ToImage)."""
+    """`dataset[i] = (image, label)` with `image, label = aug(image, label)` applied, then `transform` (e.g.
+    ToImage)."""
 
     def __init__(self, dataset, aug, transform=None):
         self.dataset, self.aug, self.transform = dataset, aug, transform

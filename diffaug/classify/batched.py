@@ -26,14 +26,15 @@ TRANSLATE_FRACTION = 150 / 331
 
 def _kornia_ops():
     geo, enh = kornia.geometry.transform, kornia.enhance
-    grayscale_noop = lambda f: lambda x, m: x if x.shape[1] == 1 else f(x, m)   # noqa: E731 (torchvision: no-op on 1 channel)
+    # torchvision's colour ops are no-ops on one channel
+    grayscale_noop = lambda f: lambda x, m: x if x.shape[1] == 1 else f(x, m)   # noqa: E731
     zeros = lambda m: torch.zeros_like(m)   # noqa: E731
     return {   # x: float (n,C,H,W) in [0, 1]; m: the n magnitudes, in torchvision's units for that op
         "Identity": lambda x, m: x,
         # torchvision's shear by atan(m) about (0, 0) is kornia's shear by factor -m (the opposite sign convention)
         "ShearX": lambda x, m: geo.shear(x, torch.stack([-m, zeros(m)], 1), mode="nearest", align_corners=True),
         "ShearY": lambda x, m: geo.shear(x, torch.stack([zeros(m), -m], 1), mode="nearest", align_corners=True),
-        "TranslateX": lambda x, m: shift(x, torch.stack([m.trunc(), zeros(m)], 1).long()),   # whole pixels, as torchvision
+        "TranslateX": lambda x, m: shift(x, torch.stack([m.trunc(), zeros(m)], 1).long()),  # whole pixels (torchvision)
         "TranslateY": lambda x, m: shift(x, torch.stack([zeros(m), m.trunc()], 1).long()),
         "Rotate": lambda x, m: geo.rotate(x, m, mode="nearest"),
         # torchvision's Brightness blends with black, i.e. scales: kornia's adjust_contrast is that scaling.

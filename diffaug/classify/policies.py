@@ -194,7 +194,8 @@ def select(pool: ImageData, k: int, steps: int, batch_size: int, hflip: bool, de
     per_fold = {p.label: [] for p in MENU}
     stages = [(MENU, tasks)] if survivors is None else [(MENU, tasks[:1]), (None, tasks[1:])]
     entries = list(MENU)
-    bar = tqdm(total=selection_fits(survivors), desc=f"classical choice, {k or 'all'} per class", unit="fit", disable=not progress)
+    bar = tqdm(total=selection_fits(survivors), desc=f"classical choice, {k or 'all'} per class", unit="fit",
+               disable=not progress)
     for chosen, fold_tasks in stages:
         if chosen is None:   # the second stage of halving: the best of the first fold go on
             keep = finalists({label: v[0] for label, v in per_fold.items()}, survivors)

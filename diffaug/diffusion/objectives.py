@@ -69,7 +69,8 @@ def min_snr_weight(logsnr: torch.Tensor, prediction: str, gamma: float | None = 
     return clipped
 
 
-def drop_labels(labels: torch.Tensor, null_class: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_labels(labels: torch.Tensor, null_class: int, p: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """Replace each label by the null class with probability p (Ho & Salimans 2022, classifier-free guidance)."""
     if p <= 0:
         return labels

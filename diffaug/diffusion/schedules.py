@@ -15,7 +15,7 @@ import torch
 
 from ..errors import DiffaugError
 
-LOGSNR_MIN, LOGSNR_MAX = -15.0, 15.0   # sigma(0) ~ 5e-4 and alpha(1) ~ 5e-4: indistinguishable from clean/noise in uint8
+LOGSNR_MIN, LOGSNR_MAX = -15.0, 15.0   # sigma(0) ~ 5e-4, alpha(1) ~ 5e-4: indistinguishable from clean/noise in uint8
 
 
 def logsnr_cosine(t: torch.Tensor, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX) -> torch.Tensor:

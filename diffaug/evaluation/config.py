@@ -138,7 +138,8 @@ class EvalConfig:
     strength: tuple = (0.3, 0.6)           # perturb: copies spread evenly over this range
     guidance: float = 1.0                  # no classifier-free guidance: on a digits validation split, guidance 1
                                            # gave half the own-feature FID and twice the recall of guidance 2 at the
-                                           # same CAS (benchmarks/results/knobs_digits.md), and one network call per step
+                                           # same CAS (benchmarks/results/knobs_digits.md), and one network call
+                                           # per step
     sample_steps: int = 10                 # DPM-Solver++(2M), Karras spacing: 10 steps match 20 and 250-step ancestral
                                            # in own-feature FID (benchmarks/results/sampler_steps_digits.md)
     filter_confidence: float | None = None  # keep synthetic images a real-trained classifier gives >= this
@@ -291,7 +292,8 @@ class EvalConfig:
             order = (LONGTAIL_PRIMARY, f"{LOGIT_ADJUST}+{REBALANCE}", *order) if self.imbalance else order
             self.primary = next((a for a in order if a in self.arms), None)
         if self.primary not in self.diffusion_arms:
-            raise DataError(f"primary must be one of the diffusion arms run, {self.diffusion_arms}; got {self.primary!r}")
+            raise DataError(f"primary must be one of the diffusion arms run, {self.diffusion_arms}; "
+                            f"got {self.primary!r}")
         if self.preset not in PRESETS:
             raise DataError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.filter_confidence is not None and not 0.0 < self.filter_confidence <= 1.0:
@@ -336,8 +338,8 @@ class EvalConfig:
 
     def gen_steps_for(self, n_real: int) -> int:
         """Generator fit steps on a subset of n_real images: `gen_steps` if set, `gen_epochs` passes at
-        `gen_batch_size` if set, else GEN_EPOCHS epochs at `gen_batch_size`, clipped to [GEN_STEPS_MIN, the preset's default] (longer fits of a small subset only
-        memorize it)."""
+        `gen_batch_size` if set, else GEN_EPOCHS epochs at `gen_batch_size`, clipped to [GEN_STEPS_MIN, the preset's
+        default] (longer fits of a small subset only memorize it)."""
         if self.gen_steps is not None:
             return self.gen_steps
         if self.gen_epochs is not None:

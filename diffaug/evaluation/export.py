@@ -91,8 +91,8 @@ def _header(recipe: dict) -> str:
 
 
 def _albumentations(folder: Path, final: Path, size: tuple[int, int], recipe: dict) -> None:
-    """pipeline.json: the classical policy's base in albumentations (the padded random crop's shift), then the bank at the
-    evaluated share, named by its path in `final` (where `folder` is moved). Skipped without the albumentations
+    """pipeline.json: the classical policy's base in albumentations (the padded random crop's shift), then the bank at
+    the evaluated share, named by its path in `final` (where `folder` is moved). Skipped without the albumentations
     extra."""
     try:
         import albumentations as A

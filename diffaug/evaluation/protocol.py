@@ -2,8 +2,9 @@
 
 One *unit* is a (real images per class k, seed) pair: draw the stratified (or long-tailed) subset, fit a
 generator on that subset only, build the synthetic pools, then train the same classifier for every arm with the
-same optimizer steps, batch size and seed (summary.py turns the units into the paired statistics). Units run in parallel (joblib) and each finished unit is cached as JSON in
-`out_dir/runs/`, so an interrupted evaluation resumes where it stopped. What units share is named: the reference
+same optimizer steps, batch size and seed (summary.py turns the units into the paired statistics). Units run in
+parallel (joblib) and each finished unit is cached as JSON in `out_dir/runs/`, so an interrupted evaluation resumes
+where it stopped. What units share is named: the reference
 feature network (metrics only) and, labelled-only, each regime's classical choice; with unlabelled images the
 pool generator is fitted once per seed (shared by that seed's regimes) and the classical choice is made per unit.
 """
@@ -168,7 +169,8 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
               "classifier_selection": networks, "claims": plan, "mixed_machines": mixed,
               "machine": here,
               "pool_generators": {str(seed): {"fingerprint": g.fingerprint, "steps": g.config["train"]["steps"],
-                                              "seconds": g.config["train"]["seconds"]} for seed, g in pool_gens.items()},
+                                              "seconds": g.config["train"]["seconds"]}
+                                  for seed, g in pool_gens.items()},
               "preregistration": prereg, "opponents": opponents(cfg), "short_classes": short,
               "headline": f"primary arm declared in advance: {cfg.primary}, against each of {opponents(cfg)} with "
                           "Holm's correction over all of those comparisons in every regime; all diffusion arms also "

@@ -367,6 +367,7 @@ def _quality(pool, subset: ImageData, ref: Reference, cfg: EvalConfig, seed: int
     mem = memorization(images, subset.images.to(images.device))
     return {"cas": cas(images, labels, ref.test_images, ref.test_labels, num_classes=subset.num_classes,
                        steps=cfg.cas_steps, seed=seed, device=device),
-            "fid_own": fid_own(ref.test_features, feats_syn), "kid_own": kid_own(ref.test_features, feats_syn, seed=seed),
+            "fid_own": fid_own(ref.test_features, feats_syn),
+            "kid_own": kid_own(ref.test_features, feats_syn, seed=seed),
             "precision": prec, "recall": rec, "memorization_rate": mem["rate"], "memorization_worst": mem["worst"],
             "reference_network": ref.info["fingerprint"]}
