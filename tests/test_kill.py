@@ -22,19 +22,39 @@ from test_distributed import untimed
 
 def start(args, log: Path, **env) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env,
+                            start_new_session=True)
 
 
 def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
-    """SIGKILL `proc` as soon as `ready()` holds (the work is under way); fail if it ends first."""
+    """SIGKILL `proc` and every process it started (its session: an evaluation's worker processes, as a job
+    scheduler or the OOM killer takes the whole job; killed alone, the parent left them running for the rest of the
+    suite) as soon as `ready()` holds (the work is under way); fail if it ends first."""
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"the process ended before {what}"
         assert time.monotonic() < deadline, f"no {what} within {timeout} s"
         time.sleep(0.05)
     assert proc.poll() is None, f"the process ended before it could be killed ({what})"
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 10
+    while left := in_session(proc.pid):
+        assert time.monotonic() < deadline, f"processes of the killed job still running: {left}"
+        time.sleep(0.1)
+
+
+def in_session(sid: int) -> list[int]:
+    """The live processes of session `sid` (Linux's /proc; none where there is no /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()   # after the command name, which may hold spaces
+        except (OSError, IndexError):
+            continue   # ended while read
+        if fields[0] != "Z" and int(fields[3]) == sid:   # state, ppid, pgrp, session
+            found.append(int(stat.parent.name))
+    return found
 
 
 BANK_SCRIPT = """
