@@ -10,7 +10,14 @@ import torch
 
 import diffaug
 
-torch.set_num_threads(2)
+# The cores shared among pytest-xdist's workers (pyproject's addopts): on two cores, two workers of one thread each
+# finish the suite sooner than one test at a time on both (most tests are too small to keep two threads busy). The
+# commands some tests start (the CLI, the examples, torchrun) inherit the same share through OMP_NUM_THREADS.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS) if WORKERS > 1 else 2
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")   # tests importing albumentations directly stay offline
 
 
