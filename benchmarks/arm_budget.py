@@ -180,7 +180,8 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    from joblib import Parallel, delayed
+    from joblib import delayed
+    from diffaug.workers import in_processes   # SIGTERM (pkill) ends the workers too
 
     t0 = time.perf_counter()
     train = diffaug.load_data(args.data, "train")
@@ -193,7 +194,7 @@ def main() -> None:
                  for seed in seeds_of(args.seeds)]
     record = {"command": "python benchmarks/arm_budget.py " + " ".join(sys.argv[1:]), "data": args.data,
               "budgets": budgets, "cpu": cpu_model(), "cores": os.cpu_count(), "n_jobs": args.n_jobs, "units": []}
-    for u in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
+    for u in in_processes(args.n_jobs, jobs, ordered=False):
         record["units"].append(u)
         record["wall_seconds"] = round(time.perf_counter() - t0, 1)
         print(f"k={u['k']} seed={u['seed']}: {u['unit_seconds']:.0f} s", flush=True)

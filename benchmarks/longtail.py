@@ -147,12 +147,13 @@ def main() -> None:
     selection, network = choose_regime(pool, args.per_class, cfg, n_jobs=args.n_jobs, threads=1)
     print(f"classical: {selection['winner']} ({selection['seconds']} s)", flush=True)
     print(f"network: {network['winner']} ({network['seconds']} s)", flush=True)
-    from joblib import Parallel, delayed
+    from joblib import delayed
+    from diffaug.workers import in_processes   # SIGTERM (pkill) ends the workers too
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     rows = []
     jobs = (delayed(one_seed)(pool, validation, args.per_class, args.imbalance, s, selection["winner"],
                               network["winner"]) for s in seeds)
-    for row in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
+    for row in in_processes(args.n_jobs, jobs, ordered=False):
         rows.append(row)
         rows.sort(key=lambda r: r["seed"])
         print(f"seed {row['seed']}: {row['seconds']} s", flush=True)

@@ -79,14 +79,15 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    from joblib import Parallel, delayed
+    from joblib import delayed
+    from diffaug.workers import in_processes   # SIGTERM (pkill) ends the workers too
 
     data = diffaug.load_data(args.dataset, "train")
     jobs = [delayed(unit)(tr, va, f, int(k), seed, args.repeats, args.device)
             for f, (tr, va) in enumerate(folds(data, args.folds))
             for k in args.per_class.split(",") for seed in range(args.seeds)]
     units = []
-    for u in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
+    for u in in_processes(args.n_jobs, jobs, ordered=False):
         units.append(u)
         print(f"fold {u['fold']} k={u['k']} seed={u['seed']}: {u['seconds']:.0f} s", flush=True)
         report(args, units, len(data))

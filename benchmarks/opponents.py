@@ -275,7 +275,8 @@ def main() -> None:
     args.grid = knob_grid(args) if args.knobs == "grid" else chosen_knobs(args.knobs)
     args.seed_list = list(range(args.seed_start, args.seed_start + args.seeds))
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
-    from joblib import Parallel, delayed
+    from joblib import delayed
+    from diffaug.workers import in_processes   # SIGTERM (pkill) ends the workers too
     if not args.resume and not args.overwrite and (RESULTS / f"{args.name}.json").exists():
         sys.exit(f"{RESULTS / args.name}.json exists: --resume to extend it, --overwrite to start again")
     rows = {r["seed"]: r for r in _done(args)} if args.resume else {}
@@ -288,7 +289,7 @@ def main() -> None:
     steps = EvalConfig(per_class=(args.per_class,)).steps_for(len(pool))
     print(f"{len(tasks)} task(s) to run, {left:.1f} fits of {steps} steps in all", flush=True)
     jobs = (delayed(run_task)(pool, validation, args.per_class, args.classical, t) for t in tasks)
-    for task, result in Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")(jobs):
+    for task, result in in_processes(args.n_jobs, jobs, ordered=False):
         seed = result["seed"]
         rows[seed] = _with_reused(merge(rows.get(seed), result), args)
         left -= task["work"]

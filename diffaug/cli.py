@@ -324,9 +324,10 @@ def main(argv=None) -> int:
     except (DiffaugError, FileNotFoundError, ImportError) as e:
         print(f"diffaug: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("diffaug: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM while worker processes ran (diffaug.workers)
+        from .workers import Terminated
+        print(f"diffaug: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

@@ -118,3 +118,26 @@ def test_a_killed_evaluation_resumes_to_the_uninterrupted_result(digits_gen_file
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     a, b = (json.loads((p / "results.json").read_text()) for p in (out, tmp_path / "whole"))
     assert untimed(a["units"]) == untimed(b["units"]) and untimed(a["summary"]) == untimed(b["summary"])
+
+
+def test_a_terminated_evaluation_ends_its_worker_processes(digits_gen_file, tmp_path):
+    """`kill PID` (SIGTERM) of an evaluation running units in two worker processes: the command ends and so do the
+    workers, and it says it was terminated (SIGTERM's default action ended it at once and left them running)."""
+    args = ["evaluate", "digits", "--gen", str(digits_gen_file), "--per-class", "5", "--seeds", "4", "--n-jobs", "2",
+            "--classifier-steps", "3000", "--batch-size", "32", "--synthetic-per-class", "10", "--sample-steps", "4",
+            "--arms", "real,classical,synthesize", "--classical", "crop", "--no-metrics", "--quiet"]
+    log = tmp_path / "log"
+    proc = start(["-m", "diffaug", *args, "--out", str(tmp_path / "out")], log)
+    deadline = time.monotonic() + 180
+    while len(in_session(proc.pid)) < 3:   # the command and its two workers (joblib's loky)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, "no worker processes within 180 s"
+        time.sleep(0.1)
+    time.sleep(2)   # under way in the workers
+    proc.terminate()
+    assert proc.wait(timeout=60) == 143, log.read_text()[-2000:]
+    deadline = time.monotonic() + 30
+    while left := in_session(proc.pid):
+        assert time.monotonic() < deadline, f"worker processes outlived the terminated command: {left}"
+        time.sleep(0.1)
+    assert "diffaug: terminated" in log.read_text()

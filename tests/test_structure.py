@@ -127,7 +127,8 @@ def test_the_cli_takes_its_sampling_defaults_and_choices_from_the_same_source():
 
 # The rooms of docs/design.md, bottom to top: a module may import its own room and the rooms below it, never one
 # above (lazy imports inside functions included: an arrow is an arrow).
-ROOMS = [("diffaug._version", "diffaug._deprecated", "diffaug.errors", "diffaug.checks", "diffaug.io"),
+ROOMS = [("diffaug._version", "diffaug._deprecated", "diffaug.errors", "diffaug.checks", "diffaug.io",
+          "diffaug.workers"),
          ("diffaug.data", "diffaug.images", "diffaug.loading", "diffaug.grid"),
          ("diffaug.diffusion",),
          ("diffaug.generator",),

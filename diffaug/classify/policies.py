@@ -17,6 +17,7 @@ import torch
 from ..checks import call_spec
 from ..data import ImageData, longtail_counts
 from ..errors import DataError
+from ..workers import in_processes
 from .batched import POLICIES, BatchAugment
 from .classical import CLASSICAL, classical_augment
 from .training import accuracy, class_recalls, fit_classifier
@@ -273,7 +274,7 @@ def _scores(jobs: list, args: tuple, n_jobs: int):
     are score's (steps, batch_size, hflip, device, threads, balanced), shared by every job."""
     steps, batch_size, hflip, device, threads, balanced = args
     if n_jobs > 1 and len(jobs) > 1:
-        from joblib import Parallel, delayed
-        return Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(score)(*job[:4], steps, batch_size, hflip, device, job[4], threads, balanced) for job in jobs)
+        from joblib import delayed
+        return in_processes(n_jobs, (
+            delayed(score)(*job[:4], steps, batch_size, hflip, device, job[4], threads, balanced) for job in jobs))
     return (score(*job[:4], steps, batch_size, hflip, device, job[4], balanced=balanced) for job in jobs)

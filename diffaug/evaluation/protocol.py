@@ -31,6 +31,7 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..loading import is_builtin, load_data
+from ..workers import in_processes
 from .cost import after_choices, describe as describe_cost, describe_after_choices, estimate as estimate_cost
 from .export import check_exportable, export_recipe
 from .cache import cached, gather_units, load_json, machine, mixed_machines, store, using_threads
@@ -241,10 +242,10 @@ def _pool_generators(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, d
     """{seed: its pool generator}: fitted in `n_jobs` processes at once where there are several (each with
     `threads` threads, as the units are), one after the other under torchrun (rank 0 fits, the others wait)."""
     if n_jobs > 1 and len(seeds) > 1 and not ranks.active:   # a bar over the fits: minutes of work before any unit
-        from joblib import Parallel, delayed
+        from joblib import delayed
         from tqdm.auto import tqdm
         jobs = (delayed(_pool_generator)(train, cfg, tag, runs, ranks, device, False, seed, threads) for seed in seeds)
-        fits = list(tqdm(Parallel(n_jobs=min(n_jobs, len(seeds)), return_as="generator")(jobs), total=len(seeds),
+        fits = list(tqdm(in_processes(min(n_jobs, len(seeds)), jobs), total=len(seeds),
                          desc="pool generators", unit="fit", disable=not progress))
     else:
         fits = [_pool_generator(train, cfg, tag, runs, ranks, device, progress, seed) for seed in seeds]
@@ -345,12 +346,12 @@ def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, p
                                reference=reference, classical=policies.get(k), pool_gen=pool_gens.get(seed))
                 bar.update(1)
     else:
-        from joblib import Parallel, delayed
+        from joblib import delayed
         pool_gens = {seed: g.to("cpu") for seed, g in pool_gens.items()}
         jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, factories.get(k, classifier), threads,
                                   reference.to("cpu"),
                                   policies.get(k), pool_gens.get(seed)) for k, seed in todo)
-        for unit in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
+        for unit in in_processes(n_jobs, jobs, ordered=False):
             yield unit
             bar.update(1)
     bar.close()
