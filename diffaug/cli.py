@@ -11,6 +11,7 @@ from pathlib import Path
 from .cli_args import HelpFormatter, data_args as _data_args, load as _load
 from .cli_evaluate import HELP as EVALUATE_HELP, add_evaluate
 from .errors import DiffaugError
+from .workers import Terminated
 
 
 class _Deprecated(argparse.Action):
@@ -325,9 +326,9 @@ def main(argv=None) -> int:
         print(f"diffaug: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM while worker processes ran (diffaug.workers)
-        from .workers import Terminated
-        print(f"diffaug: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
+        terminated = isinstance(e, Terminated)
+        print(f"diffaug: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     return 0
 
 

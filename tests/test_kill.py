@@ -38,9 +38,14 @@ def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 180) ->
     assert proc.poll() is None, f"the process ended before it could be killed ({what})"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 10
-    while left := in_session(proc.pid):
-        assert time.monotonic() < deadline, f"processes of the killed job still running: {left}"
+    session_ends(proc.pid, 10, "processes of the killed job still running")
+
+
+def session_ends(sid: int, timeout: float, what: str) -> None:
+    """Wait until no process of session `sid` is left; fail, naming them, after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while left := in_session(sid):
+        assert time.monotonic() < deadline, f"{what}: {left}"
         time.sleep(0.1)
 
 
@@ -136,8 +141,5 @@ def test_a_terminated_evaluation_ends_its_worker_processes(digits_gen_file, tmp_
     time.sleep(2)   # under way in the workers
     proc.terminate()
     assert proc.wait(timeout=60) == 143, log.read_text()[-2000:]
-    deadline = time.monotonic() + 30
-    while left := in_session(proc.pid):
-        assert time.monotonic() < deadline, f"worker processes outlived the terminated command: {left}"
-        time.sleep(0.1)
+    session_ends(proc.pid, 30, "worker processes outlived the terminated command")
     assert "diffaug: terminated" in log.read_text()
