@@ -1,0 +1,152 @@
+"""The classical choice an `--unlabeled rest` unit makes inside its own labelled subset, made twice on the same subset:
+at the unit's steps (`steps_for` of the labelled and unlabelled rows together, what every arm of the unit trains for:
+10,000 on Fashion-MNIST at the default budget 2) and at the labelled rows' steps (what the same images cost in a
+labelled-only evaluation: 1,000 at budget 2). The choice is 16 classifier fits on the labelled images alone, so at the
+unit's steps it is ~40% of a Fashion-MNIST unit's work. Where the two choices differ, each winner's teacher (the
+unit's classical arm: the labelled subset, the unit's steps) is scored on a validation split, so the table says what
+the cheaper choice costs in accuracy, not only whether it agrees.
+
+    python benchmarks/unit_choice.py --dataset fashion-mnist --per-class 10 --seeds 4 --budget 2
+
+As benchmarks/opponents.py: 30% of the training pool (stratified, seed 1) is the validation split, never the test
+split; the rest is the evaluation's pool; per seed the unit's subset of k labelled images per class is drawn from it
+with the evaluation's stream (`unit_streams`), the remainder unlabelled (it sets the steps; no label of it is read).
+Each seed's two choices and its teachers are written to results/unit_choice_<dataset>.{json,md} (or --name's) as they
+end; `--resume` runs only what the file lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import diffaug  # noqa: E402
+from _common import RESULTS, write_results  # noqa: E402
+from diffaug.classify import accuracy, fit_classifier  # noqa: E402
+from diffaug.classify.policies import Policy, select, selection_fits  # noqa: E402
+from diffaug.evaluation.cache import cpu_model  # noqa: E402
+from diffaug.evaluation.config import EvalConfig  # noqa: E402
+from diffaug.evaluation.unit import _rest  # noqa: E402
+from diffaug.evaluation.unitplan import unit_streams  # noqa: E402
+from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
+from diffaug.workers import in_processes  # noqa: E402
+
+VALIDATION_SHARE, SEED_START = 0.3, 500   # as opponents.py: validation seeds, no test split is scored
+WHICH = ("unit", "labelled")              # the choice at the unit's steps, and at the labelled rows' steps
+
+
+def steps_of(cfg: EvalConfig, subset, unlabeled) -> dict:
+    return {"unit": cfg.steps_for(len(subset) + len(unlabeled)), "labelled": cfg.steps_for(len(subset))}
+
+
+def teacher(subset, validation, policy: str, seeds, steps: int, cfg: EvalConfig) -> tuple[str, float, float]:
+    """The unit's classical arm with `policy`: its validation accuracy and seconds (one thread, in a worker)."""
+    import torch
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    model = fit_classifier(subset, Policy.parse(policy).build(subset.size, cfg.hflip), seeds, steps, cfg.batch_size,
+                           "cpu")
+    return policy, accuracy(model, validation.images, validation.labels), round(time.perf_counter() - t0, 1)
+
+
+def run_seed(pool, validation, args, cfg: EvalConfig, row: dict, save) -> dict:
+    """Seed `row["seed"]`'s two choices and the teachers of their winners, each kept (`save(row)`) as it ends."""
+    streams = unit_streams(args.per_class, row["seed"], 1)
+    subset = pool.subset(per_class=args.per_class, seed=streams["subset"])
+    row["steps"] = steps_of(cfg, subset, _rest(pool, subset))
+    for which in WHICH:
+        if which not in row["choices"]:
+            choice = select(subset, 0, row["steps"][which], cfg.batch_size, cfg.hflip, "cpu", n_jobs=args.n_jobs,
+                            threads=1, survivors=cfg.selection_survivors, progress=True)
+            row["choices"][which] = {**choice, "cpu": cpu_model()}
+            print(f"seed {row['seed']}, {which} steps ({row['steps'][which]}): {choice['winner']} in "
+                  f"{choice['seconds']} s", flush=True)
+            save(row)
+    from joblib import delayed
+    winners = sorted({row["choices"][w]["winner"] for w in WHICH} - set(row["teachers"]))
+    jobs = (delayed(teacher)(subset, validation, p, streams["replicates"][0], row["steps"]["unit"], cfg)
+            for p in winners)
+    for policy, acc, seconds in in_processes(min(args.n_jobs, max(1, len(winners))), jobs):
+        row["teachers"][policy] = {"accuracy": acc, "seconds": seconds, "cpu": cpu_model()}
+        print(f"seed {row['seed']}: teacher with {policy}: {100 * acc:.2f}% ({seconds} s)", flush=True)
+        save(row)
+    return row
+
+
+def report(args, rows: list, cfg: EvalConfig) -> None:
+    done = [r for r in rows if all(w in r["choices"] for w in WHICH)
+            and all(r["choices"][w]["winner"] in r["teachers"] for w in WHICH)]
+    lines = []
+    for r in done:
+        a, b = (r["choices"][w]["winner"] for w in WHICH)
+        ta, tb = (100 * r["teachers"][p]["accuracy"] for p in (a, b))
+        seconds = " / ".join(f"{r['choices'][w]['seconds']:.0f}" for w in WHICH)
+        lines.append(f"| {r['seed']} | `{a}` | `{b}` | {'yes' if a == b else 'no'} | {ta:.2f} | {tb:.2f} | "
+                     f"{tb - ta:+.2f} | {seconds} |")
+    same = sum(r["choices"]["unit"]["winner"] == r["choices"]["labelled"]["winner"] for r in done)
+    diff = np.array([r["teachers"][r["choices"]["labelled"]["winner"]]["accuracy"]
+                     - r["teachers"][r["choices"]["unit"]["winner"]]["accuracy"] for r in done])
+    if len(diff) and not diff.any():
+        verdict = "the same teacher on every seed: no difference"
+    elif len(diff) > 1:
+        ci = paired_ci(diff)
+        verdict = (f"the cheaper choice's teacher against the unit-steps choice's: {100 * ci['mean']:+.2f} "
+                   f"[{100 * ci['ci_low']:+.2f}, {100 * ci['ci_high']:+.2f}] points (95% CI over seeds)")
+    else:
+        verdict = "too few seeds for an interval"
+    steps = done[0]["steps"] if done else {}
+    fits = selection_fits(cfg.selection_survivors)
+    pending = len(rows) - len(done) + max(0, args.seeds - len(rows))
+    table = (f"Command: `{args.command}`. {args.dataset}, {args.per_class} labelled images per class per seed (the "
+             f"unit's subset of the pool less a {VALIDATION_SHARE:.0%} validation split; the rest of the pool "
+             f"unlabelled), classifier budget {args.budget:g}: the unit's classical choice ({fits} fits, successive "
+             f"halving) at the unit's steps ({steps.get('unit')}) and at the labelled rows' steps "
+             f"({steps.get('labelled')}); each winner's teacher trained at the unit's steps on the labelled subset "
+             f"and scored on the validation split (never the test split). **Same winner on {same} of {len(done)} "
+             f"seeds; {verdict}.**" + (f" Interim: {pending} seed(s) still to run." if pending else "") +
+             "\n\n| seed | winner, unit's steps | winner, labelled rows' steps | same | teacher (%), unit's winner | "
+             "teacher (%), labelled's winner | difference | choice seconds (unit / labelled) |\n"
+             "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(lines))
+    write_results(args.name, {"command": args.command, "budget": args.budget, "per_class": args.per_class,
+                              "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
+                              "same": same, "seeds_done": len(done), "interim": bool(pending), "seeds": rows}, table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--seed-start", type=int, default=SEED_START)
+    parser.add_argument("--budget", type=float, default=None,
+                        help="classifier budget (default: the evaluation's with unlabelled images)")
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--name", default=None, help="results file name (default unit_choice_<dataset>)")
+    parser.add_argument("--resume", action="store_true", help="run only what the results file lacks")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    args.command = "python benchmarks/unit_choice.py " + " ".join(sys.argv[1:])
+    args.name = args.name or f"unit_choice_{args.dataset}"
+    cfg = EvalConfig(per_class=(args.per_class,), unlabeled="rest", classifier_budget=args.budget)
+    args.budget = cfg.classifier_budget
+    path = RESULTS / f"{args.name}.json"
+    if path.exists() and not (args.resume or args.overwrite):
+        sys.exit(f"{path} exists: --resume to extend it, --overwrite to start again")
+    rows = {r["seed"]: r for r in json.loads(path.read_text())["seeds"]} if args.resume and path.exists() else {}
+    if rows and json.loads(path.read_text())["budget"] != args.budget:
+        sys.exit(f"--resume: {path} was made at another classifier budget")
+    pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
+    for seed in range(args.seed_start, args.seed_start + args.seeds):
+        row = rows.setdefault(seed, {"seed": seed, "choices": {}, "teachers": {}})
+        run_seed(pool, validation, args, cfg, row, lambda _: report(args, list(rows.values()), cfg))
+    report(args, list(rows.values()), cfg)
+
+
+if __name__ == "__main__":
+    main()
