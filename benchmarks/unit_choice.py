@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import RESULTS, write_results  # noqa: E402
 from diffaug.classify import accuracy, fit_classifier  # noqa: E402
-from diffaug.classify.policies import Policy, select, selection_fits  # noqa: E402
+from diffaug.classify.policies import FOLDS, MENU, Policy, finalists, halving_winner, score, selection_fits, \
+    selection_tasks  # noqa: E402
 from diffaug.evaluation.cache import cpu_model  # noqa: E402
 from diffaug.evaluation.config import EvalConfig  # noqa: E402
 from diffaug.evaluation.unit import _rest  # noqa: E402
@@ -45,53 +45,67 @@ def steps_of(cfg: EvalConfig, subset, unlabeled) -> dict:
     return {"unit": cfg.steps_for(len(subset) + len(unlabeled)), "labelled": cfg.steps_for(len(subset))}
 
 
-def teacher(subset, validation, policy: str, seeds, steps: int, cfg: EvalConfig) -> tuple[str, float, float]:
-    """The unit's classical arm with `policy`: its validation accuracy and seconds (one thread, in a worker)."""
+def fold_score(policy: str, fold: int, train, val, steps: int, cfg: EvalConfig) -> float:
+    """One fit of the choice (policies.score, one thread, in a worker)."""
+    return score(Policy.parse(policy), fold, train, val, steps, cfg.batch_size, cfg.hflip, "cpu", threads=1)
+
+
+def teacher(subset, validation, policy: str, seeds, steps: int, cfg: EvalConfig) -> float:
+    """The unit's classical arm with `policy`, scored on the validation split (one thread, in a worker)."""
     import torch
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
     model = fit_classifier(subset, Policy.parse(policy).build(subset.size, cfg.hflip), seeds, steps, cfg.batch_size,
                            "cpu")
-    return policy, accuracy(model, validation.images, validation.labels), round(time.perf_counter() - t0, 1)
+    return accuracy(model, validation.images, validation.labels)
 
 
 def run_seed(pool, validation, args, cfg: EvalConfig, row: dict, save) -> dict:
-    """Seed `row["seed"]`'s two choices and the teachers of their winners, each kept (`save(row)`) as it ends."""
+    """Seed `row["seed"]`'s two choices, fit by fit (each score kept, `save(row)`, as it ends: a killed run loses
+    only the fits in flight), made as `policies.select` makes them (successive halving: every menu entry on the first
+    fold, the best `selection_survivors` on the others), then the teachers of their winners."""
+    from joblib import delayed
     streams = unit_streams(args.per_class, row["seed"], 1)
     subset = pool.subset(per_class=args.per_class, seed=streams["subset"])
     row["steps"] = steps_of(cfg, subset, _rest(pool, subset))
-    for which in WHICH:
-        if which not in row["choices"]:
-            choice = select(subset, 0, row["steps"][which], cfg.batch_size, cfg.hflip, "cpu", n_jobs=args.n_jobs,
-                            threads=1, survivors=cfg.selection_survivors, progress=True)
-            row["choices"][which] = {**choice, "cpu": cpu_model()}
-            print(f"seed {row['seed']}, {which} steps ({row['steps'][which]}): {choice['winner']} in "
-                  f"{choice['seconds']} s", flush=True)
+    tasks = selection_tasks(subset, 0)
+    scores = row.setdefault("per_fold", {w: {p.label: [None] * FOLDS for p in MENU} for w in WHICH})
+
+    def fits(stage: int) -> list:
+        if stage == 0:
+            return [(w, p.label, 0) for w in WHICH for p in MENU]
+        return [(w, label, f) for w in WHICH
+                for label in finalists({p: v[0] for p, v in scores[w].items()}, cfg.selection_survivors)
+                for f in range(1, FOLDS)]
+
+    for stage in (0, 1):
+        todo = [(w, label, f) for w, label, f in fits(stage) if scores[w][label][f] is None]
+        jobs = (delayed(fold_score)(label, f, *tasks[f][1:], row["steps"][w], cfg) for w, label, f in todo)
+        for (w, label, f), acc in zip(todo, in_processes(args.n_jobs, jobs)):
+            scores[w][label][f] = acc
             save(row)
-    from joblib import delayed
-    winners = sorted({row["choices"][w]["winner"] for w in WHICH} - set(row["teachers"]))
-    jobs = (delayed(teacher)(subset, validation, p, streams["replicates"][0], row["steps"]["unit"], cfg)
-            for p in winners)
-    for policy, acc, seconds in in_processes(min(args.n_jobs, max(1, len(winners))), jobs):
-        row["teachers"][policy] = {"accuracy": acc, "seconds": seconds, "cpu": cpu_model()}
-        print(f"seed {row['seed']}: teacher with {policy}: {100 * acc:.2f}% ({seconds} s)", flush=True)
+    for w in WHICH:
+        done = {label: [x for x in v if x is not None] for label, v in scores[w].items()}
+        row["winners"][w] = halving_winner(done, cfg.selection_survivors)
+    todo = sorted(set(row["winners"].values()) - set(row["teachers"]))
+    jobs = (delayed(teacher)(subset, validation, p, streams["replicates"][0], row["steps"]["unit"], cfg) for p in todo)
+    for policy, acc in zip(todo, in_processes(min(args.n_jobs, max(1, len(todo))), jobs)):
+        row["teachers"][policy] = acc
         save(row)
+    print(f"seed {row['seed']}: {row['winners']} (teachers {row['teachers']})", flush=True)
     return row
 
 
 def report(args, rows: list, cfg: EvalConfig) -> None:
-    done = [r for r in rows if all(w in r["choices"] for w in WHICH)
-            and all(r["choices"][w]["winner"] in r["teachers"] for w in WHICH)]
+    done = [r for r in rows if len(r["winners"]) == len(WHICH) and set(r["winners"].values()) <= set(r["teachers"])]
     lines = []
     for r in done:
-        a, b = (r["choices"][w]["winner"] for w in WHICH)
-        ta, tb = (100 * r["teachers"][p]["accuracy"] for p in (a, b))
-        seconds = " / ".join(f"{r['choices'][w]['seconds']:.0f}" for w in WHICH)
-        lines.append(f"| {r['seed']} | `{a}` | `{b}` | {'yes' if a == b else 'no'} | {ta:.2f} | {tb:.2f} | "
-                     f"{tb - ta:+.2f} | {seconds} |")
-    same = sum(r["choices"]["unit"]["winner"] == r["choices"]["labelled"]["winner"] for r in done)
-    diff = np.array([r["teachers"][r["choices"]["labelled"]["winner"]]["accuracy"]
-                     - r["teachers"][r["choices"]["unit"]["winner"]]["accuracy"] for r in done])
+        a, b = (r["winners"][w] for w in WHICH)
+        ta, tb = (100 * r["teachers"][p] for p in (a, b))
+        means = " / ".join(f"{100 * np.mean(r['per_fold'][w][r['winners'][w]]):.1f}" for w in WHICH)
+        lines.append(f"| {r['seed']} | `{a}` | `{b}` | {'yes' if a == b else 'no'} | {means} | {ta:.2f} | {tb:.2f} | "
+                     f"{tb - ta:+.2f} |")
+    same = sum(r["winners"]["unit"] == r["winners"]["labelled"] for r in done)
+    diff = np.array([r["teachers"][r["winners"]["labelled"]] - r["teachers"][r["winners"]["unit"]] for r in done])
     if len(diff) and not diff.any():
         verdict = "the same teacher on every seed: no difference"
     elif len(diff) > 1:
@@ -103,15 +117,17 @@ def report(args, rows: list, cfg: EvalConfig) -> None:
     steps = done[0]["steps"] if done else {}
     fits = selection_fits(cfg.selection_survivors)
     pending = len(rows) - len(done) + max(0, args.seeds - len(rows))
+    work = (f" Each choice is {fits} fits: {fits * steps['unit']:,} and {fits * steps['labelled']:,} classifier "
+            "steps." if steps else "")
     table = (f"Command: `{args.command}`. {args.dataset}, {args.per_class} labelled images per class per seed (the "
              f"unit's subset of the pool less a {VALIDATION_SHARE:.0%} validation split; the rest of the pool "
-             f"unlabelled), classifier budget {args.budget:g}: the unit's classical choice ({fits} fits, successive "
-             f"halving) at the unit's steps ({steps.get('unit')}) and at the labelled rows' steps "
+             f"unlabelled), classifier budget {args.budget:g}: the unit's classical choice (successive halving, as "
+             f"`evaluate` makes it) at the unit's steps ({steps.get('unit')}) and at the labelled rows' steps "
              f"({steps.get('labelled')}); each winner's teacher trained at the unit's steps on the labelled subset "
-             f"and scored on the validation split (never the test split). **Same winner on {same} of {len(done)} "
-             f"seeds; {verdict}.**" + (f" Interim: {pending} seed(s) still to run." if pending else "") +
-             "\n\n| seed | winner, unit's steps | winner, labelled rows' steps | same | teacher (%), unit's winner | "
-             "teacher (%), labelled's winner | difference | choice seconds (unit / labelled) |\n"
+             f"and scored on the validation split (never the test split).{work} **Same winner on {same} of "
+             f"{len(done)} seeds; {verdict}.**" + (f" Interim: {pending} seed(s) still to run." if pending else "") +
+             "\n\n| seed | winner, unit's steps | winner, labelled rows' steps | same | winners' fold means (%) | "
+             "teacher (%), unit's winner | teacher (%), labelled's winner | difference (points) |\n"
              "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(args.name, {"command": args.command, "budget": args.budget, "per_class": args.per_class,
                               "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
@@ -143,7 +159,7 @@ def main() -> None:
         sys.exit(f"--resume: {path} was made at another classifier budget")
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     for seed in range(args.seed_start, args.seed_start + args.seeds):
-        row = rows.setdefault(seed, {"seed": seed, "choices": {}, "teachers": {}})
+        row = rows.setdefault(seed, {"seed": seed, "cpu": cpu_model(), "winners": {}, "teachers": {}})
         run_seed(pool, validation, args, cfg, row, lambda _: report(args, list(rows.values()), cfg))
     report(args, list(rows.values()), cfg)
 
