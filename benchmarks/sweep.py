@@ -23,7 +23,9 @@ arm, its dose control, the self-training arm (with unlabelled images) and the fi
 seed); synthesize alone; the generators' CAS, own-feature FID, recall, memorization and fit seconds (where a
 synthesize pool was built); the perturbed copies the reference classifier still assigns to their label. Written
 after every variant (a killed run keeps them):
-results/sweep_<dataset>_<tag>.{json,md}.
+results/sweep_<dataset>_<tag>.{json,md}. With `--work DIR` each variant's evaluation folder is kept in DIR, and the
+same command again resumes from every unit a killed run finished (a variant's seconds are then those of the run that
+finished it).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,9 @@ def main() -> None:
                         help="JSON object of EvalConfig fields; the first variant is the reference")
     parser.add_argument("--n-jobs", default="auto")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep each variant's evaluation folder here (vN/), so the same command again resumes "
+                             "from the units it finished; default: a temporary folder, gone when the run ends")
     args = parser.parse_args()
     common = {"arms": ARMS, "primary": PRIMARY}   # --set arms= / primary= replace these
     for item in args.set:
@@ -70,7 +76,7 @@ def main() -> None:
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     n_jobs = args.n_jobs if args.n_jobs == "auto" else int(args.n_jobs)
     classical, network, rows = common.pop("classical", "auto"), common.pop("classifier", None), {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with nullcontext(args.work) if args.work else tempfile.TemporaryDirectory() as tmp:
         for i, text in enumerate(args.variant):
             variant = json.loads(text)
             options = {**common, **variant}
