@@ -51,6 +51,7 @@ from diffaug.evaluation.config import BASELINE, CONTROL, EvalConfig  # noqa: E40
 from diffaug.evaluation.unit import _pools, train_arm  # noqa: E402
 from diffaug.evaluation.verdict import t_given_split  # noqa: E402
 from diffaug.io import atomic_path  # noqa: E402
+from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 
 PRIMARY = "classical+synthesize"
 ARMS = (BASELINE, PRIMARY, PRIMARY + CONTROL)
@@ -166,6 +167,7 @@ def table(record: dict) -> str:
             f"one thread per unit, {record['n_jobs']} units at a time. Wall: {record['wall_seconds'] / 60:.1f} min.\n")
 
 
+@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

@@ -37,6 +37,7 @@ from diffaug.classify.policies import Policy, halving_winner, network_winner, se
 from diffaug.evaluation.cache import cpu_model  # noqa: E402
 from diffaug.evaluation.config import CLASSIFIER_MENU, EvalConfig  # noqa: E402
 from diffaug.evaluation.unitplan import selection_rows  # noqa: E402
+from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 
 
 def replay(classical: dict, network: dict, n_val: int, survivors: int) -> dict:
@@ -67,6 +68,7 @@ def replayed(record: dict) -> dict:
     return record
 
 
+@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

@@ -23,6 +23,7 @@ from diffaug.demo import DEMO_EVAL, DEMO_FIT_STEPS  # noqa: E402
 from diffaug.evaluation.cache import cpu_model  # noqa: E402
 from diffaug.fitting import fit  # noqa: E402
 from diffaug.hf import expand_dataset, to_hf_dataset  # noqa: E402
+from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 
 PREVIOUS = dict(fit_steps=800, evaluate=dict(per_class=(10,), seeds=3, gen_steps=300, gen_batch_size=64,
                                              classifier_steps=200, synthetic_per_class=100, perturb_copies=2,
@@ -70,6 +71,7 @@ def run(config: dict) -> dict:
             "unit_seconds": [u["seconds"] for u in result.units]}
 
 
+@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

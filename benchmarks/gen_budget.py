@@ -17,11 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
+from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 from _common import RESULTS, write_results  # noqa: E402
 
 VALIDATION_SHARE = 0.3   # of the training pool, stratified, seed 1
 
 
+@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")

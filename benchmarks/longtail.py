@@ -34,6 +34,7 @@ from diffaug.evaluation.unitplan import counts_for, unit_streams  # noqa: E402
 from diffaug.evaluation.metrics import shot_groups  # noqa: E402
 from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.unit import _rebalance  # noqa: E402
+from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 
 VALIDATION_SHARE, SEED_START = 0.3, 500   # validation seeds; no test split is scored
 TAUS, FILLS = (0.5, 1.0, 1.5, 2.0), (0.5, 1.0)
@@ -125,6 +126,7 @@ def report(args, rows: list, selection: dict, network: dict | None) -> None:
         "chosen": chosen, "primary": primary, "means": best, "seeds": rows}, table)
 
 
+@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the results file")

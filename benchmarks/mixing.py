@@ -37,6 +37,7 @@ from diffaug.classify.batched import BatchAugment  # noqa: E402
 from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.config import EvalConfig  # noqa: E402
 from diffaug.evaluation.unit import _pools, train_arm  # noqa: E402
+from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 
 VARIANTS = {"classical": (False, True, True), "classical+synthesize (augment all)": (True, True, True),
             "classical+synthesize (augment real)": (True, True, False), "synthesize": (True, False, False)}
@@ -69,6 +70,7 @@ def unit(pool, validation, fold: int, k: int, seed: int, repeats: int, device: s
     return {"fold": fold, "k": k, "seed": seed, "accuracy": accs, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")

@@ -49,6 +49,7 @@ from diffaug.evaluation.cost import step_passes  # noqa: E402
 from diffaug.evaluation.unitplan import unit_streams  # noqa: E402
 from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.unit import _rest  # noqa: E402
+from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 
 VALIDATION_SHARE, SEED_START = 0.3, 500   # as sweep.py: validation seeds, no test split is scored
 ST_THRESHOLDS, ST_ROUNDS, FM_THRESHOLDS, FM_RATIOS = (0.5, 0.7, 0.9), (1, 2), (0.8, 0.95), (1, 2)   # the grid
@@ -245,6 +246,7 @@ def report(args, rows: list, classical: str) -> None:
                               "seeds": every}, table)
 
 
+@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")

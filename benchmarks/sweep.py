@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
 from _common import write_results  # noqa: E402
 from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
+from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 
 VALIDATION_SHARE = 0.3   # of the training pool, stratified, seed 1 (as benchmarks/knobs.py and gen_budget.py)
 SEED_START = 500         # validation seeds: no test split is scored, so they need not be fresh
@@ -51,6 +52,7 @@ ARMS = ("classical", "synthesize", "classical+synthesize", "classical+synthesize
 PRIMARY = "classical+synthesize"
 
 
+@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")

@@ -11,7 +11,7 @@ from pathlib import Path
 from .cli_args import HelpFormatter, data_args as _data_args, load as _load
 from .cli_evaluate import HELP as EVALUATE_HELP, add_evaluate
 from .errors import DiffaugError
-from .workers import Terminated
+from .workers import Terminated, sigterm_as_interrupt
 
 
 class _Deprecated(argparse.Action):
@@ -321,11 +321,12 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(command_of(argv)).parse_args(argv)
     try:
-        args.func(args)
+        with sigterm_as_interrupt():   # the whole command: between two pools, its idle workers end with it too
+            args.func(args)
     except (DiffaugError, FileNotFoundError, ImportError) as e:
         print(f"diffaug: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM while worker processes ran (diffaug.workers)
+    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM (diffaug.workers)
         terminated = isinstance(e, Terminated)
         print(f"diffaug: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130

@@ -20,7 +20,10 @@ def sigterm_as_interrupt():
     """While worker processes run, SIGTERM (`kill PID`, a job scheduler's stop) raises in the main thread as Ctrl-C
     does, so joblib stops the workers before this process ends. With SIGTERM's default action this process ended at
     once and its workers ran on, orphaned, finishing their jobs for no one. Only in the main thread and where SIGTERM
-    has its default action: an application's own handler is left alone."""
+    has its default action: an application's own handler, or an enclosing use of this one, is left alone.
+    A context manager and a decorator: held over a whole command (the CLI, `evaluate`, a benchmark's main), it also
+    covers the main process's own work between two pools, while a pool's workers wait idle for the next one (loky
+    keeps them); the interpreter's normal exit then ends them."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield

@@ -143,3 +143,48 @@ def test_a_terminated_evaluation_ends_its_worker_processes(digits_gen_file, tmp_
     assert proc.wait(timeout=60) == 143, log.read_text()[-2000:]
     session_ends(proc.pid, 30, "worker processes outlived the terminated command")
     assert "diffaug: terminated" in log.read_text()
+
+
+BETWEEN_POOLS = """
+import pathlib, sys, time
+from joblib import delayed
+import diffaug
+import diffaug.evaluation.protocol as protocol
+from diffaug.cli import main
+from diffaug.workers import in_processes
+
+def reference_after_a_pool(*args, **kwargs):   # the main process's own work after a pool: its workers idle, alive
+    assert sorted(in_processes(2, [delayed(abs)(-1), delayed(abs)(-2)])) == [1, 2]
+    pathlib.Path(sys.argv[1]).write_text("between pools")
+    time.sleep(600)
+
+protocol.reference_for = reference_after_a_pool
+gen, way = sys.argv[2], sys.argv[3]
+if way == "cli":
+    sys.exit(main(["evaluate", "digits", "--gen", gen, "--per-class", "5", "--seeds", "2", "--n-jobs", "2",
+                   "--arms", "real,classical,synthesize", "--classical", "crop", "--no-metrics", "--quiet", "--out", sys.argv[4]]))
+diffaug.evaluate("digits", gen=diffaug.Generator.load(gen), per_class=(5,), seeds=2, n_jobs=2,
+                 arms=("real", "classical", "synthesize"), classical="crop", progress=False)
+"""
+
+
+@pytest.mark.parametrize("way", ["cli", "api"])
+def test_sigterm_between_two_worker_pools_ends_the_idle_workers_too(digits_gen_file, tmp_path, way):
+    """`kill PID` while the main process works between two pools (the evaluation's reference network; a pool's
+    workers stay alive, idle, for the next one): the command ends and so do its workers. With SIGTERM's default
+    action there the process died at once and the idle workers ran on, orphaned, past loky's idle timeout."""
+    marker, log = tmp_path / "between", tmp_path / "log"
+    proc = start(["-c", BETWEEN_POOLS, str(marker), str(digits_gen_file), way, str(tmp_path / "out")], log)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, "the evaluation never reached its reference network"
+        time.sleep(0.05)
+    assert len(in_session(proc.pid)) >= 3   # the command and its two idle workers
+    proc.terminate()
+    code = proc.wait(timeout=60)
+    session_ends(proc.pid, 30, "idle worker processes outlived the terminated command")
+    if way == "cli":
+        assert code == 143 and "diffaug: terminated" in log.read_text(), log.read_text()[-2000:]
+    else:   # raised in the user's script as Ctrl-C is: a traceback ending in diffaug.workers.Terminated
+        assert code == 1 and "Terminated: signal 15" in log.read_text(), log.read_text()[-2000:]

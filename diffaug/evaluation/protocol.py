@@ -31,7 +31,7 @@ from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
 from ..loading import is_builtin, load_data
-from ..workers import in_processes
+from ..workers import in_processes, sigterm_as_interrupt
 from .cost import after_choices, describe as describe_cost, describe_after_choices, estimate as estimate_cost
 from .export import check_exportable, export_recipe
 from .cache import cached, gather_units, load_json, machine, mixed_machines, store, using_threads
@@ -56,6 +56,7 @@ class EvalResult:
         return markdown_table(self)
 
 
+@sigterm_as_interrupt()   # the whole run: SIGTERM between two pools (the reference network) ends the idle workers too
 def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=None, n_jobs: int | str = 1,
              device="auto", classifier: Callable | None = None, progress: bool = True, resume: bool = True,
              preregistered=None, looks=None, allow_mixed_machines: bool = False, export=None,
