@@ -36,7 +36,7 @@ from diffaug.evaluation.config import EvalConfig  # noqa: E402
 from diffaug.evaluation.unit import _rest  # noqa: E402
 from diffaug.evaluation.unitplan import unit_streams  # noqa: E402
 from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
-from diffaug.workers import in_processes  # noqa: E402
+from diffaug.workers import in_processes, sigterm_as_interrupt  # noqa: E402
 
 VALIDATION_SHARE, SEED_START = 0.3, 500   # as opponents.py: validation seeds, no test split is scored
 WHICH = ("unit", "labelled")              # the choice at the unit's steps, and at the labelled rows' steps
@@ -60,6 +60,11 @@ def teacher(subset, validation, policy: str, seeds, steps: int, cfg: EvalConfig)
     return accuracy(model, validation.images, validation.labels)
 
 
+def keyed(key, fn, *args):
+    """(key, fn(*args)): a job whose result names itself, so each is saved as it ends, not in submission order."""
+    return key, fn(*args)
+
+
 def run_seed(pool, validation, args, cfg: EvalConfig, row: dict, save) -> dict:
     """Seed `row["seed"]`'s two choices, fit by fit (each score kept, `save(row)`, as it ends: a killed run loses
     only the fits in flight), made as `policies.select` makes them (successive halving: every menu entry on the first
@@ -80,16 +85,18 @@ def run_seed(pool, validation, args, cfg: EvalConfig, row: dict, save) -> dict:
 
     for stage in (0, 1):
         todo = [(w, label, f) for w, label, f in fits(stage) if scores[w][label][f] is None]
-        jobs = (delayed(fold_score)(label, f, *tasks[f][1:], row["steps"][w], cfg) for w, label, f in todo)
-        for (w, label, f), acc in zip(todo, in_processes(args.n_jobs, jobs)):
+        jobs = (delayed(keyed)((w, label, f), fold_score, label, f, *tasks[f][1:], row["steps"][w], cfg)
+                for w, label, f in todo)
+        for (w, label, f), acc in in_processes(args.n_jobs, jobs, ordered=False):   # kept as each ends
             scores[w][label][f] = acc
             save(row)
     for w in WHICH:
         done = {label: [x for x in v if x is not None] for label, v in scores[w].items()}
         row["winners"][w] = halving_winner(done, cfg.selection_survivors)
     todo = sorted(set(row["winners"].values()) - set(row["teachers"]))
-    jobs = (delayed(teacher)(subset, validation, p, streams["replicates"][0], row["steps"]["unit"], cfg) for p in todo)
-    for policy, acc in zip(todo, in_processes(min(args.n_jobs, max(1, len(todo))), jobs)):
+    jobs = (delayed(keyed)(p, teacher, subset, validation, p, streams["replicates"][0], row["steps"]["unit"], cfg)
+            for p in todo)
+    for policy, acc in in_processes(min(args.n_jobs, max(1, len(todo))), jobs, ordered=False):
         row["teachers"][policy] = acc
         save(row)
     print(f"seed {row['seed']}: {row['winners']} (teachers {row['teachers']})", flush=True)
@@ -135,6 +142,7 @@ def report(args, rows: list, cfg: EvalConfig) -> None:
                               "same": same, "seeds_done": len(done), "interim": bool(pending), "seeds": rows}, table)
 
 
+@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits")
