@@ -39,13 +39,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--gen", help="a generator file (default: fit one on the 100 training images)")
     parser.add_argument("--epochs", type=int, default=30, help="classifier epochs")
+    parser.add_argument("--bank-per-class", type=int, default=100, help="synthetic images per class in the bank")
     args = parser.parse_args()
     train = diffaug.load_data("digits", "train").subset(per_class=10, seed=0)
     test = diffaug.load_data("digits", "test")
     gen = diffaug.Generator.load(args.gen) if args.gen else diffaug.fit(train, steps=600, batch_size=64)
 
     with tempfile.TemporaryDirectory() as tmp:
-        bank = SampleBank.build(gen, f"{tmp}/bank", per_class=100, data=train, copies=4, strength=(0.3, 0.6))
+        bank = SampleBank.build(gen, f"{tmp}/bank", per_class=args.bank_per_class, data=train, copies=4,
+                                strength=(0.3, 0.6))
         pipeline = A.Compose([AlbumentationsDiffusionAugment(bank, mode="mix", p=0.5),
                               A.Affine(translate_px=(-1, 1), p=0.5)], seed=0)
         loader = DataLoader(Digits(train, pipeline), batch_size=32, shuffle=True, num_workers=2)

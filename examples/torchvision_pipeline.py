@@ -42,6 +42,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--gen", help="a generator file (default: fit one on the 100 training images)")
     parser.add_argument("--epochs", type=int, default=30, help="classifier epochs")
+    parser.add_argument("--bank-per-class", type=int, default=100, help="synthetic images per class in the bank")
     args = parser.parse_args()
     train = diffaug.load_data("digits", "train").subset(per_class=10, seed=0)
     test = diffaug.load_data("digits", "test")
@@ -49,7 +50,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         # Generate once, in big batches; the workers then only look images up.
-        bank = SampleBank.build(gen, f"{tmp}/bank", per_class=100, data=train, copies=4, strength=(0.3, 0.6))
+        bank = SampleBank.build(gen, f"{tmp}/bank", per_class=args.bank_per_class, data=train, copies=4,
+                                strength=(0.3, 0.6))
         to_float = v2.ToDtype(torch.float32, scale=True)
         plain = TensorDataset(train.images.float() / 255, train.labels)
         augmented = augment_dataset(TensorDataset(train.images, train.labels),

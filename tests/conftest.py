@@ -76,9 +76,22 @@ def digits_test():
 
 
 @pytest.fixture(scope="session")
-def digits_gen(digits_train):
-    """A generator fitted briefly on the digits training half; good enough for class-correct samples."""
-    return diffaug.fit(digits_train, steps=300, progress=False, seed=0)   # class accuracy of its samples 0.99 (Xeon)
+def digits_gen(digits_train, tmp_path_factory):
+    """A generator fitted briefly on the digits training half; good enough for class-correct samples.
+
+    Fitted once for the whole run, not once per pytest-xdist worker (half a minute each on a slow CPU): the first
+    worker to need it fits it while the others wait for the file (the workers share the base temporary folder's
+    parent). On the worker's own thread share: OpenMP threads beyond the cores spin against the other worker's (a
+    two-thread fit held a waiting worker 81 s on a 2-core EPYC; one thread alone fits it in 31 s)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+    path = shared / "digits_gen.safetensors"
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():   # class accuracy of its samples 0.99 (Xeon)
+            diffaug.fit(digits_train, steps=300, progress=False, seed=0).save(path)
+    return diffaug.Generator.load(path)
 
 
 @pytest.fixture(scope="session")

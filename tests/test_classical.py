@@ -111,8 +111,8 @@ def test_successive_halving_keeps_the_full_choices_scores_for_its_finalists(digi
     from diffaug.classify.policies import MENU, select
 
     pool = digits_train.subset(per_class=12, seed=0)
-    full = select(pool, 0, 40, 64, False, "cpu")
-    halved = select(pool, 0, 40, 64, False, "cpu", survivors=3)
+    full = select(pool, 0, 20, 64, False, "cpu")
+    halved = select(pool, 0, 20, 64, False, "cpu", survivors=3)
     first = sorted(MENU, key=lambda p: (-full["per_fold"][p.label][0], MENU.index(p)))[:3]
     assert sorted(halved["finalists"]) == sorted(p.label for p in first)
     for label, scores in halved["per_fold"].items():   # the same fits: the same scores, the finalists' on every fold

@@ -43,7 +43,7 @@ def capped(monkeypatch, tmp_path):
     fit, build, expand, evaluate = diffaug.fit, SampleBank.build, diffaug.hf.expand_dataset, diffaug.evaluate
 
     def small_fit(data, preset="tiny", steps=None, **kw):
-        return fit(data, preset, min(steps or 40, 40), **{"batch_size": 16, **kw})
+        return fit(data, preset, min(steps or 20, 20), **{"batch_size": 16, **kw})
 
     def small_build(gen, path, per_class=100, **kw):
         return build(gen, path, per_class=min(per_class, 4) if isinstance(per_class, int) else per_class,
@@ -54,7 +54,7 @@ def capped(monkeypatch, tmp_path):
 
     def small_evaluate(data="digits", test=None, **kw):
         head = 3 if not kw.get("imbalance") else int(2 * kw["imbalance"])   # a long tail needs a head to fall from
-        tiny = dict(per_class=(head,), seeds=2, gen_steps=10, gen_batch_size=16, classifier_steps=10,
+        tiny = dict(per_class=(head,), seeds=1, gen_steps=10, gen_batch_size=16, classifier_steps=10,
                     synthetic_per_class=4, perturb_copies=1, sample_steps=2, batch_size=16, cas_steps=10,
                     reference_steps=10,   # the network menu's choice has its own test (test_opponents.py)
                     classifier_menu=kw.get("classifier_menu", ("smallcnn",)))

@@ -12,7 +12,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 @pytest.mark.parametrize("script", ["torchvision_pipeline.py", "hf_expand.py", "albumentations_pipeline.py",
                                     "own_folder.py"])
 def test_example_runs(script, digits_gen_file):
-    args = ["--steps", "10", "--per-class", "12"] if script == "own_folder.py" else ["--gen", str(digits_gen_file)]
+    args = ["--steps", "10", "--per-class", "6"] if script == "own_folder.py" else ["--gen", str(digits_gen_file)]
+    if script in ("torchvision_pipeline.py", "albumentations_pipeline.py"):
+        args += ["--bank-per-class", "20"]
     if script != "hf_expand.py":   # the classifier's epochs: the assertion needs a run, not a good classifier
         args += ["--epochs", "3"]
     r = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=300,

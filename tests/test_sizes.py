@@ -15,7 +15,7 @@ from conftest import draw_shapes
 ])
 def test_fit_sample_perturb_save_at_any_size(tmp_path, size, channels, counts):
     data = draw_shapes(counts, size=size, channels=channels, num_classes=len(counts))
-    gen = diffaug.fit(data, steps=40, batch_size=16, progress=False, warmup=5)
+    gen = diffaug.fit(data, steps=10, batch_size=16, progress=False, warmup=2)   # the API at each size, not quality
     c, (h, w) = channels, size
     assert gen.image_size == size and gen.channels == c and gen.num_classes == len(counts)
     x = gen.sample(per_class=2, steps=4)

@@ -42,12 +42,13 @@ def test_fast_step_follows_the_eager_reference_exactly(digits_train, prediction)
     data = digits_train.subset(per_class=10, seed=0)
     curves, weights = {}, {}
     for fast in (False, True):
-        trainer = Trainer(data, TrainConfig(steps=75, batch_size=16, warmup=5, prediction=prediction, fast=fast),
+        # 30 steps: warmup, then the decaying rate; exact equality needs no long run to show a drift
+        trainer = Trainer(data, TrainConfig(steps=30, batch_size=16, warmup=5, prediction=prediction, fast=fast),
                           device="cpu", progress=False)
         summary = trainer.run()
         curves[fast] = [loss for _, loss in summary["loss_curve"]]
         weights[fast] = trainer.ema.state_dict()
-        assert trainer.step == 75
+        assert trainer.step == 30
     assert len(curves[True]) == len(curves[False]) > 0
     assert curves[True] == curves[False]
     for name, w in weights[False].items():
