@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: machine description and result files."""
+"""Helpers shared by the benchmark scripts: machine description, result files, the tree of another commit."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
 
 from diffaug.evaluation.cache import cpu_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def machine() -> dict:
@@ -38,3 +40,12 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def tree_of(ref: str, where: Path) -> Path:
+    """The files of commit `ref` extracted into `where` (git archive: no worktree bookkeeping left behind, so a
+    killed benchmark leaves nothing in the repository to prune)."""
+    where.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where

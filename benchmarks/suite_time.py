@@ -1,7 +1,7 @@
 """The test suite's wall time: one test at a time (`-n 0`, the whole machine's threads for each test) against
 pyproject's addopts (pytest-xdist's workers, the cores shared among them: tests/conftest.py), side by side in one
 run, alternating, on a machine doing nothing else; or, with --against, this checkout's suite against another
-commit's (a worktree of it, its own tests and diffaug), both with pyproject's addopts.
+commit's (its files, its own tests and diffaug), both with pyproject's addopts.
 
     python benchmarks/suite_time.py                 # each way once, about 25 minutes on a 2-core AMD EPYC
     python benchmarks/suite_time.py --repeats 2
@@ -19,13 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import ROOT, tree_of, write_results  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 WAYS = {"one test at a time (-n 0)": ["-n", "0"], "pyproject's addopts (xdist)": []}
 
 
@@ -45,12 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--name", default="", help="suffix of the results file (e.g. the machine)")
-    parser.add_argument("--against", metavar="COMMIT", help="this checkout's suite against COMMIT's (a worktree of "
-                        "it), both with pyproject's addopts, instead of the two ways")
+    parser.add_argument("--against", metavar="COMMIT", help="this checkout's suite against COMMIT's (its files "
+                        "from git archive), both with pyproject's addopts, instead of the two ways")
     args = parser.parse_args()
     with ExitStack() as stack:
         if args.against:
-            other = stack.enter_context(worktree(args.against))
+            other = tree_of(args.against, Path(stack.enter_context(tempfile.TemporaryDirectory())) / "tree")
             ways = {f"this checkout ({head()})": ([], ROOT), f"{args.against}": ([], other)}
         else:
             ways = {way: (extra, ROOT) for way, extra in WAYS.items()}
@@ -72,19 +71,6 @@ def head() -> str:
     """This checkout's commit, with `+changes` when its tracked files differ from it."""
     git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
     return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "-uno") else "")
-
-
-@contextmanager
-def worktree(commit: str):
-    """A detached worktree of `commit` in a temporary folder, removed afterwards."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
-            yield path
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffaug  # noqa: E402
-from _common import write_results  # noqa: E402
+from _common import ROOT, tree_of, write_results  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 
 RUN = """
 import json, sys, time, torch
@@ -58,14 +57,6 @@ print(json.dumps({"wall_seconds": time.perf_counter() - t0, "units": units}))
 """
 
 
-def checkout(ref: str, where: Path) -> Path:
-    """The tree of `ref` (git archive: no worktree bookkeeping left behind)."""
-    where.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
-    return where
-
-
 def launch(tree: Path, train: Path, test: Path, out: Path, seeds: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", RUN, str(train), str(test), str(out), str(seeds)], cwd=tree,
@@ -85,8 +76,8 @@ def main() -> None:
         tmp = Path(tmp)
         pool.to_npz(tmp / "pool.npz")
         validation.to_npz(tmp / "validation.npz")
-        trees = {f"reference ({args.ref})": checkout(args.ref, tmp / "ref"),
-                 f"today ({commit})": checkout(commit, tmp / "today")}
+        trees = {f"reference ({args.ref})": tree_of(args.ref, tmp / "ref"),
+                 f"today ({commit})": tree_of(commit, tmp / "today")}
         t0 = time.perf_counter()
         procs = {name: launch(tree, tmp / "pool.npz", tmp / "validation.npz", tmp / f"out{i}", args.seeds)
                  for i, (name, tree) in enumerate(trees.items())}
