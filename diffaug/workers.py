@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 
 
@@ -37,7 +39,24 @@ def sigterm_as_interrupt():
 
 def in_processes(n_jobs: int, jobs, ordered: bool = True):
     """Each job's result (`joblib.delayed` calls) from `n_jobs` worker processes: in the jobs' order, or as they
-    finish (`ordered=False`); SIGTERM ends the workers with this process (`sigterm_as_interrupt`)."""
+    finish (`ordered=False`). SIGTERM ends the workers with this process (`sigterm_as_interrupt`), and so does a
+    SIGKILL, which no process can catch: each worker watches for the loss of its parent (`_watch_parent`)."""
     from joblib import Parallel
     with sigterm_as_interrupt():
-        yield from Parallel(n_jobs=n_jobs, return_as="generator" if ordered else "generator_unordered")(jobs)
+        yield from Parallel(n_jobs=n_jobs, return_as="generator" if ordered else "generator_unordered",
+                            initializer=_watch_parent, initargs=(os.getpid(),))(jobs)
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    """Run in each worker process as it starts: a daemon thread that ends the worker (at once, as the parent's
+    SIGKILL would have) once its parent is no longer `parent` (the orphan is handed to init or a subreaper). Killed
+    outright (the OOM killer, `kill -9`), the parent cannot stop its workers; loky's went on with their jobs (a
+    whole evaluation unit: up to an hour) for no one, or idled on for loky's five-minute timeout."""
+    def watch():   # loky starts its workers as the parent's own children: another parent means it is gone
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    if os.getppid() != parent:   # killed while this worker was starting up
+        os._exit(1)
+    threading.Thread(target=watch, name="diffaug-parent-watch", daemon=True).start()

@@ -125,24 +125,53 @@ def test_a_killed_evaluation_resumes_to_the_uninterrupted_result(digits_gen_file
     assert untimed(a["units"]) == untimed(b["units"]) and untimed(a["summary"]) == untimed(b["summary"])
 
 
-def test_a_terminated_evaluation_ends_its_worker_processes(digits_gen_file, tmp_path):
-    """`kill PID` (SIGTERM) of an evaluation running units in two worker processes: the command ends and so do the
-    workers, and it says it was terminated (SIGTERM's default action ended it at once and left them running)."""
-    args = ["evaluate", "digits", "--gen", str(digits_gen_file), "--per-class", "5", "--seeds", "4", "--n-jobs", "2",
+def evaluation_in_workers(gen_file, tmp_path) -> tuple[subprocess.Popen, Path]:
+    """An evaluation running units in two worker processes (joblib's loky), long ones, each under way (its
+    process has used more CPU time than starting up takes)."""
+    args = ["evaluate", "digits", "--gen", str(gen_file), "--per-class", "5", "--seeds", "4", "--n-jobs", "2",
             "--classifier-steps", "3000", "--batch-size", "32", "--synthetic-per-class", "10", "--sample-steps", "4",
             "--arms", "real,classical,synthesize", "--classical", "crop", "--no-metrics", "--quiet"]
     log = tmp_path / "log"
     proc = start(["-m", "diffaug", *args, "--out", str(tmp_path / "out")], log)
     deadline = time.monotonic() + 180
-    while len(in_session(proc.pid)) < 3:   # the command and its two workers (joblib's loky)
-        assert proc.poll() is None, log.read_text()[-2000:]
-        assert time.monotonic() < deadline, "no worker processes within 180 s"
+    while sum(cpu_seconds(p) > 8 for p in in_session(proc.pid) if p != proc.pid) < 2:
+        assert proc.poll() is None, log.read_text()[-2000:]   # (imports and a unit's data take ~5 s of a worker)
+        assert time.monotonic() < deadline, f"no two workers under way within 180 s: {in_session(proc.pid)}"
         time.sleep(0.1)
-    time.sleep(2)   # under way in the workers
+    return proc, log
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time `pid` has used (Linux's /proc; 0 once it has ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
+
+def test_a_terminated_evaluation_ends_its_worker_processes(digits_gen_file, tmp_path):
+    """`kill PID` (SIGTERM) of an evaluation running units in two worker processes: the command ends and so do the
+    workers, and it says it was terminated (SIGTERM's default action ended it at once and left them running)."""
+    proc, log = evaluation_in_workers(digits_gen_file, tmp_path)
     proc.terminate()
     assert proc.wait(timeout=60) == 143, log.read_text()[-2000:]
     session_ends(proc.pid, 30, "worker processes outlived the terminated command")
     assert "diffaug: terminated" in log.read_text()
+
+
+def test_workers_end_when_the_command_is_killed_outright(digits_gen_file, tmp_path):
+    """`kill -9 PID` of the command alone (the OOM killer picks one process; nothing can be caught): its workers
+    notice they lost their parent and end within seconds. They used to run their unit to its end for no one, as
+    long as an hour on Fashion-MNIST, beside the user's rerun."""
+    proc, log = evaluation_in_workers(digits_gen_file, tmp_path)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        session_ends(proc.pid, 15, "worker processes outlived the killed command")
+    finally:   # the failing case: leave nothing running for the rest of the suite
+        if in_session(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 BETWEEN_POOLS = """
