@@ -167,7 +167,7 @@ def table(record: dict) -> str:
             f"one thread per unit, {record['n_jobs']} units at a time. Wall: {record['wall_seconds'] / 60:.1f} min.\n")
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     from joblib import delayed
-    from diffaug.workers import in_processes   # SIGTERM (pkill) ends the workers too
+    from diffaug.workers import in_processes
 
     t0 = time.perf_counter()
     train = diffaug.load_data(args.data, "train")

@@ -68,7 +68,7 @@ def replayed(record: dict) -> dict:
     return record
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

@@ -71,7 +71,7 @@ def run(config: dict) -> dict:
             "unit_seconds": [u["seconds"] for u in result.units]}
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

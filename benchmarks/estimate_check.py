@@ -24,7 +24,7 @@ from diffaug.evaluation.cache import cpu_model  # noqa: E402
 from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

@@ -22,7 +22,7 @@ from diffaug.workers import sigterm_as_interrupt  # noqa: E402
 from _common import RESULTS, write_results  # noqa: E402
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")

@@ -23,7 +23,7 @@ from _common import RESULTS, write_results  # noqa: E402
 VALIDATION_SHARE = 0.3   # of the training pool, stratified, seed 1
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")

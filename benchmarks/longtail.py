@@ -126,7 +126,7 @@ def report(args, rows: list, selection: dict, network: dict | None) -> None:
         "chosen": chosen, "primary": primary, "means": best, "seeds": rows}, table)
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the results file")
@@ -150,7 +150,7 @@ def main() -> None:
     print(f"classical: {selection['winner']} ({selection['seconds']} s)", flush=True)
     print(f"network: {network['winner']} ({network['seconds']} s)", flush=True)
     from joblib import delayed
-    from diffaug.workers import in_processes   # SIGTERM (pkill) ends the workers too
+    from diffaug.workers import in_processes
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     rows = []
     jobs = (delayed(one_seed)(pool, validation, args.per_class, args.imbalance, s, selection["winner"],

@@ -70,7 +70,7 @@ def unit(pool, validation, fold: int, k: int, seed: int, repeats: int, device: s
     return {"fold": fold, "k": k, "seed": seed, "accuracy": accs, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     from joblib import delayed
-    from diffaug.workers import in_processes   # SIGTERM (pkill) ends the workers too
+    from diffaug.workers import in_processes
 
     data = diffaug.load_data(args.dataset, "train")
     jobs = [delayed(unit)(tr, va, f, int(k), seed, args.repeats, args.device)

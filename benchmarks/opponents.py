@@ -246,7 +246,7 @@ def report(args, rows: list, classical: str) -> None:
                               "seeds": every}, table)
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")
@@ -278,7 +278,7 @@ def main() -> None:
     args.seed_list = list(range(args.seed_start, args.seed_start + args.seeds))
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     from joblib import delayed
-    from diffaug.workers import in_processes   # SIGTERM (pkill) ends the workers too
+    from diffaug.workers import in_processes
     if not args.resume and not args.overwrite and (RESULTS / f"{args.name}.json").exists():
         sys.exit(f"{RESULTS / args.name}.json exists: --resume to extend it, --overwrite to start again")
     rows = {r["seed"]: r for r in _done(args)} if args.resume else {}

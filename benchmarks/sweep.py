@@ -52,7 +52,7 @@ ARMS = ("classical", "synthesize", "classical+synthesize", "classical+synthesize
 PRIMARY = "classical+synthesize"
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits")

@@ -142,7 +142,7 @@ def report(args, rows: list, cfg: EvalConfig) -> None:
                               "same": same, "seeds_done": len(done), "interim": bool(pending), "seeds": rows}, table)
 
 
-@sigterm_as_interrupt()   # SIGTERM (pkill) anywhere ends this run's worker processes too
+@sigterm_as_interrupt()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits")
