@@ -7,9 +7,15 @@ Side by side on a validation split of the training pool (the test split is never
         --per-class 10 --seeds 3100-3103 --budgets 500,250 --validation 5000
     python benchmarks/arm_budget.py --out benchmarks/results/precision_fashion-mnist --data fashion-mnist \
         --per-class 10,50 --seeds 3100-3102 --budgets 500:float32,500:bf16 --validation 5000
+    # the network's width: where the gain stands as the classifier grows (one generator per unit for all of them)
+    python benchmarks/arm_budget.py --out benchmarks/results/width_fashion-mnist --data fashion-mnist \
+        --per-class 10 --seeds 500-504 --budgets 500 --validation 5000 --resume \
+        --networks "smallcnn(width=16);smallcnn(width=32);smallcnn(width=64);smallcnn(width=128)"
 
 A budget is optimizer steps, optionally with the precision the arms' classifiers train in (`500:bf16`, `500:float32`;
-`DIFFAUG_CPU_BF16`, classify.training.bf16_training); without one, the library's choice for this CPU.
+`DIFFAUG_CPU_BF16`, classify.training.bf16_training); without one, the library's choice for this CPU. With
+`--networks` (`;`-separated classifier specs) every budget runs with every network, a setting `500@smallcnn(width=16)`
+each; the first setting is the one the others are compared with.
 
 At 10 and 50 images per class every arm trains `classify.training.STEPS_MIN` steps (500 at batch 128: 640 and 128
 epochs of the subset); the floor, not the epochs, sets the cost of every arm. Each unit (k, seed) is an evaluation
@@ -21,9 +27,10 @@ the regime). Validation images: the training pool's images outside the subset (a
 `--validation` of them drawn stratified when given. One replicate per arm and budget, the same seeds at every budget:
 the budgets are paired.
 
-Writes OUT.json and OUT.md after every unit (a killed run keeps what it finished): per budget, each arm's accuracy,
-the primary's gains over the classical arm and over its control, each budget's gains minus the full budget's (paired
-over units, t interval), and the seconds each arm took.
+Writes OUT.json and OUT.md after every unit (a killed run keeps what it finished; the same command with --resume
+runs only the units OUT.json lacks): per setting, each arm's accuracy, the primary's gains over the classical arm and
+over its control, each setting's gains minus the first's (paired over units, t interval), and the seconds each arm
+took.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -97,7 +105,12 @@ def precision_of(name: str):
             os.environ[CPU_BF16_ENV] = before
 
 
-def unit(train, k: int, seed: int, policy: str, network: str, budgets: list[str], n_val: int | None,
+def settings_of(budgets: list[str], networks: list[str] | None) -> list[str]:
+    """The settings a unit runs: the budgets, or with networks every budget at every network (`STEPS@NETWORK`)."""
+    return [f"{b}@{n}" for b in budgets for n in networks] if networks else list(budgets)
+
+
+def unit(train, k: int, seed: int, policy: str, network: str, settings: list[str], n_val: int | None,
          device: str) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -109,11 +122,12 @@ def unit(train, k: int, seed: int, policy: str, network: str, budgets: list[str]
     t_gen = time.perf_counter() - t0
     pools = {**_pools(gen, subset, cfg, seed, device), "real": (subset.images, subset.labels)}
     aug = Policy.parse(policy).build(train.size, cfg.hflip)
-    factory = resolve_classifier(network)
     replicate = [(seed + 20_000, seed + 20_001)]
     accuracy, seconds = {}, {}
-    for budget in budgets:
-        steps, _, precision = budget.partition(":")
+    for budget in settings:
+        budget_part, _, net = budget.partition("@")
+        steps, _, precision = budget_part.partition(":")
+        factory = resolve_classifier(net or network)
         for arm in ARMS:
             pool = {PRIMARY: pools["synthesize"], PRIMARY + CONTROL: pools["real"]}.get(arm)
             t1 = time.perf_counter()
@@ -123,6 +137,7 @@ def unit(train, k: int, seed: int, policy: str, network: str, budgets: list[str]
             accuracy[f"{budget}/{arm}"] = records[0]["accuracy"]
             seconds[f"{budget}/{arm}"] = round(time.perf_counter() - t1, 1)
     return {"k": k, "seed": seed, "policy": policy, "network": network, "validation_images": len(validation),
+            "cpu": cpu_model(),
             "gen_steps": cfg.gen_steps_for(len(subset)), "gen_seconds": round(t_gen, 1), "accuracy": accuracy,
             "seconds": seconds, "unit_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -154,17 +169,22 @@ def table(record: dict) -> str:
             secs = np.mean([sum(u["seconds"][f"{steps}/{a}"] for a in ARMS) / len(ARMS) for u in mine])
             rows.append(f"| {k} | {steps} | {len(mine)} | {means} | {interval(gains(steps, BASELINE))} | "
                         f"{interval(gains(steps, PRIMARY + CONTROL))} | {moved_classical} | {moved} | {secs:.1f} |")
-    head = ("| real / class | budget | units | classical % | primary % | control % | gain vs classical | "
+    head = ("| real / class | setting | units | classical % | primary % | control % | gain vs classical | "
             "gain vs control | classical minus at " + str(full) + " | gains minus at " + str(full) +
             " (vs classical / vs control) | s per arm |")
     policy = "; ".join(sorted({f"{u['k']}/class: {u['policy']}, {u['network']}" for u in record["units"]}))
+    machines = " and ".join(sorted({u.get("cpu", record["cpu"]) for u in record["units"]}))
+    if any("@" in str(b) for b in budgets):
+        policy += " (the network where a setting names none)"
     return (f"Command: `{record['command']}`\n\nValidation split of the {record['data']} training pool (the images "
             f"outside each unit's subset; the test split is never read). Each unit: the subset, a generator fitted "
-            f"with the evaluation's defaults, then at every budget the tuned classical arm, `{PRIMARY}` and its dose "
-            f"control, one classifier each, paired across budgets. Policy and network per regime: {policy}. "
+            f"with the evaluation's defaults, then at every setting (optimizer steps[:precision][@network]) the tuned "
+            f"classical arm, `{PRIMARY}` and its dose control, one classifier each, paired across settings. Policy "
+            f"and network per regime: {policy}. "
             "Points; 95% t intervals over units.\n\n" + head + "\n|" + " --- |" * (head.count("|") - 1) + "\n"
-            + "\n".join(rows) + f"\n\nMachine: {record['cpu']}, {record['cores']} cores, torch {torch.__version__}; "
-            f"one thread per unit, {record['n_jobs']} units at a time. Wall: {record['wall_seconds'] / 60:.1f} min.\n")
+            + "\n".join(rows) + f"\n\nMachine: {machines}, {record['cores']} cores, torch {torch.__version__}; "
+            f"one thread per unit, {record['n_jobs']} units at a time. Wall: {record['wall_seconds'] / 60:.1f} min "
+            "(summed over the sessions a resumed run took).\n")
 
 
 @sigterm_as_interrupt()
@@ -179,6 +199,9 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=None, help="validation images (default: every other one)")
     parser.add_argument("--policy", default=None)
     parser.add_argument("--network", default=None)
+    parser.add_argument("--networks", default=None, help="classifier specs separated by ';': every budget runs with "
+                        "each (default: --network, or the regime's choice, alone)")
+    parser.add_argument("--resume", action="store_true", help="keep OUT.json's units, run only the missing ones")
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -187,23 +210,46 @@ def main() -> None:
 
     t0 = time.perf_counter()
     train = diffaug.load_data(args.data, "train")
-    budgets = args.budgets.split(",")
+    budgets = settings_of(args.budgets.split(","), args.networks.split(";") if args.networks else None)
+    command = "python benchmarks/arm_budget.py " + shlex.join(a for a in sys.argv[1:] if a != "--resume")
+    record = {"command": command, "data": args.data, "budgets": budgets, "cpu": cpu_model(),
+              "cores": os.cpu_count(), "n_jobs": args.n_jobs, "units": [], "wall_seconds": 0.0}
+    if args.resume and args.out.with_suffix(".json").exists():
+        record = resumed(args.out.with_suffix(".json"), record)
+    elif args.out.with_suffix(".json").exists():
+        raise SystemExit(f"{args.out.with_suffix('.json')} exists: --resume to finish it, or another --out")
+    done, before = {(u["k"], u["seed"]) for u in record["units"]}, record["wall_seconds"]
     jobs = []
     for k in (int(k) for k in args.per_class.split(",")):
         policy, network = choices(args.data, k)
         policy, network = args.policy or policy, args.network or network
         jobs += [delayed(unit)(train, k, seed, policy, network, budgets, args.validation, args.device)
-                 for seed in seeds_of(args.seeds)]
-    record = {"command": "python benchmarks/arm_budget.py " + " ".join(sys.argv[1:]), "data": args.data,
-              "budgets": budgets, "cpu": cpu_model(), "cores": os.cpu_count(), "n_jobs": args.n_jobs, "units": []}
+                 for seed in seeds_of(args.seeds) if (k, seed) not in done]
+    print(f"{len(jobs)} unit(s) to run, {len(done)} kept", flush=True)
     for u in in_processes(args.n_jobs, jobs, ordered=False):
         record["units"].append(u)
-        record["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        record["wall_seconds"] = round(before + time.perf_counter() - t0, 1)   # summed over the sessions
         print(f"k={u['k']} seed={u['seed']}: {u['unit_seconds']:.0f} s", flush=True)
         for suffix, text in ((".json", json.dumps(record, indent=1) + "\n"), (".md", table(record))):
             with atomic_path(args.out.with_suffix(suffix)) as tmp:
                 Path(tmp).write_text(text)
     print(table(record))
+
+
+def resumed(path: Path, fresh: dict) -> dict:
+    """The record at `path`, to be extended; refused where another command wrote it (other settings, data, seeds or
+    validation; --n-jobs may differ). A unit is paired within itself, so units from other machines may join (each
+    names its CPU)."""
+    record = json.loads(path.read_text())
+    if _what(record["command"]) != _what(fresh["command"]):
+        raise SystemExit(f"--resume: {path} was written by `{record['command']}`, not `{fresh['command']}`")
+    return {**record, "n_jobs": fresh["n_jobs"]}
+
+
+def _what(command: str) -> list[str]:
+    """A command's words less --n-jobs (how many units at a time changes no number)."""
+    words = shlex.split(command)
+    return [w for i, w in enumerate(words) if w != "--n-jobs" and (i == 0 or words[i - 1] != "--n-jobs")]
 
 
 if __name__ == "__main__":
