@@ -53,13 +53,18 @@ def in_session(sid: int) -> list[int]:
     """The live processes of session `sid` (Linux's /proc; none where there is no /proc)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()   # after the command name, which may hold spaces
-        except (OSError, IndexError):
-            continue   # ended while read
-        if fields[0] != "Z" and int(fields[3]) == sid:   # state, ppid, pgrp, session
+        fields = stat_fields(int(stat.parent.name))
+        if fields and fields[0] != "Z" and int(fields[3]) == sid:   # state, ppid, pgrp, session
             found.append(int(stat.parent.name))
     return found
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (which may hold spaces); None once the process has ended."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None   # ended while read
 
 
 BANK_SCRIPT = """
@@ -143,11 +148,8 @@ def evaluation_in_workers(gen_file, tmp_path) -> tuple[subprocess.Popen, Path]:
 
 def cpu_seconds(pid: int) -> float:
     """The CPU time `pid` has used (Linux's /proc; 0 once it has ended)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+    fields = stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0   # utime + stime
 
 
 def test_a_terminated_evaluation_ends_its_worker_processes(digits_gen_file, tmp_path):
