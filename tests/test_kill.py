@@ -130,6 +130,39 @@ def test_a_killed_evaluation_resumes_to_the_uninterrupted_result(digits_gen_file
     assert untimed(a["units"]) == untimed(b["units"]) and untimed(a["summary"]) == untimed(b["summary"])
 
 
+def unit_parts(out: Path) -> dict:
+    """What the one unit under way in `out` has kept of its finished parts ({} before it keeps any)."""
+    found = list((out / "runs").glob("parts-*/parts.json")) if (out / "runs").exists() else []
+    return json.loads(found[0].read_text()) if found else {}
+
+
+def test_a_unit_killed_part_way_resumes_at_its_next_part(digits_gen_file, tmp_path):
+    """A unit can outlast a session (a Fashion-MNIST `--unlabeled rest` unit on a slow CPU takes hours), so a killed
+    one must not start over: killed once its classical teacher, self-training, the stack's dose control and the
+    pools are done, the rerun reads them (the teacher's weights too: the stack's self-training starts from it) and
+    trains only the last arm, and writes what an uninterrupted run writes (test_resume.py stops each regime's unit
+    at its last arm in-process)."""
+    args = ["evaluate", "digits", "--gen", str(digits_gen_file), "--per-class", "5", "--seeds", "1",
+            "--unlabeled", "rest", "--classical", "crop", "--self-training-rounds", "1", "--classifier-steps", "400",
+            "--batch-size", "32", "--synthetic-per-class", "10", "--sample-steps", "4", "--no-metrics", "--quiet",
+            "--arms", "classical,self-training,self-training+synthesize,self-training+synthesize-control"]
+    log, out = tmp_path / "log", tmp_path / "out"
+    proc = start(["-m", "diffaug", *args, "--out", str(out)], log)
+    kill_when(proc, lambda: "pools" in unit_parts(out), "the unit's pools kept")
+    kept = unit_parts(out)
+    assert set(kept["arms"]) == {"classical", "self-training", "self-training+synthesize-control"}, kept["arms"]
+    assert not list((out / "runs").glob("k*-seed*.json")) and not (out / "results.json").exists()
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert not list((out / "runs").glob("parts-*")), "the finished unit's parts were left behind"
+    resumed = json.loads((out / "results.json").read_text())
+    for arm, record in kept["arms"].items():   # read, not trained again: the killed run's own clock
+        assert resumed["units"][0]["arms"][arm]["seconds"] == record["seconds"], arm
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert untimed(resumed["units"]) == untimed(whole["units"])
+    assert untimed(resumed["summary"]) == untimed(whole["summary"])
+
+
 def evaluation_in_workers(gen_file, tmp_path) -> tuple[subprocess.Popen, Path]:
     """An evaluation running units in two worker processes (joblib's loky), long ones, each under way (its
     process has used more CPU time than starting up takes)."""

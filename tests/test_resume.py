@@ -8,11 +8,13 @@ run's folder (a unit's JSON is written last and atomically: test_kill.py kills a
 import json
 import shutil
 import subprocess
+import warnings
 
 import pytest
 
 import diffaug
 import diffaug.evaluation.protocol as protocol
+import diffaug.evaluation.unit as unit_module
 from diffaug._version import source_digest
 
 from test_distributed import untimed
@@ -54,6 +56,55 @@ def test_a_run_stopped_after_a_unit_resumes_to_the_uninterrupted_result(regime, 
     assert len(counted) == 1, f"{regime}: the finished unit was not reused ({counted})"   # long-tailed too
     a, b = (json.loads((p / "results.json").read_text()) for p in (whole, stopped))
     assert untimed(a) == untimed(b), regime
+
+
+class Stopped(Exception):
+    """What stops a run part-way here (test_kill.py kills a real process instead)."""
+
+
+@pytest.mark.parametrize("regime", [*REGIMES, "unlabelled, choosing inside the unit"])
+def test_a_unit_stopped_at_its_last_arm_resumes_there(regime, digits_train, digits_test, tmp_path, monkeypatch):
+    """Stopped as its last arm starts, a unit keeps every part before it (the classical choice made inside the
+    subset, the arms, the teacher's and filter's weights, the pools): the rerun trains that arm alone and writes the
+    uninterrupted run's results. Parts made on another machine are all run again, with a warning."""
+    options = {**TINY, **REGIMES.get(regime, dict(REGIMES["unlabelled"], classical="auto")), "seeds": 1}
+    trained, chosen, stop = [], [], {"at": 0}
+    train_arm, select = unit_module.train_arm, unit_module.select
+
+    def stopping(arm, *args, **kwargs):
+        trained.append(arm)
+        if len(trained) == stop["at"]:
+            raise Stopped(arm)
+        return train_arm(arm, *args, **kwargs)
+    monkeypatch.setattr(unit_module, "train_arm", stopping)
+    monkeypatch.setattr(unit_module, "select", lambda *a, **kw: chosen.append(1) or select(*a, **kw))
+    diffaug.evaluate(digits_train, digits_test, out_dir=tmp_path / "whole", **options)
+    everything = list(trained)
+    stop["at"] = len(everything)   # the last arm trained (a dose control's twin trains nothing)
+    trained.clear()
+    with pytest.raises(Stopped):
+        diffaug.evaluate(digits_train, digits_test, out_dir=tmp_path / "stopped", **options)
+    last = trained[-1]
+    (parts,) = (tmp_path / "stopped" / "runs").glob("parts-*/parts.json")
+    kept = json.loads(parts.read_text())
+    shutil.copytree(tmp_path / "stopped", tmp_path / "elsewhere")
+    moved = tmp_path / "elsewhere" / parts.relative_to(tmp_path / "stopped")
+    moved.write_text(json.dumps({**kept, "machine": {**kept["machine"], "cpu": "another CPU"}}))
+    stop["at"], runs = 0, {}
+    for where in ("stopped", "elsewhere"):
+        trained.clear()
+        chosen.clear()
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            diffaug.evaluate(digits_train, digits_test, out_dir=tmp_path / where, **options)
+        warned = [str(w.message) for w in said if "another machine" in str(w.message)]
+        runs[where] = (list(trained), len(chosen), warned)
+        a, b = (json.loads((tmp_path / name / "results.json").read_text()) for name in (where, "whole"))
+        assert untimed(a["units"]) == untimed(b["units"]) and untimed(a["summary"]) == untimed(b["summary"]), where
+    assert runs["stopped"] == ([last], 0, []), regime   # only the arm it stopped at; no choice made again
+    assert runs["elsewhere"][0] == everything and len(runs["elsewhere"][2]) == 1, regime
+    assert runs["elsewhere"][1] == int(regime == "unlabelled, choosing inside the unit")   # chosen again
+    assert not list((tmp_path / "stopped" / "runs").glob("parts-*")), "the finished unit's parts were left behind"
 
 
 def test_a_resumed_run_refuses_units_of_another_machine_unless_told(digits_train, digits_test, tmp_path, counted):

@@ -110,6 +110,92 @@ def store(runs: Path, unit: dict, tag: str) -> None:
         tmp.write_text(json.dumps({k: v for k, v in unit.items() if k != "_arrays"}, indent=1))
 
 
+def parts_path(runs: Path, k: int, seed: int, tag: str) -> Path:
+    """The folder where unit (k, seed) keeps its finished parts while it runs (see UnitParts)."""
+    return runs / f"parts-k{k}-seed{seed}-{tag}"
+
+
+class UnitParts:
+    """A unit's finished parts, kept on disk while it runs, so that a unit killed part-way resumes at its next part
+    rather than from its start (a Fashion-MNIST unit with unlabelled images takes hours of a slow CPU core: longer
+    than a session, or a laptop's battery). The parts, in the order a unit makes them: the classical choice made
+    inside its subset, each arm's record, the weights of the models a later part reads (`keep_models`: the
+    real-only filter, the classical teacher, the generator's labeller) and the synthetic pools. Every part is a
+    function of the unit's seeds and what came before it, so a resumed unit is the uninterrupted one, bit for bit on
+    one machine; parts made on another machine (cache.machine) are trained again, with a warning. The index,
+    parts.json, is rewritten atomically after each part's files; the protocol removes the folder once the unit's
+    JSON is stored. `folder` None: nothing is kept (an evaluation without out_dir)."""
+
+    def __init__(self, folder: Path | None, here: dict):
+        self.folder, self.index = (Path(folder) if folder is not None else None), {"machine": here, "arms": {}}
+        found = load_json(self.folder / "parts.json") if self.folder is not None else None
+        if found is not None and found.get("machine") != here:
+            import warnings
+
+            warnings.warn(f"{self.folder.name}: its finished parts were made on another machine "
+                          f"({found.get('machine')}), so this unit is run again from its start", stacklevel=2)
+        elif found is not None:
+            self.index = found
+
+    @property
+    def seconds(self) -> float:
+        """The unit's wall time when its last kept part ended (0 for a unit not begun)."""
+        return self.index.get("seconds", 0.0)
+
+    def get(self, name: str):
+        """A kept part's record ("selection", "pools", ...) or None."""
+        return self.index.get(name)
+
+    def arm(self, arm: str) -> dict | None:
+        return self.index["arms"].get(arm)
+
+    def models(self, arm: str, new_model) -> list | None:
+        """Arm `arm`'s kept models (`new_model()` builds an untrained one to load each into), or None."""
+        names = self.index.get("models", {}).get(arm)
+        if names is None:
+            return None
+        from safetensors.torch import load_file
+
+        models = []
+        for name in names:
+            model = new_model()
+            model.load_state_dict(load_file(str(self.folder / name)))
+            models.append(model.eval())
+        return models
+
+    def pools(self, device) -> dict:
+        """The kept synthetic pools ({name: (images, labels)}) on `device`."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(self.folder / "pools.safetensors"), device=str(device))
+        return {name: (tensors[f"{name}/images"], tensors[f"{name}/labels"]) for name in self.index["pools"]["names"]}
+
+    def keep(self, seconds: float, *, arm: str | None = None, record: dict | None = None, models: list | None = None,
+             pools: dict | None = None, about_pools: dict | None = None, **parts) -> None:
+        """Keep a finished part: an arm's `record` (and its `models`' weights), the `pools` (and `about_pools`, what
+        the unit records of them), or any other JSON part by name; `seconds`: the unit's wall time so far."""
+        if self.folder is None:
+            return
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if models:
+            names = [f"{arm}-r{r}.safetensors" for r in range(len(models))]
+            for name, model in zip(names, models):
+                with atomic_path(self.folder / name) as tmp:
+                    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            self.index.setdefault("models", {})[arm] = names
+        if pools is not None:
+            with atomic_path(self.folder / "pools.safetensors") as tmp:
+                save_file({f"{name}/{part}": t.detach().cpu().clone() for name, (images, labels) in pools.items()
+                           for part, t in (("images", images), ("labels", labels))}, str(tmp))
+            parts["pools"] = {**(about_pools or {}), "names": list(pools)}
+        if arm is not None:
+            self.index["arms"][arm] = record
+        self.index.update(parts, seconds=round(seconds, 2))
+        store_json(self.folder / "parts.json", self.index)   # last: it names only files already written
+
+
 def gather_units(runs: Path, everything: list, tag: str, train: ImageData, cfg: EvalConfig,
                  poll_s: float = 1.0) -> list:
     """Every unit of the evaluation, waiting for the other ranks' files (torchrun stops all ranks if one fails)."""

@@ -4,7 +4,8 @@ One *unit* is a (real images per class k, seed) pair: draw the stratified (or lo
 generator on that subset only, build the synthetic pools, then train the same classifier for every arm with the
 same optimizer steps, batch size and seed (summary.py turns the units into the paired statistics). Units run in
 parallel (joblib) and each finished unit is cached as JSON in `out_dir/runs/`, so an interrupted evaluation resumes
-where it stopped. What units share is named: the reference
+where it stopped; a unit under way keeps its finished parts there too (cache.UnitParts), so a resumed one starts at
+its next arm, not at its start. What units share is named: the reference
 feature network (metrics only) and, labelled-only, each regime's classical choice; with unlabelled images the
 pool generator is fitted once per seed (shared by that seed's regimes) and the classical choice is made per unit.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -34,7 +36,7 @@ from ..loading import is_builtin, load_data
 from ..workers import in_processes, sigterm_as_interrupt
 from .cost import after_choices, describe as describe_cost, describe_after_choices, estimate as estimate_cost
 from .export import check_exportable, export_recipe
-from .cache import cached, gather_units, load_json, machine, mixed_machines, store, using_threads
+from .cache import cached, gather_units, load_json, machine, mixed_machines, parts_path, store, using_threads
 from .config import BASELINE, EvalConfig
 from .summary import claims, opponents, summarize
 from .choices import choice_path, classical_for, network_for
@@ -155,11 +157,15 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     # every seed's pool generator (the finished units' from the cache): the config is the same for a resumed run
     pool_seeds = cfg.seed_list if cfg.unlabeled and gen is None else []
     pool_gens = _pool_generators(train, cfg, tag, runs, ranks, device, progress, pool_seeds, n_jobs, threads)
+    parts = {(k, seed): parts_path(runs, k, seed, tag) for k, seed in todo} if runs is not None else {}
+    for folder in parts.values() if not resume else ():   # a fresh run reads no part an earlier one kept
+        shutil.rmtree(folder, ignore_errors=True)
     for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference,
-                         policies, pool_gens, factories):
+                         policies, pool_gens, factories, parts):
         unit["classifier"] = networks[str(unit["k"])]["winner"] if networks else context["classifier"]
         if runs is not None:
             store(runs, unit, tag)
+            shutil.rmtree(parts[unit["k"], unit["seed"]], ignore_errors=True)   # the unit's JSON holds them all now
         units.append(unit)
     if ranks.active:
         units = gather_units(runs, everything, tag, train, cfg)
@@ -335,7 +341,7 @@ def _splits(data, test):
 
 
 def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference, policies,
-             pool_gens, factories):
+             pool_gens, factories, parts):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="evaluate", unit="run", disable=not progress or not todo)
@@ -344,14 +350,15 @@ def _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, p
             for k, seed in todo:
                 bar.set_postfix(k=k, seed=seed)
                 yield run_unit(train, test, k, seed, cfg, gen, device, factories.get(k, classifier),
-                               reference=reference, classical=policies.get(k), pool_gen=pool_gens.get(seed))
+                               reference=reference, classical=policies.get(k), pool_gen=pool_gens.get(seed),
+                               parts=parts.get((k, seed)))
                 bar.update(1)
     else:
         from joblib import delayed
         pool_gens = {seed: g.to("cpu") for seed, g in pool_gens.items()}
         jobs = (delayed(run_unit)(train, test, k, seed, cfg, gen, device, factories.get(k, classifier), threads,
                                   reference.to("cpu"),
-                                  policies.get(k), pool_gens.get(seed)) for k, seed in todo)
+                                  policies.get(k), pool_gens.get(seed), parts.get((k, seed))) for k, seed in todo)
         for unit in in_processes(n_jobs, jobs, ordered=False):
             yield unit
             bar.update(1)

@@ -24,7 +24,7 @@ from ..classify.semi import self_train, with_rows
 from ..classify.training import (confident, embed, fit_classifier, new_classifier, predict_proba, random_batches,
                                  train_classifier)
 from .config import BASELINE, LOGIT_ADJUST, PLAN, REBALANCE, RESAMPLE, SELF_TRAINING, EvalConfig
-from .cache import machine
+from .cache import UnitParts, machine
 from .unitplan import unit_plan
 from .metrics import (cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall,
                       shot_groups)
@@ -224,12 +224,13 @@ def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device, pa
 def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConfig, gen: Generator | None = None,
              device="cpu", factory: Callable | None = None, threads: int | None = None,
              reference: Reference | None = None, classical: Policy | None = None,
-             pool_gen: Generator | None = None) -> dict:
+             pool_gen: Generator | None = None, parts: Path | None = None) -> dict:
     """One (k, seed) unit: the subset; the arms that need no generator (real, classical, dose controls, the
     semi-supervised learners); the generator, fitted on the subset only or, with cfg.unlabeled, fine-tuned from
     `pool_gen` on the subset plus the labeller's confident pseudo-labels and the unlabelled pool; its pools; the
     arms that mix them in; metrics. `classical`: this regime's tuned baseline policy (None: cfg.classical; with
-    unlabelled images and cfg.classical "auto", chosen here by cross-validation within the labelled subset)."""
+    unlabelled images and cfg.classical "auto", chosen here by cross-validation within the labelled subset).
+    `parts`: a folder where the unit keeps each part as it ends and finds those a killed run kept (UnitParts)."""
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
@@ -238,21 +239,32 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
     streams, subset = plan.streams, plan.subset(train)
     counts = subset.class_counts()
     groups = shot_groups(counts) if cfg.imbalance is not None else {}
-    t0 = time.perf_counter()
+    done = UnitParts(parts, machine(device))   # what a killed run of this unit finished
+    t0 = time.perf_counter() - done.seconds
     unlabeled = _rest(train, subset) if cfg.unlabeled else None
     steps = cfg.steps_for(len(subset) + (len(unlabeled) if unlabeled is not None else 0))
     selection = None
     if classical is None and cfg.classical == AUTO:   # labels withheld: only the subset's labels choose
-        selection = select(subset, 0, steps, cfg.batch_size, cfg.hflip, device, factory,
-                           survivors=cfg.selection_survivors)
+        selection = done.get("selection")
+        if selection is None:
+            selection = select(subset, 0, steps, cfg.batch_size, cfg.hflip, device, factory,
+                               survivors=cfg.selection_survivors)
+            done.keep(time.perf_counter() - t0, selection=selection)
         classical = Policy.parse(selection["winner"])
     policy = classical or Policy.parse(cfg.classical)
     aug = policy.build(train.size, cfg.hflip)
     pools = {"real": (subset.images.to(device), subset.labels.to(device))}   # what a dose control mixes in
-    arms, models, kept, rebalance = {}, {}, {}, {}
+    arms, models, kept, rebalance = {}, {}, dict(done.get("kept") or {}), {}
+    read_later = {"real", BASELINE, cfg.labeller}   # the models later parts use: the filter, the teacher, the labeller
 
     def run(arm: str) -> None:
         pool_name, augmented, learner = PLAN[arm]
+        if done.arm(arm) is not None:
+            arms[arm] = done.arm(arm)
+            found = done.models(arm, lambda: new_classifier(factory, train.channels, train.num_classes, 0, device))
+            if found is not None:
+                models[arm] = found
+            return
         pool = pools.get(pool_name)
         generated = pool_name in ("synthesize", "perturb", "mix", REBALANCE)
         if pool is not None and generated and cfg.filter_confidence is not None:
@@ -264,7 +276,9 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
         twin = (next((a for a in arms if PLAN[a] == PLAN[arm] and arms[a]["synthetic_share"] == share), None)
                 if pool_name == "real" else None)
         if twin is not None:
-            models[arm], arms[arm] = models[twin], {**arms[twin], "seconds": 0.0, "same_batches_as": twin}
+            arms[arm] = {**arms[twin], "seconds": 0.0, "same_batches_as": twin}
+            if twin in models:
+                models[arm] = models[twin]
             return
         t1 = time.perf_counter()
         models[arm], records = train_arm(arm, subset, pool, aug if augmented else None, cfg, streams["replicates"],
@@ -281,6 +295,8 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
                      "synthetic_share": share if pool else 0.0, "learner": learner,
                      "classical": policy.label if augmented else None, "seconds": round(time.perf_counter() - t1, 2),
                      **{key: [r[key] for r in records] for key in ("kept_per_round", "mask_rate") if key in records[0]}}
+        done.keep(time.perf_counter() - t0, arm=arm, record=arms[arm],
+                  models=models[arm] if arm in read_later else None, kept=kept)
 
     # the real-only model filters the pools; the classical arm's models teach self-training's first round
     first = [a for a in ("real", BASELINE) if a in cfg.arms]
@@ -288,24 +304,13 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
         run(arm)
     for arm in (a for a in cfg.arms if a not in first and PLAN[a][0] in (None, "real")):
         run(arm)
-    t_fit = time.perf_counter()
-    given = gen is not None
-    if gen is None:
-        labelled = subset
-        if cfg.unlabeled:   # DPT: the labeller's confident pseudo-labels train the generator's classes too
-            labeller = models[cfg.labeller][0] if cfg.labeller in models else models[BASELINE][0]
-            rows, kept["pseudo_labels"] = _pseudo_labels(labeller, unlabeled, cfg.pseudo_label_threshold,
-                                                         subset.num_classes, device)
-            kept["pseudo_labels"]["labeller"] = cfg.labeller if cfg.labeller in models else BASELINE
-            labelled = with_rows(subset, *rows)
-        gen = unit_generator(labelled, cfg, streams, device, unlabeled=train.images if cfg.unlabeled else None,
-                             init=pool_gen)   # "rest": labels withheld
-    fit_s = time.perf_counter() - t_fit
-    pools.update(_pools(gen, subset, cfg, streams["pools"], device))
-    rebalance.update(pools.pop("_rebalance", {}))
-    if cfg.target_classes and "synthesize" in pools and BASELINE in models:
-        pools["synthesize"], kept["targeted"] = _target(pools["synthesize"], models[BASELINE][0], subset.num_classes)
-    pools_s = time.perf_counter() - t_fit - fit_s
+    if done.get("pools") is None:
+        made, about = _generate(train, subset, unlabeled, cfg, streams, device, gen, pool_gen, models, kept)
+        done.keep(time.perf_counter() - t0, pools=made, about_pools=about, kept=kept)
+    else:   # the generator's pools, kept by a killed run
+        made, about = done.pools(device), done.get("pools")
+    pools.update(made)
+    rebalance.update(about["rebalance"])
     for arm in (a for a in cfg.arms if a not in arms):
         run(arm)
     unit = {"k": k, "seed": seed, "streams": {n: streams[n] for n in ("subset", "generator", "pools")},
@@ -313,11 +318,8 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
             "arms": {arm: arms[arm] for arm in cfg.arms}, "kept_after_filter": kept, "subset_size": len(subset),
             "class_counts": counts, "groups": groups, **({"rebalance": rebalance} if rebalance else {}),
             "subset_fingerprint": subset.fingerprint(), "test_fingerprint": test.fingerprint(), "device": str(device),
-            "machine": machine(device),
-            "generator": {"given": given, "fingerprint": gen.fingerprint,
-                          "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
-                          "steps": gen.config["train"]["steps"], "init": gen.config.get("init", {}).get("fingerprint")},
-            "pools_seconds": round(pools_s, 1), "classifier_steps": steps,
+            "machine": machine(device), "generator": about["generator"], "pools_seconds": about["pools_seconds"],
+            "classifier_steps": steps,
             "unlabeled": len(unlabeled) if unlabeled is not None else 0}
     if selection is not None:
         unit["classical_selection"] = selection
@@ -335,6 +337,35 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
         unit["perturb_label_kept"] = _label_kept(pools["perturb"], reference, cfg)
     unit["seconds"] = round(time.perf_counter() - t0, 1)
     return unit
+
+
+def _generate(train: ImageData, subset: ImageData, unlabeled, cfg: EvalConfig, streams: dict, device,
+              gen: Generator | None, pool_gen: Generator | None, models: dict, kept: dict) -> tuple[dict, dict]:
+    """A unit's generator (`gen` if given, else fitted on the subset; with unlabelled images fine-tuned from
+    `pool_gen` on the subset plus the labeller's confident pseudo-labels, recorded in `kept`) and its pools:
+    ({name: (images, labels)}, what the unit records of them: the generator, the seconds, the rebalancing)."""
+    t_fit = time.perf_counter()
+    given = gen is not None
+    if gen is None:
+        labelled = subset
+        if cfg.unlabeled:   # DPT: the labeller's confident pseudo-labels train the generator's classes too
+            labeller = models[cfg.labeller][0] if cfg.labeller in models else models[BASELINE][0]
+            rows, kept["pseudo_labels"] = _pseudo_labels(labeller, unlabeled, cfg.pseudo_label_threshold,
+                                                         subset.num_classes, device)
+            kept["pseudo_labels"]["labeller"] = cfg.labeller if cfg.labeller in models else BASELINE
+            labelled = with_rows(subset, *rows)
+        gen = unit_generator(labelled, cfg, streams, device, unlabeled=train.images if cfg.unlabeled else None,
+                             init=pool_gen)   # "rest": labels withheld
+    fit_s = time.perf_counter() - t_fit
+    pools = _pools(gen, subset, cfg, streams["pools"], device)
+    rebalance = pools.pop("_rebalance", {})
+    if cfg.target_classes and "synthesize" in pools and BASELINE in models:
+        pools["synthesize"], kept["targeted"] = _target(pools["synthesize"], models[BASELINE][0], subset.num_classes)
+    return pools, {"generator": {"given": given, "fingerprint": gen.fingerprint,
+                                 "data_fingerprint": gen.config["data_fingerprint"], "fit_seconds": round(fit_s, 1),
+                                 "steps": gen.config["train"]["steps"],
+                                 "init": gen.config.get("init", {}).get("fingerprint")},
+                   "pools_seconds": round(time.perf_counter() - t_fit - fit_s, 1), "rebalance": rebalance}
 
 
 def unit_generator(labelled: ImageData, cfg: EvalConfig, streams: dict, device, unlabeled=None,
