@@ -94,3 +94,17 @@ def test_evaluate_says_what_it_will_cost_before_it_starts_and_again_once_it_has_
     assert "estimated cost on this machine" in err and "1 units over" in err
     assert err.index("estimated cost") < err.index("with the networks chosen (3/class smallcnn")
     assert err.index("with the networks chosen") < err.rindex("evaluate")   # before the units' progress bar
+
+
+def test_with_unlabelled_images_a_units_generator_is_counted_at_the_rows_it_fits(digits_train):
+    """With unlabelled images a unit's generator is fine-tuned on its labelled images plus every unlabelled one
+    the labeller is confident of (most of the pool), and each seed fits a pool generator on the whole pool: both
+    are counted at the pool's rows. The estimate counted the unit's fit at its labelled subset's (250 steps where
+    a Fashion-MNIST unit fits 2,000)."""
+    cfg = EvalConfig(per_class=(10,), seeds=1, unlabeled="rest", metrics=False)
+    seconds = {t: estimate(digits_train, cfg, [(10, 0)], ("smallcnn",), [], 1, 1,
+                           timings={**STEPS, "generator": t})["seconds"]["units"] for t in (0.1, 1.1)}
+    generator_steps = seconds[1.1] - seconds[0.1]   # the units' seconds per second of a generator step
+    pool_rows = cfg.gen_steps_for(len(digits_train))
+    assert cfg.gen_steps_for(100) < pool_rows   # (the two counts differ on this data)
+    assert generator_steps == pytest.approx(2 * pool_rows, rel=0.1)   # the pool generator's and the unit's

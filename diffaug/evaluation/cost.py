@@ -134,7 +134,7 @@ def _unit(train: ImageData, cfg: EvalConfig, k: int, seed: int, t_first: float, 
     passes = sum(step_passes(cfg, PLAN[arm][2], steps, unlabeled) for arm in trained)
     if cfg.unlabeled and cfg.classical == AUTO:   # the unit's own choice, by successive halving in its subset
         passes += selection_fits(cfg.selection_survivors) * cfg.steps_for(rows) / max(1, steps)
-    gen_steps = cfg.gen_steps_for(n)
+    gen_steps = cfg.gen_steps_for(n + unlabeled)   # unlabelled: the subset and the pseudo-labelled rows (at most all)
     pool = cfg.synthetic_per_class * train.num_classes + cfg.perturb_copies * n * sum(cfg.strength) / 2
     sampling = pool * cfg.sample_steps * t_gen / (3 * cfg.gen_batch_size)   # a forward row ~ 1/3 of a training row
     quality = (cfg.cas_steps if cfg.metrics else 0) * t_first
