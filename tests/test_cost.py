@@ -108,3 +108,19 @@ def test_with_unlabelled_images_a_units_generator_is_counted_at_the_rows_it_fits
     pool_rows = cfg.gen_steps_for(len(digits_train))
     assert cfg.gen_steps_for(100) < pool_rows   # (the two counts differ on this data)
     assert generator_steps == pytest.approx(2 * pool_rows, rel=0.1)   # the pool generator's and the unit's
+
+
+def test_a_resumed_run_is_counted_without_the_work_it_kept(digits_train):
+    """Resumed, a unit killed part-way costs only the parts it has not kept, and a seed whose pool generator is
+    fitted does not fit it again: the line a user reads before a resumed run is the time that run will take."""
+    cfg = EvalConfig(per_class=(10,), seeds=1, unlabeled="rest", classical="auto", metrics=False,
+                     arms=("classical", "self-training", "self-training+synthesize"))
+    units = lambda **done: estimate(digits_train, cfg, [(10, 0)], ("smallcnn",), [], 1, 1, timings=STEPS,  # noqa
+                                    **done)["seconds"]["units"]
+    whole = units()
+    arm = cfg.steps_for(len(digits_train)) * (0.01 + 0.002)   # the classical arm: one pass of augmented steps
+    assert whole - units(kept={(10, 0): {"classical"}}) == pytest.approx(arm)
+    assert units(kept={(10, 1): {"classical"}}) == whole   # another unit's parts
+    assert whole - units(fitted={0}) == pytest.approx(0.1 * cfg.gen_steps_for(len(digits_train)))
+    everything = {"selection", "pools", *cfg.arms}
+    assert units(kept={(10, 0): everything}, fitted={0}) == 0.0   # nothing left but the report

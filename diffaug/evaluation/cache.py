@@ -110,6 +110,11 @@ def store(runs: Path, unit: dict, tag: str) -> None:
         tmp.write_text(json.dumps({k: v for k, v in unit.items() if k != "_arrays"}, indent=1))
 
 
+def pool_path(runs: Path, seed: int, tag: str) -> Path:
+    """Seed `seed`'s pool generator (unlabelled images), fitted once per seed and shared by its units."""
+    return runs / f"pool-generator-seed{seed}-{tag}.safetensors"
+
+
 def parts_path(runs: Path, k: int, seed: int, tag: str) -> Path:
     """The folder where unit (k, seed) keeps its finished parts while it runs (see UnitParts)."""
     return runs / f"parts-k{k}-seed{seed}-{tag}"
@@ -136,6 +141,15 @@ class UnitParts:
                           f"({found.get('machine')}), so this unit is run again from its start", stacklevel=2)
         elif found is not None:
             self.index = found
+
+    @staticmethod
+    def finished(folder: Path | None, here: dict) -> set[str]:
+        """The names of the parts kept in `folder` that a unit run on machine `here` would read: its arms, and
+        "selection" and "pools" where kept (what the cost estimate leaves out)."""
+        index = load_json(Path(folder) / "parts.json") if folder is not None else None
+        if index is None or index.get("machine") != here:
+            return set()
+        return set(index["arms"]) | {name for name in ("selection", "pools") if name in index}
 
     @property
     def seconds(self) -> float:

@@ -74,13 +74,15 @@ def generator_step(cfg: EvalConfig, train: ImageData, threads: int | None) -> fl
 
 
 def estimate(train: ImageData, cfg: EvalConfig, todo: list, menu: tuple, choices: list, n_jobs: int,
-             threads: int | None, timings: dict | None = None) -> dict:
+             threads: int | None, timings: dict | None = None, kept: dict | None = None,
+             fitted: set | None = None) -> dict:
     """Seconds per part of this run: the classical choice and the network choice of the regimes in `choices` (those
     not cached; the network choice's walk scores the menu's second entry, and the wider ones only in the widest
     case), the units in `todo` ((k, seed) pairs) with the networks of `menu` (names or factories, cheapest
     first), and the total wall time over `n_jobs` processes. `timings` ({"classifier": {network: seconds per step},
     "generator": seconds per step, "augment": seconds of the classical policy per batch}) skips the timing, for tests
-    and for a caller that has them."""
+    and for a caller that has them. A resumed run's work done is left out: `kept` ({(k, seed): the part names a
+    killed unit kept, cache.UnitParts.finished}) and `fitted` (the seeds whose pool generator is cached)."""
     timings = dict(timings or {})
     menu = tuple(menu)
     if "classifier" not in timings:
@@ -105,10 +107,10 @@ def estimate(train: ImageData, cfg: EvalConfig, todo: list, menu: tuple, choices
         wider += sum(networks[1:])
     unit_low = unit_high = 0.0
     for k, seed in todo:
-        low, high = _unit(train, cfg, k, seed, t_cls[first], t_cls[widest], t_gen)
+        low, high = _unit(train, cfg, k, seed, t_cls[first], t_cls[widest], t_gen, (kept or {}).get((k, seed), set()))
         unit_low, unit_high = unit_low + low, unit_high + high
     if cfg.unlabeled:   # one pool generator per seed, on the whole pool
-        unit_low += len({seed for _, seed in todo}) * cfg.gen_steps_for(len(train)) * t_gen
+        unit_low += len({seed for _, seed in todo} - set(fitted or ())) * cfg.gen_steps_for(len(train)) * t_gen
         unit_high = max(unit_high, unit_low)
     jobs = max(1, n_jobs)
     choices = (parts["classical choice"] + parts["network choice"]) / jobs
@@ -122,23 +124,23 @@ def estimate(train: ImageData, cfg: EvalConfig, todo: list, menu: tuple, choices
 
 
 def _unit(train: ImageData, cfg: EvalConfig, k: int, seed: int, t_first: float, t_widest: float,
-          t_gen: float) -> tuple[float, float]:
-    """Seconds of one unit, with the menu's first and its widest network."""
+          t_gen: float, kept: set) -> tuple[float, float]:
+    """Seconds of one unit, with the menu's first and its widest network, less the parts in `kept`."""
     plan = unit_plan(cfg, k, seed, train.num_classes)
     n = len(train) if not k else (sum(plan.counts) if isinstance(plan.counts, list) else k * train.num_classes)
     rows = n + (len(train) - n if cfg.unlabeled else 0)
     steps = cfg.steps_for(rows)
-    trained = [a for a in cfg.arms if not (a.endswith(CONTROL) and a != cfg.primary + CONTROL
-                                           and PLAN[a][0] == "real" and PLAN[a][2] is None)]
+    trained = [a for a in cfg.arms if a not in kept and not (a.endswith(CONTROL) and a != cfg.primary + CONTROL
+                                                             and PLAN[a][0] == "real" and PLAN[a][2] is None)]
     unlabeled = len(train) - n if cfg.unlabeled else 0
     passes = sum(step_passes(cfg, PLAN[arm][2], steps, unlabeled) for arm in trained)
-    if cfg.unlabeled and cfg.classical == AUTO:   # the unit's own choice, by successive halving in its subset
+    if cfg.unlabeled and cfg.classical == AUTO and "selection" not in kept:   # the unit's own choice, in its subset
         passes += selection_fits(cfg.selection_survivors) * cfg.steps_for(rows) / max(1, steps)
     gen_steps = cfg.gen_steps_for(n + unlabeled)   # unlabelled: the subset and the pseudo-labelled rows (at most all)
     pool = cfg.synthetic_per_class * train.num_classes + cfg.perturb_copies * n * sum(cfg.strength) / 2
     sampling = pool * cfg.sample_steps * t_gen / (3 * cfg.gen_batch_size)   # a forward row ~ 1/3 of a training row
     quality = (cfg.cas_steps if cfg.metrics else 0) * t_first
-    common = gen_steps * t_gen + sampling + quality
+    common = (gen_steps * t_gen + sampling if "pools" not in kept else 0.0) + quality
     return common + passes * steps * t_first, common + passes * steps * t_widest
 
 

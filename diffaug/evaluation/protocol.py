@@ -36,7 +36,8 @@ from ..loading import is_builtin, load_data
 from ..workers import in_processes, sigterm_as_interrupt
 from .cost import after_choices, describe as describe_cost, describe_after_choices, estimate as estimate_cost
 from .export import check_exportable, export_recipe
-from .cache import cached, gather_units, load_json, machine, mixed_machines, parts_path, store, using_threads
+from .cache import (UnitParts, cached, gather_units, load_json, machine, mixed_machines, parts_path, pool_path, store,
+                    using_threads)
 from .config import BASELINE, EvalConfig
 from .summary import claims, opponents, summarize
 from .choices import choice_path, classical_for, network_for
@@ -127,12 +128,17 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
                         "CLI --allow-mixed-machines)")
     if mixed:
         warnings.warn(f"mixing machines, as allowed: {'; '.join(mixed[:3])}", stacklevel=2)
+    parts = {(k, seed): parts_path(runs, k, seed, tag) for k, seed in todo} if runs is not None else {}
+    for folder in parts.values() if not resume else ():   # a fresh run reads no part an earlier one kept
+        shutil.rmtree(folder, ignore_errors=True)
     timings = None   # the step timings of the estimate, for the forecast once the networks are chosen
     if progress and todo and ranks.main:   # what the run will cost, before it starts (the user may stop it here)
         choices = [k for k in cfg.per_class if cfg.classical == AUTO and not cfg.unlabeled and
                    load_json(choice_path(runs, "classical", k, tag)) is None]
+        kept = {unit: UnitParts.finished(folder, here) for unit, folder in parts.items()}
+        fitted = {seed for seed in cfg.seed_list if runs is not None and pool_path(runs, seed, tag).exists()}
         est = estimate_cost(train, cfg, todo, cfg.classifier_menu if context["menu"] else (classifier,), choices,
-                            n_jobs, threads)
+                            n_jobs, threads, kept=kept, fitted=fitted)
         print(f"diffaug: {describe_cost(est)}", file=sys.stderr, flush=True)
         timings = est["step_seconds"]
     plan = claims(cfg)
@@ -157,9 +163,6 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     # every seed's pool generator (the finished units' from the cache): the config is the same for a resumed run
     pool_seeds = cfg.seed_list if cfg.unlabeled and gen is None else []
     pool_gens = _pool_generators(train, cfg, tag, runs, ranks, device, progress, pool_seeds, n_jobs, threads)
-    parts = {(k, seed): parts_path(runs, k, seed, tag) for k, seed in todo} if runs is not None else {}
-    for folder in parts.values() if not resume else ():   # a fresh run reads no part an earlier one kept
-        shutil.rmtree(folder, ignore_errors=True)
     for unit in _run_all(todo, train, test, cfg, gen, device, classifier, n_jobs, threads, progress, reference,
                          policies, pool_gens, factories, parts):
         unit["classifier"] = networks[str(unit["k"])]["winner"] if networks else context["classifier"]
@@ -267,7 +270,7 @@ def _pool_generator(train: ImageData, cfg: EvalConfig, tag: str, runs, ranks, de
     Never sees a test image."""
     if threads:
         torch.set_num_threads(threads)
-    path = runs / f"pool-generator-seed{seed}-{tag}.safetensors" if runs is not None else None
+    path = pool_path(runs, seed, tag) if runs is not None else None
     while path is not None and not path.exists() and ranks.active and not ranks.main:
         time.sleep(1.0)
     if path is not None and path.exists():
