@@ -113,54 +113,45 @@ def test_a_killed_expand_writes_nothing_and_the_rerun_equals_an_uninterrupted_on
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a["image"][-300:], b["image"][-300:]))
 
 
-def test_a_killed_evaluation_resumes_to_the_uninterrupted_result(digits_gen_file, tmp_path):
+def kept_parts(out: Path) -> dict:
+    """{folder name: its parts.json} of the units under way in `out` that have kept their pools."""
+    found = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("parts-*/parts.json")}
+    return {name: index for name, index in found.items() if "pools" in index}
+
+
+def test_a_killed_evaluation_resumes_its_finished_units_and_parts_to_the_uninterrupted_result(digits_gen_file,
+                                                                                              tmp_path):
+    """Killed in its worker processes once a unit is written and another has kept its teacher, self-training, the
+    stack's dose control and its pools, the rerun reads that unit and those parts (the teacher's weights too: the
+    stack's self-training starts from it), trains only what is left, and writes what an uninterrupted run writes.
+    A unit can outlast a session (a Fashion-MNIST `--unlabeled rest` unit on a slow CPU takes hours): it must not
+    start over (test_resume.py stops each regime's unit at its last arm, in one process)."""
     # a fixed classical policy: the regime's choice (24 fits, run anew by the uninterrupted run) is no part of resuming
-    args = ["evaluate", "digits", "--gen", str(digits_gen_file), "--per-class", "5", "--seeds", "3",
-            "--classifier-steps", "30", "--batch-size", "32", "--synthetic-per-class", "10", "--sample-steps", "4",
-            "--arms", "real,classical,synthesize", "--classical", "crop", "--no-metrics", "--quiet"]
-    log, out = tmp_path / "log", tmp_path / "out"
-    proc = start(["-m", "diffaug", *args, "--out", str(out)], log)
-    kill_when(proc, lambda: len(list((out / "runs").glob("*.json"))) >= 1 if (out / "runs").exists() else False,
-              "finished unit")
-    finished = sorted(p.name for p in (out / "runs").glob("*.json"))
-    assert 1 <= len(finished) < 3 and not (out / "results.json").exists()
-    assert main([*args, "--out", str(out), "--resume"]) == 0   # reuses the finished units, runs the rest
-    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    a, b = (json.loads((p / "results.json").read_text()) for p in (out, tmp_path / "whole"))
-    assert untimed(a["units"]) == untimed(b["units"]) and untimed(a["summary"]) == untimed(b["summary"])
-
-
-def unit_parts(out: Path) -> dict:
-    """What the one unit under way in `out` has kept of its finished parts ({} before it keeps any)."""
-    found = list((out / "runs").glob("parts-*/parts.json")) if (out / "runs").exists() else []
-    return json.loads(found[0].read_text()) if found else {}
-
-
-def test_a_unit_killed_part_way_resumes_at_its_next_part(digits_gen_file, tmp_path):
-    """A unit can outlast a session (a Fashion-MNIST `--unlabeled rest` unit on a slow CPU takes hours), so a killed
-    one must not start over: killed once its classical teacher, self-training, the stack's dose control and the
-    pools are done, the rerun reads them (the teacher's weights too: the stack's self-training starts from it) and
-    trains only the last arm, and writes what an uninterrupted run writes (test_resume.py stops each regime's unit
-    at its last arm in-process)."""
-    args = ["evaluate", "digits", "--gen", str(digits_gen_file), "--per-class", "5", "--seeds", "1",
-            "--unlabeled", "rest", "--classical", "crop", "--self-training-rounds", "1", "--classifier-steps", "400",
+    args = ["evaluate", "digits", "--gen", str(digits_gen_file), "--per-class", "5", "--seeds", "3", "--n-jobs", "2",
+            "--unlabeled", "rest", "--classical", "crop", "--self-training-rounds", "1", "--classifier-steps", "150",
             "--batch-size", "32", "--synthetic-per-class", "10", "--sample-steps", "4", "--no-metrics", "--quiet",
             "--arms", "classical,self-training,self-training+synthesize,self-training+synthesize-control"]
     log, out = tmp_path / "log", tmp_path / "out"
     proc = start(["-m", "diffaug", *args, "--out", str(out)], log)
-    kill_when(proc, lambda: "pools" in unit_parts(out), "the unit's pools kept")
-    kept = unit_parts(out)
-    assert set(kept["arms"]) == {"classical", "self-training", "self-training+synthesize-control"}, kept["arms"]
-    assert not list((out / "runs").glob("k*-seed*.json")) and not (out / "results.json").exists()
+    kill_when(proc, lambda: (out / "runs").exists() and any((out / "runs").glob("k*-seed*.json")) and kept_parts(out),
+              "a unit written and another's pools kept")
+    finished = {p.name: json.loads(p.read_text()) for p in (out / "runs").glob("k*-seed*.json")}
+    parts = kept_parts(out)
+    assert 1 <= len(finished) < 3 and not (out / "results.json").exists()
+    assert all(set(index["arms"]) == {"classical", "self-training", "self-training+synthesize-control"}
+               for index in parts.values()), parts
     assert main([*args, "--out", str(out), "--resume"]) == 0
-    assert not list((out / "runs").glob("parts-*")), "the finished unit's parts were left behind"
-    resumed = json.loads((out / "results.json").read_text())
-    for arm, record in kept["arms"].items():   # read, not trained again: the killed run's own clock
-        assert resumed["units"][0]["arms"][arm]["seconds"] == record["seconds"], arm
+    assert not list((out / "runs").glob("parts-*")), "the finished units' parts were left behind"
+    resumed = {(u["k"], u["seed"]): u for u in json.loads((out / "results.json").read_text())["units"]}
+    for unit in finished.values():   # read, not run again: the killed run's own clock
+        assert resumed[unit["k"], unit["seed"]]["seconds"] == unit["seconds"]
+    for name, index in parts.items():
+        unit = resumed[5, int(name.split("-seed")[1].split("-")[0])]
+        assert {arm: unit["arms"][arm]["seconds"] for arm in index["arms"]} == \
+            {arm: record["seconds"] for arm, record in index["arms"].items()}
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
-    assert untimed(resumed["units"]) == untimed(whole["units"])
-    assert untimed(resumed["summary"]) == untimed(whole["summary"])
+    a, b = (json.loads((p / "results.json").read_text()) for p in (out, tmp_path / "whole"))
+    assert untimed(a["units"]) == untimed(b["units"]) and untimed(a["summary"]) == untimed(b["summary"])
 
 
 def evaluation_in_workers(gen_file, tmp_path) -> tuple[subprocess.Popen, Path]:
