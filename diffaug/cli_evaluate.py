@@ -225,7 +225,9 @@ def add_evaluate(sub) -> None:
     execution.add_argument("--n-jobs", type=jobs, default="auto", help="runs in parallel processes (joblib); auto: one "
                            "per CPU core on a CPU, one on a GPU (default: %(default)s)")
     execution.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    execution.add_argument("--resume", action="store_true", help="continue in an existing --out, reusing finished runs")
+    execution.add_argument("--resume", action="store_true",
+                           help="continue in an existing --out, reusing finished runs and the finished arms of a run "
+                                "under way")
     execution.add_argument("--overwrite", action="store_true", help="start again in an existing --out")
     execution.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
