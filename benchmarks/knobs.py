@@ -27,7 +27,8 @@ from diffaug.classify.training import accuracy, train_classifier  # noqa: E402
 from diffaug.evaluation.verdict import t_given_split as paired_ci  # noqa: E402
 from diffaug.evaluation.config import EvalConfig  # noqa: E402
 from diffaug.classify.training import mixed_batches  # noqa: E402
-from diffaug.evaluation.unit import _pools, _quality, reference_for  # noqa: E402
+from diffaug.evaluation.reference import reference_for  # noqa: E402
+from diffaug.evaluation.unit import _pools, _quality  # noqa: E402
 
 VALIDATION_SHARE = 0.3   # of the training pool, stratified, seed 1 (as benchmarks/gen_budget.py)
 

@@ -45,7 +45,8 @@ from .unitplan import pool_seed, short_classes
 from ..classify.networks import check_factory, factory_key, resolve_classifier
 from ..classify.policies import AUTO, MENU, Policy, rule
 from .registry import check_preregistered, preregister, record_look
-from .unit import reference_for, run_unit
+from .reference import reference_for
+from .unit import run_unit
 
 @dataclass
 class EvalResult:

@@ -79,7 +79,7 @@ CLAIM_RULE = ("How a claim is decided: a gain is claimed when the exact sign-fli
 
 
 def _accuracy_table(result) -> list:
-    cfg, arms = result.config, list(result.config["arms"])
+    arms = list(result.config["arms"])
     lines = ["", "| real / class | " + " | ".join(arms) + " | strongest opponent |",
              "| --- | " + " | ".join("---" for _ in arms) + " | --- |"]
     for k, s in result.summary.items():

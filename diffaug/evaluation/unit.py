@@ -5,7 +5,6 @@ steps, batch size and seeds, and score the generator's samples."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,13 +17,12 @@ from ..diffusion.step import resolve_device
 from ..errors import DataError
 from ..fitting import fit
 from ..generator import Generator
-from ..io import atomic_path, digest
 from ..classify.policies import AUTO, Policy, select
 from ..classify.semi import self_train, with_rows
-from ..classify.training import (confident, embed, fit_classifier, new_classifier, predict_proba, random_batches,
-                                 train_classifier)
+from ..classify.training import confident, embed, fit_classifier, new_classifier, predict_proba
 from .config import BASELINE, LOGIT_ADJUST, PLAN, REBALANCE, RESAMPLE, SELF_TRAINING, EvalConfig
 from .cache import UnitParts, machine
+from .reference import Reference, reference_for
 from .unitplan import unit_plan
 from .metrics import (cas, fid_own, kid_own, memorization, pack_bits, per_class_accuracy, precision_recall,
                       shot_groups)
@@ -173,52 +171,6 @@ def _filter(pool, model, threshold):
     if keep.sum() == 0:   # training on an empty pool is no arm at all: use the whole pool and say so
         return pool, {"share_kept": 0.0, "used": "whole pool (nothing passed the filter)"}
     return (images[keep], labels[keep]), {"share_kept": keep.float().mean().item(), "used": "kept images"}
-
-
-@dataclass
-class Reference:
-    """What every unit of one evaluation shares: the test split on the device and the fixed feature network
-    (trained once on the whole training pool, never on test) with the test split's features."""
-
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    network: torch.nn.Module | None = None
-    test_features: torch.Tensor | None = None
-    info: dict = field(default_factory=dict)
-
-    def to(self, device) -> "Reference":
-        net = self.network.to(device) if self.network is not None else None
-        return Reference(self.test_images.to(device), self.test_labels.to(device), net, self.test_features, self.info)
-
-
-def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device, path=None) -> Reference:
-    """The shared test split and, with cfg.metrics, the reference feature network: read from `path` (a
-    .safetensors file in the run's cache) when a run made it before, else trained (seed 0) and stored there, so a
-    resumed run scores its generators with the same network an uninterrupted one did."""
-    device = resolve_device(device)
-    ref = Reference(test.images.to(device), test.labels.to(device))
-    if not cfg.metrics:
-        return ref
-    info = {"trained_on": train.fingerprint(), "steps": cfg.reference_steps}
-    if path is not None and Path(path).exists():
-        from safetensors.torch import load_file
-
-        ref.network = new_classifier(None, train.channels, train.num_classes, 0, device)
-        ref.network.load_state_dict(load_file(str(path), device=str(device)))
-        ref.network.eval()
-    else:
-        ref.network = train_classifier(random_batches(train.images, train.labels, cfg.batch_size, seed=0),
-                                       train.channels, train.num_classes, steps=cfg.reference_steps, seed=0,
-                                       device=device)
-        if path is not None:
-            from safetensors.torch import save_file
-
-            with atomic_path(path) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in ref.network.state_dict().items()}, str(tmp))
-    ref.test_features = embed(ref.network, ref.test_images, device)
-    ref.info = {**info, "network": type(ref.network).__name__}
-    ref.info["fingerprint"] = digest({"info": ref.info, "weights": ref.network.state_dict()})[:16]
-    return ref
 
 
 def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConfig, gen: Generator | None = None,
