@@ -62,7 +62,7 @@ class Stopped(Exception):
     """What stops a run part-way here (test_kill.py kills a real process instead)."""
 
 
-@pytest.mark.parametrize("regime", [*REGIMES, "unlabelled, choosing inside the unit"])
+@pytest.mark.parametrize("regime", ["labelled", "unlabelled, choosing inside the unit", "long-tailed"])
 def test_a_unit_stopped_at_its_last_arm_resumes_there(regime, digits_train, digits_test, tmp_path, monkeypatch):
     """Stopped as its last arm starts, a unit keeps every part before it (the classical choice made inside the
     subset, the arms, the teacher's and filter's weights, the pools): the rerun trains that arm alone and writes the
