@@ -110,6 +110,23 @@ def store(runs: Path, unit: dict, tag: str) -> None:
         tmp.write_text(json.dumps({k: v for k, v in unit.items() if k != "_arrays"}, indent=1))
 
 
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """A network's weights as one .safetensors file, written atomically (a cached reference network, a unit's kept
+    teacher)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """`model`, freshly built on its device, with the weights save_weights wrote to `path`; in eval mode."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
 def pool_path(runs: Path, seed: int, tag: str) -> Path:
     """Seed `seed`'s pool generator (unlabelled images), fitted once per seed and shared by its units."""
     return runs / f"pool-generator-seed{seed}-{tag}.safetensors"
@@ -124,8 +141,8 @@ class UnitParts:
     """A unit's finished parts, kept on disk while it runs, so that a unit killed part-way resumes at its next part
     rather than from its start (a Fashion-MNIST unit with unlabelled images takes hours of a slow CPU core: longer
     than a session, or a laptop's battery). The parts, in the order a unit makes them: the classical choice made
-    inside its subset, each arm's record, the weights of the models a later part reads (`keep_models`: the
-    real-only filter, the classical teacher, the generator's labeller) and the synthetic pools. Every part is a
+    inside its subset, each arm's record, the weights of the models a later part reads (the real-only filter, the
+    classical teacher, the generator's labeller) and the synthetic pools. Every part is a
     function of the unit's seeds and what came before it, so a resumed unit is the uninterrupted one, bit for bit on
     one machine; parts made on another machine (cache.machine) are trained again, with a warning. The index,
     parts.json, is rewritten atomically after each part's files; the protocol removes the folder once the unit's
@@ -166,16 +183,7 @@ class UnitParts:
     def models(self, arm: str, new_model) -> list | None:
         """Arm `arm`'s kept models (`new_model()` builds an untrained one to load each into), or None."""
         names = self.index.get("models", {}).get(arm)
-        if names is None:
-            return None
-        from safetensors.torch import load_file
-
-        models = []
-        for name in names:
-            model = new_model()
-            model.load_state_dict(load_file(str(self.folder / name)))
-            models.append(model.eval())
-        return models
+        return [load_weights(new_model(), self.folder / name) for name in names] if names is not None else None
 
     def pools(self, device) -> dict:
         """The kept synthetic pools ({name: (images, labels)}) on `device`."""
@@ -196,8 +204,7 @@ class UnitParts:
         if models:
             names = [f"{arm}-r{r}.safetensors" for r in range(len(models))]
             for name, model in zip(names, models):
-                with atomic_path(self.folder / name) as tmp:
-                    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+                save_weights(model, self.folder / name)
             self.index.setdefault("models", {})[arm] = names
         if pools is not None:
             with atomic_path(self.folder / "pools.safetensors") as tmp:

@@ -11,7 +11,8 @@ import torch
 from ..classify.training import embed, new_classifier, random_batches, train_classifier
 from ..data import ImageData
 from ..diffusion.step import resolve_device
-from ..io import atomic_path, digest
+from ..io import digest
+from .cache import load_weights, save_weights
 from .config import EvalConfig
 
 
@@ -41,20 +42,13 @@ def reference_for(train: ImageData, test: ImageData, cfg: EvalConfig, device, pa
         return ref
     info = {"trained_on": train.fingerprint(), "steps": cfg.reference_steps}
     if path is not None and Path(path).exists():
-        from safetensors.torch import load_file
-
-        ref.network = new_classifier(None, train.channels, train.num_classes, 0, device)
-        ref.network.load_state_dict(load_file(str(path), device=str(device)))
-        ref.network.eval()
+        ref.network = load_weights(new_classifier(None, train.channels, train.num_classes, 0, device), path)
     else:
         ref.network = train_classifier(random_batches(train.images, train.labels, cfg.batch_size, seed=0),
                                        train.channels, train.num_classes, steps=cfg.reference_steps, seed=0,
                                        device=device)
         if path is not None:
-            from safetensors.torch import save_file
-
-            with atomic_path(path) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in ref.network.state_dict().items()}, str(tmp))
+            save_weights(ref.network, path)
     ref.test_features = embed(ref.network, ref.test_images, device)
     ref.info = {**info, "network": type(ref.network).__name__}
     ref.info["fingerprint"] = digest({"info": ref.info, "weights": ref.network.state_dict()})[:16]
