@@ -211,8 +211,8 @@ def run_unit(train: ImageData, test: ImageData, k: int, seed: int, cfg: EvalConf
 
     def run(arm: str) -> None:
         pool_name, augmented, learner = PLAN[arm]
-        if done.arm(arm) is not None:
-            arms[arm] = done.arm(arm)
+        if (record := done.arm(arm)) is not None:
+            arms[arm] = record
             found = done.models(arm, lambda: new_classifier(factory, train.channels, train.num_classes, 0, device))
             if found is not None:
                 models[arm] = found
