@@ -150,21 +150,27 @@ class UnitParts:
 
     def __init__(self, folder: Path | None, here: dict):
         self.folder, self.index = (Path(folder) if folder is not None else None), {"machine": here, "arms": {}}
-        found = load_json(self.folder / "parts.json") if self.folder is not None else None
-        if found is not None and found.get("machine") != here:
+        found, ours = self._read(self.folder, here)
+        if ours:
+            self.index = found
+        elif found is not None:
             import warnings
 
             warnings.warn(f"{self.folder.name}: its finished parts were made on another machine "
                           f"({found.get('machine')}), so this unit is run again from its start", stacklevel=2)
-        elif found is not None:
-            self.index = found
+
+    @staticmethod
+    def _read(folder: Path | None, here: dict) -> tuple[dict | None, bool]:
+        """(the kept index, whether machine `here` made it); (None, False) where nothing is kept."""
+        found = load_json(Path(folder) / "parts.json") if folder is not None else None
+        return found, found is not None and found.get("machine") == here
 
     @staticmethod
     def finished(folder: Path | None, here: dict) -> set[str]:
         """The names of the parts kept in `folder` that a unit run on machine `here` would read: its arms, and
         "selection" and "pools" where kept (what the cost estimate leaves out)."""
-        index = load_json(Path(folder) / "parts.json") if folder is not None else None
-        if index is None or index.get("machine") != here:
+        index, ours = UnitParts._read(folder, here)
+        if not ours:
             return set()
         return set(index["arms"]) | {name for name in ("selection", "pools") if name in index}
 
