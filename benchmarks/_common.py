@@ -29,7 +29,7 @@ def write_results(name: str, payload: dict, table: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     payload = {"machine": machine(), **payload}
     m = payload["machine"]
-    where = m["gpu"] or f"{m['cpu']}, {m['cpu_cores']} CPU cores"
+    where = m["gpu"] or f"{m.get('cpu', 'CPU model not recorded')}, {m['cpu_cores']} CPU cores"
     _write(RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n")
     _write(RESULTS / f"{name}.md", f"{table}\n\nMachine: {where}, torch {m['torch']}, {m['date']}.\n")
     print(table)

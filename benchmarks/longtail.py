@@ -87,17 +87,19 @@ def chose(network: dict | None) -> str:
             f"as evaluate does, {network['seconds']} s)")
 
 
-def report(args, rows: list, selection: dict, network: dict | None) -> None:
+def report(args, rows: list, selection: dict, network: dict | None, made_on: dict | None = None) -> None:
+    """The results file and its table; `made_on`: the machine the rows were made on (--report-only)."""
     base = np.array([r["classical"]["balanced_accuracy"] for r in rows])
-    command = args.command or f"python benchmarks/longtail.py {' '.join(sys.argv[1:])}"
+    command = args.command
     lines, chosen, best = [], {}, {}
 
     def line(arm, name, cell):
         acc = np.array([c["balanced_accuracy"] for c in cell])
         few = np.mean([c["few"] for c in cell])
         ci = paired_ci(acc - base)
-        lines.append(f"| {arm} | `{name}` | {100 * acc.mean():.2f} | {100 * few:.1f} | {100 * ci['mean']:+.2f} "
-                     f"[{100 * ci['ci_low']:+.2f}, {100 * ci['ci_high']:+.2f}] |")
+        gain = (f"{100 * ci['mean']:+.2f} [{100 * ci['ci_low']:+.2f}, {100 * ci['ci_high']:+.2f}]"
+                if arm != "classical" else "-")
+        lines.append(f"| {arm} | `{name}` | {100 * acc.mean():.2f} | {100 * few:.1f} | {gain} |")
         return acc.mean()
 
     for arm in ("classical", "resample"):
@@ -121,7 +123,7 @@ def report(args, rows: list, selection: dict, network: dict | None) -> None:
              "knobs | validation balanced accuracy (%) | few-shot classes (%) | vs classical (points, 95% CI) |\n"
              "| --- | --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(f"longtail_{args.dataset}", {
-        "command": command, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
+        **({"machine": made_on} if made_on else {}), "command": command, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
         "classical": selection, "network": network,
         "chosen": chosen, "primary": primary, "means": best, "seeds": rows}, table)
 
@@ -137,13 +139,17 @@ def main() -> None:
     parser.add_argument("--seed-start", type=int, default=SEED_START)
     parser.add_argument("--n-jobs", type=int, default=2)
     args = parser.parse_args()
-    args.command = None
-    if args.report_only:
+    args.command = f"python benchmarks/longtail.py {' '.join(sys.argv[1:])}"   # what the report says was run
+    if args.report_only:   # the run's own settings, from the command its results file keeps
         import json
+        import shlex
         saved = json.loads((Path(__file__).parent / "results" / f"longtail_{args.dataset}.json").read_text())
-        args.command = saved.get("command") or " ".join(   # results written before the command was kept
-            ["python benchmarks/longtail.py"] + [a for a in sys.argv[1:] if a != "--report-only"])
-        return report(args, saved["seeds"], saved["classical"], saved.get("network"))
+        if "command" not in saved:
+            raise SystemExit(f"longtail_{args.dataset}.json was written before results kept their command: "
+                             "its settings are unknown, so its report is not rewritten")
+        args = parser.parse_args(shlex.split(saved["command"])[2:])
+        args.command = saved["command"]
+        return report(args, saved["seeds"], saved["classical"], saved.get("network"), saved["machine"])
     pool, validation = diffaug.load_data(args.dataset, "train").split(1 - VALIDATION_SHARE, seed=1)
     cfg = EvalConfig(per_class=(args.per_class,), imbalance=args.imbalance)
     selection, network = choose_regime(pool, args.per_class, cfg, n_jobs=args.n_jobs, threads=1)
