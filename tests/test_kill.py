@@ -20,10 +20,28 @@ from diffaug.cli import main
 from test_distributed import untimed
 
 
+STARTED: list[subprocess.Popen] = []
+
+
 def start(args, log: Path, **env) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env,
-                            start_new_session=True)
+    STARTED.append(subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                                    env=env, start_new_session=True))
+    return STARTED[-1]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running():
+    """Whatever a test asserts, the jobs it started end with it: a test that failed while it waited for an
+    evaluation's workers left them training for the rest of the suite, and for an hour after it."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)   # its session: the command and every worker it started
+        except ProcessLookupError:   # all of them ended already
+            pass
+        proc.wait()
 
 
 def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
@@ -114,9 +132,13 @@ def test_a_killed_expand_writes_nothing_and_the_rerun_equals_an_uninterrupted_on
 
 
 def kept_parts(out: Path) -> dict:
-    """{folder name: its parts.json} of the units under way in `out` that have kept their pools."""
+    """{folder name: its parts.json} of the units under way in `out` that have kept their pools and every arm before
+    them (the teacher, self-training, the stack's dose control) but not yet the stack: a folder is left a moment
+    after its unit's last arm (until the unit's JSON is stored and the folder removed), and a slow CPU can be
+    caught in that moment."""
     found = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("parts-*/parts.json")}
-    return {name: index for name, index in found.items() if "pools" in index}
+    return {name: index for name, index in found.items() if "pools" in index
+            and set(index["arms"]) == {"classical", "self-training", "self-training+synthesize-control"}}
 
 
 def test_a_killed_evaluation_resumes_its_finished_units_and_parts_to_the_uninterrupted_result(digits_gen_file,
@@ -137,9 +159,7 @@ def test_a_killed_evaluation_resumes_its_finished_units_and_parts_to_the_uninter
               "a unit written and another's pools kept")
     finished = {p.name: json.loads(p.read_text()) for p in (out / "runs").glob("k*-seed*.json")}
     parts = kept_parts(out)
-    assert 1 <= len(finished) < 3 and not (out / "results.json").exists()
-    assert all(set(index["arms"]) == {"classical", "self-training", "self-training+synthesize-control"}
-               for index in parts.values()), parts
+    assert 1 <= len(finished) < 3 and parts and not (out / "results.json").exists()
     assert main([*args, "--out", str(out), "--resume"]) == 0
     assert not list((out / "runs").glob("parts-*")), "the finished units' parts were left behind"
     resumed = {(u["k"], u["seed"]): u for u in json.loads((out / "results.json").read_text())["units"]}

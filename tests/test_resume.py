@@ -51,9 +51,14 @@ def test_a_run_stopped_after_a_unit_resumes_to_the_uninterrupted_result(regime, 
     stopped = tmp_path / "stopped"   # the interrupted run's folder, somewhere else: paths are not in any result
     shutil.copytree(whole / "runs", stopped / "runs")
     (stopped / "runs" / units[-1].name).unlink()   # the unit it had not finished
+    # and killed after storing the other's JSON, before removing the parts that unit kept as it ran
+    left = stopped / "runs" / f"parts-{units[0].stem}"
+    left.mkdir()
+    (left / "parts.json").write_text(json.dumps({"machine": {}, "arms": {}}))
     counted.clear()
     diffaug.evaluate(digits_train, digits_test, out_dir=stopped, **options)
     assert len(counted) == 1, f"{regime}: the finished unit was not reused ({counted})"   # long-tailed too
+    assert not left.exists(), f"{regime}: a finished unit's parts were left behind"
     a, b = (json.loads((p / "results.json").read_text()) for p in (whole, stopped))
     assert untimed(a) == untimed(b), regime
 
