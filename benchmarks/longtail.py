@@ -123,7 +123,8 @@ def report(args, rows: list, selection: dict, network: dict | None, made_on: dic
              "knobs | validation balanced accuracy (%) | few-shot classes (%) | vs classical (points, 95% CI) |\n"
              "| --- | --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(f"longtail_{args.dataset}", {
-        **({"machine": made_on} if made_on else {}), "command": command, "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
+        **({"machine": made_on} if made_on else {}), "command": command,
+        "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
         "classical": selection, "network": network,
         "chosen": chosen, "primary": primary, "means": best, "seeds": rows}, table)
 
