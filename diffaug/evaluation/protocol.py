@@ -132,7 +132,8 @@ def evaluate(data="digits", test=None, *, gen: Generator | None = None, out_dir=
     parts = {(k, seed): parts_path(runs, k, seed, tag) for k, seed in todo} if runs is not None else {}
     # a fresh run reads no part an earlier one kept; a finished unit's parts are left by a run killed between
     # storing its JSON and removing them (this rank's units only: another rank's are under way)
-    for k, seed in ([(u["k"], u["seed"]) for u in units] + ([] if resume else todo)) if runs is not None else ():
+    stale = [(u["k"], u["seed"]) for u in units] + ([] if resume else todo)
+    for k, seed in stale if runs is not None else ():
         shutil.rmtree(parts_path(runs, k, seed, tag), ignore_errors=True)
     timings = None   # the step timings of the estimate, for the forecast once the networks are chosen
     if progress and todo and ranks.main:   # what the run will cost, before it starts (the user may stop it here)
