@@ -90,7 +90,6 @@ def chose(network: dict | None) -> str:
 def report(args, rows: list, selection: dict, network: dict | None, made_on: dict | None = None) -> None:
     """The results file and its table; `made_on`: the machine the rows were made on (--report-only)."""
     base = np.array([r["classical"]["balanced_accuracy"] for r in rows])
-    command = args.command
     lines, chosen, best = [], {}, {}
 
     def line(arm, name, cell):
@@ -111,7 +110,7 @@ def report(args, rows: list, selection: dict, network: dict | None, made_on: dic
             best[arm] = means[chosen[arm]]
     primary = max(DIFFUSION, key=lambda a: (best[a], -DIFFUSION.index(a)))
     seeds = [r["seed"] for r in rows]
-    table = (f"Command: `{command}`. {args.dataset}, long-tailed "
+    table = (f"Command: `{args.command}`. {args.dataset}, long-tailed "
              f"subsets ({args.per_class} head images, imbalance {args.imbalance:g}, class order per seed) of the pool; "
              f"seeds {seeds}; validation split: {VALIDATION_SHARE:.0%} of the training pool (stratified, seed 1), "
              f"never the test split; classical policy `{selection['winner']}` (chosen on the pool as evaluate does, "
@@ -123,7 +122,7 @@ def report(args, rows: list, selection: dict, network: dict | None, made_on: dic
              "knobs | validation balanced accuracy (%) | few-shot classes (%) | vs classical (points, 95% CI) |\n"
              "| --- | --- | --- | --- | --- |\n" + "\n".join(lines))
     write_results(f"longtail_{args.dataset}", {
-        **({"machine": made_on} if made_on else {}), "command": command,
+        **({"machine": made_on} if made_on else {}), "command": args.command,
         "validation": f"{VALIDATION_SHARE:.0%} of the training pool, seed 1",
         "classical": selection, "network": network,
         "chosen": chosen, "primary": primary, "means": best, "seeds": rows}, table)
