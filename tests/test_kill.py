@@ -150,7 +150,7 @@ def test_a_killed_evaluation_resumes_its_finished_units_and_parts_to_the_uninter
     start over (test_resume.py stops each regime's unit at its last arm, in one process)."""
     # a fixed classical policy: the regime's choice (24 fits, run anew by the uninterrupted run) is no part of resuming
     args = ["evaluate", "digits", "--gen", str(digits_gen_file), "--per-class", "5", "--seeds", "3", "--n-jobs", "2",
-            "--unlabeled", "rest", "--classical", "crop", "--self-training-rounds", "1", "--classifier-steps", "150",
+            "--unlabeled", "rest", "--classical", "crop", "--self-training-rounds", "1", "--classifier-steps", "60",
             "--batch-size", "32", "--synthetic-per-class", "10", "--sample-steps", "4", "--no-metrics", "--quiet",
             "--arms", "classical,self-training,self-training+synthesize,self-training+synthesize-control"]
     log, out = tmp_path / "log", tmp_path / "out"
